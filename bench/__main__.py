@@ -1,0 +1,20 @@
+"""Run one benchmark by name: ``python -m bench decision``."""
+
+from __future__ import annotations
+
+import sys
+
+from bench import decision
+
+BENCHMARKS = {"decision": decision.main}
+
+
+def main() -> int:
+    """Dispatch to the benchmark named on the command line."""
+    if len(sys.argv) < 2 or sys.argv[1] not in BENCHMARKS:
+        print(f"usage: python -m bench {{{','.join(BENCHMARKS)}}} [options]", file=sys.stderr)
+        return 2
+    return BENCHMARKS[sys.argv[1]](sys.argv[2:])
+
+
+raise SystemExit(main())

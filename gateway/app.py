@@ -1,0 +1,147 @@
+"""The composition root: builds every component from the config and runs them together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from importlib import resources
+
+from drivers.simulated import SimulatedReaders, SimulatedRelays
+from gateway import codec
+from gateway.cache import ApplyResult, Cache
+from gateway.config import Config
+from gateway.doors import DoorController
+from gateway.entry import EntryService
+from gateway.events import EventLog, new_event
+from gateway.model import EventType
+from gateway.outbox import Outbox
+from gateway.web import WebServer, make_app
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def utc_now() -> datetime:
+    """The wall clock, in UTC."""
+    return datetime.now(UTC)
+
+
+def demo_snapshot() -> codec.Snapshot:
+    """The small demo site shipped with the gateway (used when the cache is empty)."""
+    text = resources.files("gateway").joinpath("data/demo-site.json").read_text(encoding="utf-8")
+    return codec.snapshot_from_json(json.loads(text))
+
+
+class Gateway:
+    """One running gateway: cache, outbox, doors, readers and web app, started and stopped together."""
+
+    def __init__(self, config: Config, *, clock: Callable[[], datetime] = utc_now) -> None:
+        self.config = config
+        self.clock = clock
+        state_dir = config.gateway.state_dir
+        self.outbox = Outbox(
+            state_dir / "outbox.db",
+            max_rows=config.events.max_rows,
+            batch_max=config.events.batch_max,
+        )
+        self.events = EventLog(self.outbox)
+        self.cache = Cache(state_dir / "cache.db")
+        # Only the simulated backend exists so far; real boards arrive with the door board driver.
+        self.relays = SimulatedRelays()
+        self.readers = SimulatedReaders()
+        self.doors = DoorController(self.cache, self.relays, self.events, clock)
+        self.entry = EntryService(self.cache, self.doors, self.events, self.readers, clock)
+        self.web = WebServer(
+            make_app(self, simulated=config.hardware.backend == "simulated"),
+            config.web.host,
+            config.web.port,
+        )
+        self._stack = AsyncExitStack()
+
+    async def start(self) -> None:
+        """Start everything; on any failure, whatever started is stopped again."""
+        state_dir = self.config.gateway.state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.chmod(0o700)  # the cache and outbox name people and their credentials
+        async with AsyncExitStack() as stack:
+            await self.outbox.start()
+            stack.push_async_callback(self.outbox.stop)
+            stack.push_async_callback(self._record_stopped)
+            if self.outbox.reset_reason:
+                await self.events.record(
+                    new_event(
+                        EventType.CACHE_RESET,
+                        self.clock(),
+                        {"store": "outbox", "reason": self.outbox.reset_reason},
+                    )
+                )
+            await self.cache.start()
+            stack.push_async_callback(self.cache.stop)
+            if self.cache.reset_reason:
+                await self.events.record(
+                    new_event(
+                        EventType.CACHE_RESET,
+                        self.clock(),
+                        {"store": "cache", "reason": self.cache.reset_reason},
+                    )
+                )
+            if self.cache.needs_resync and self.config.demo.seed:
+                await self._seed_demo()
+            await self.doors.start()
+            stack.push_async_callback(self.doors.stop)
+            self.entry.start()
+            stack.push_async_callback(self.entry.stop)
+            stack.callback(self.relays.close)
+            await self.web.start()
+            stack.push_async_callback(self.web.stop)
+            await self.events.record(
+                new_event(
+                    EventType.GATEWAY_STARTED, self.clock(), {"cache_version": self.cache.version}
+                )
+            )
+            self._stack = stack.pop_all()
+
+    async def _seed_demo(self) -> None:
+        snapshot = demo_snapshot()
+        if await self.cache.apply_snapshot(snapshot) is ApplyResult.APPLIED:
+            _LOGGER.info("empty cache: loaded the demo site %r", snapshot.site.name)
+            await self.events.record(
+                new_event(
+                    EventType.CACHE_UPDATED,
+                    self.clock(),
+                    {"source": "demo", "version": snapshot.version},
+                )
+            )
+
+    async def _record_stopped(self) -> None:
+        await self.events.record(new_event(EventType.GATEWAY_STOPPED, self.clock(), {}))
+
+    async def stop(self) -> None:
+        """Stop taking presentations, finish those in flight, flush events, close files."""
+        await self._stack.aclose()
+
+
+async def run(config: Config, *, started: Callable[[Gateway], None] | None = None) -> None:
+    """Run a gateway until SIGTERM or SIGINT, then stop it cleanly."""
+    gateway = Gateway(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await gateway.start()
+    try:
+        if started is not None:
+            started(gateway)
+        await stop.wait()
+        _LOGGER.info("stopping")
+    finally:
+        await gateway.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError, RuntimeError):
+                loop.remove_signal_handler(sig)
+    _LOGGER.info("stopped")

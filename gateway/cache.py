@@ -1,0 +1,293 @@
+"""The offline cache: the site's data in SQLite, and the in-memory view decisions read.
+
+SQLite is the durable copy; ``Cache.view`` is what decisions use. A snapshot replaces
+everything in one transaction and the new view is swapped in only after the commit, so both a
+SQLite reader and a decision see the old site or the new one, never a mix. A corrupt file is
+moved aside and the cache starts empty, asking for a resync, rather than stopping the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+import sqlite3
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from gateway.cache_rows import (
+    BODY_COLLECTIONS,
+    CREDENTIAL_COLUMNS,
+    MIGRATIONS,
+    USER_COLUMNS,
+    body_from_row,
+    credential_from_row,
+    insert_sql,
+    read_credential_tables,
+    to_rows,
+    user_from_row,
+)
+from gateway.codec import COLLECTIONS, Delta, FormatError, Snapshot, site_from_json, site_to_json
+from gateway.memory import release_free_memory
+from gateway.model import Credential, CredentialKind, DoorMode, User
+from gateway.sqlite import open_database, transaction
+from gateway.view import EMPTY_SITE, CacheView
+
+_LOGGER = logging.getLogger(__name__)
+
+_LOAD_BATCH = 4096
+
+
+class ApplyResult(enum.StrEnum):
+    """What an apply did."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"  # this version (or a newer one) is already held: nothing to do
+    STALE = "stale"  # a snapshot older than the one held: refused
+    GAP = "gap"  # a delta that does not start from the version held: needs a snapshot
+
+
+def read_view(path: Path) -> CacheView:
+    """Read the whole cache file into a view, in one read transaction (blocking; use a thread)."""
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        version = int(meta.get("version", "0"))
+        site = site_from_json(json.loads(meta["site"])) if "site" in meta else EMPTY_SITE
+        entities: dict[str, list[Any]] = {}
+        for collection in BODY_COLLECTIONS:
+            rows = conn.execute(f"SELECT body FROM {collection}").fetchall()
+            entities[collection] = [
+                body_from_row(collection, body, i) for i, (body,) in enumerate(rows)
+            ]
+        strings: dict[Any, Any] = {}
+        users: list[User] = []
+        cursor = conn.execute(f"SELECT {USER_COLUMNS} FROM users")
+        while batch := cursor.fetchmany(_LOAD_BATCH):
+            users.extend(user_from_row(row, strings) for row in batch)
+        strings.clear()
+        entities["users"] = users
+        tables = read_credential_tables(conn, {u.id: u.id for u in users})
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return CacheView.build(version, site, entities, tables)
+
+
+class Cache:
+    """The site's data, durable in SQLite and indexed in memory; one writer at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.reset_reason: str | None = None
+        self._db: aiosqlite.Connection | None = None
+        self._view = CacheView.empty()
+        self._lock = asyncio.Lock()
+        self._listeners: list[Callable[[CacheView], None]] = []
+
+    @property
+    def view(self) -> CacheView:
+        """The current view; replaced wholesale (never mutated) when the cache changes."""
+        return self._view
+
+    @property
+    def version(self) -> int:
+        """The version of the data held; 0 when empty."""
+        return self._view.version
+
+    @property
+    def needs_resync(self) -> bool:
+        """True when the cache holds nothing from upstream (new or reset)."""
+        return self._view.version == 0
+
+    def add_listener(self, listener: Callable[[CacheView], None]) -> Callable[[], None]:
+        """Call ``listener(view)`` after each change; returns a function that removes it."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    async def start(self) -> None:
+        """Open (or recreate) the database and load the view."""
+        opened = await open_database(self.path, MIGRATIONS, on_corrupt="move_aside")
+        self._db = opened.connection
+        if opened.reset:
+            self.reset_reason = opened.reason
+            _LOGGER.error(
+                "cache was unreadable (%s); moved to %s, starting empty",
+                opened.reason,
+                opened.moved_to,
+            )
+        try:
+            self._view = await asyncio.to_thread(read_view, self.path)
+        except (FormatError, ValueError, KeyError, sqlite3.DatabaseError) as err:
+            # Rows that no longer parse are as bad as a corrupt file: start empty, ask for a resync.
+            _LOGGER.error("cache content is unreadable (%s); starting empty", err)
+            self.reset_reason = f"unreadable content: {err}"
+            await self._clear()
+            self._view = CacheView.empty()
+        release_free_memory()
+        _LOGGER.info("cache loaded: version %d, %s", self.version, self._view.counts())
+
+    async def stop(self) -> None:
+        """Close the database; idempotent."""
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("cache is not started")
+        return self._db
+
+    async def _clear(self) -> None:
+        async with transaction(self._conn()) as db:
+            for collection in COLLECTIONS:
+                await db.execute(f"DELETE FROM {collection}")
+            await db.execute("DELETE FROM meta")
+
+    async def apply_snapshot(self, snapshot: Snapshot) -> ApplyResult:
+        """Replace everything with ``snapshot`` atomically; an older version is refused."""
+        async with self._lock:
+            if snapshot.version < self.version:
+                return ApplyResult.STALE
+            if snapshot.version == self.version:
+                return ApplyResult.DUPLICATE
+            async with transaction(self._conn()) as db:
+                for collection in COLLECTIONS:
+                    await db.execute(f"DELETE FROM {collection}")
+                    await db.executemany(
+                        insert_sql(collection),
+                        to_rows(collection, snapshot.entities.get(collection, ())),
+                    )
+                await self._write_meta(db, snapshot.version, snapshot.site)
+            view = await asyncio.to_thread(
+                CacheView.build, snapshot.version, snapshot.site, snapshot.entities
+            )
+            self._swap(view, bulk=True)
+            return ApplyResult.APPLIED
+
+    async def apply_delta(self, delta: Delta) -> ApplyResult:
+        """Apply ``delta`` on top of its base version; old or repeated versions do nothing."""
+        async with self._lock:
+            if delta.version <= self.version:
+                return ApplyResult.DUPLICATE
+            if delta.base_version != self.version:
+                return ApplyResult.GAP
+            view = self._view
+            view.check_delta(delta)
+            gone: list[Credential] = []
+            try:
+                async with transaction(self._conn()) as db:
+                    gone = await self._write_delta(db, delta)
+                    await self._write_meta(db, delta.version, delta.site or view.site)
+            except sqlite3.IntegrityError as err:
+                raise FormatError(
+                    "upsert.credentials",
+                    f"a credential value is already used by another credential ({err})",
+                ) from None
+            self._swap(view.apply(delta, gone))
+            return ApplyResult.APPLIED
+
+    async def _write_delta(self, db: aiosqlite.Connection, delta: Delta) -> list[Credential]:
+        """Write a delta's rows; returns the credentials whose old key left the cache."""
+        gone: list[Credential] = []
+        removed_users = sorted(delta.deletes.get("users", ()))
+        for user_id in removed_users:
+            # A user's credentials go with the user.
+            async with db.execute(
+                "SELECT id FROM credentials WHERE user_id = ?", (user_id,)
+            ) as cursor:
+                ids = [row[0] async for row in cursor]
+            gone.extend(await self._delete_credentials(db, ids))
+        gone.extend(
+            await self._delete_credentials(db, sorted(delta.deletes.get("credentials", ())))
+        )
+        # An upserted credential whose kind or value changed must drop its old key.
+        gone.extend(
+            await self._delete_credentials(db, [c.id for c in delta.upserts.get("credentials", ())])
+        )
+        for collection in COLLECTIONS:
+            if collection != "credentials":
+                await db.executemany(
+                    f"DELETE FROM {collection} WHERE id = ?",
+                    [(i,) for i in delta.deletes.get(collection, ())],
+                )
+            await db.executemany(
+                insert_sql(collection), to_rows(collection, delta.upserts.get(collection, ()))
+            )
+        return gone
+
+    async def _delete_credentials(
+        self, db: aiosqlite.Connection, ids: list[str]
+    ) -> list[Credential]:
+        gone: list[Credential] = []
+        for credential_id in ids:
+            sql = f"SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = ?"
+            async with db.execute(sql, (credential_id,)) as cursor:
+                row = await cursor.fetchone()
+            if row is not None:
+                gone.append(credential_from_row(tuple(row), {}))
+                await db.execute("DELETE FROM credentials WHERE id = ?", (credential_id,))
+        return gone
+
+    @staticmethod
+    async def _write_meta(db: aiosqlite.Connection, version: int, site: Any) -> None:
+        now = datetime.now(UTC).isoformat()
+        await db.executemany(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            [
+                ("version", str(version)),
+                ("site", json.dumps(site_to_json(site))),
+                ("applied_at", now),
+            ],
+        )
+
+    def _swap(self, view: CacheView, *, bulk: bool = False) -> None:
+        self._view = view
+        if bulk:
+            release_free_memory()
+        _LOGGER.info("cache now at version %d", view.version)
+        for listener in list(self._listeners):
+            listener(view)
+
+    async def door_modes(self) -> dict[str, DoorMode]:
+        """The door modes set locally or by command, which survive a restart."""
+        async with self._conn().execute("SELECT door_id, mode FROM door_modes") as cursor:
+            return {door: DoorMode(mode) async for door, mode in cursor}
+
+    async def set_door_mode(self, door_id: str, mode: DoorMode) -> None:
+        """Persist a door's mode; NORMAL removes the override."""
+        async with transaction(self._conn()) as db:
+            if mode is DoorMode.NORMAL:
+                await db.execute("DELETE FROM door_modes WHERE door_id = ?", (door_id,))
+            else:
+                await db.execute(
+                    "INSERT OR REPLACE INTO door_modes (door_id, mode, changed_at) VALUES (?, ?, ?)",
+                    (door_id, mode.value, datetime.now(UTC).isoformat()),
+                )
+
+
+def read_door_modes(path: Path) -> dict[str, DoorMode]:
+    """The persisted door modes in a cache file (blocking; for the CLI)."""
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return {
+            door: DoorMode(mode)
+            for door, mode in conn.execute("SELECT door_id, mode FROM door_modes")
+        }
+    finally:
+        conn.close()
+
+
+def lookup_sql(
+    conn: sqlite3.Connection, kind: CredentialKind, value: str
+) -> tuple[Any, ...] | None:
+    """One credential's row by its key: the bare indexed lookup that benchmarks compare to."""
+    sql = f"SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE kind = ? AND value = ?"
+    row = conn.execute(sql, (kind.value, value)).fetchone()
+    return None if row is None else tuple(row)

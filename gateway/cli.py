@@ -1,0 +1,210 @@
+"""The ``luckey-gateway`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sqlite3
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gateway import __version__, access, credentials
+from gateway.cache import read_door_modes, read_view
+from gateway.config import Config, ConfigError, config_to_dict, load_config
+from gateway.doors import desired_mode
+from gateway.explain import decision_to_json, explain
+from gateway.logs import setup_logging
+from gateway.view import CacheView
+from gateway.web import user_summary
+
+EXIT_OK = 0
+EXIT_DENIED = 1
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed without a traceback, exit status 2."""
+
+
+def _config(args: argparse.Namespace) -> Config:
+    try:
+        return load_config(args.config)
+    except ConfigError as err:
+        raise CliError(f"configuration error:\n{err}") from None
+
+
+def _view(config: Config) -> tuple[CacheView, Path]:
+    path = config.gateway.state_dir / "cache.db"
+    if not path.exists():
+        raise CliError(
+            f"no cache at {path}: start the gateway once (`luckey-gateway run`) so it syncs or seeds"
+        )
+    try:
+        return read_view(path), path
+    except (sqlite3.Error, ValueError) as err:
+        raise CliError(f"cannot read the cache at {path}: {err}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM/SIGINT."""
+    from gateway.app import run  # noqa: PLC0415 - only `run` needs aiohttp; other commands start faster
+
+    config = _config(args)
+    setup_logging(config.gateway.log_level, config.gateway.log_format)
+    asyncio.run(run(config))
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate a config file and print what it resolves to."""
+    config = _config(args)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ok": True,
+                    "source": str(config.source) if config.source else None,
+                    **config_to_dict(config),
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(f"ok: {config.source or 'defaults (no file)'}")
+        for section, values in config_to_dict(config).items():
+            for key, value in values.items():
+                print(f"  {section}.{key} = {value}")
+    return EXIT_OK
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    """Explain what the gateway would decide for a credential at a door."""
+    config = _config(args)
+    try:
+        kind, value = credentials.parse_credential(args.credential)
+        at = datetime.now(UTC) if args.at is None else datetime.fromisoformat(args.at)
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    if at.tzinfo is None:
+        raise CliError(f"--at {args.at!r} needs a UTC offset, e.g. 2026-12-01T09:00:00+01:00")
+    view, path = _view(config)
+    if args.door not in view.doors:
+        known = ", ".join(sorted(view.doors)) or "none"
+        raise CliError(f"unknown door {args.door!r}; doors in the cache: {known}")
+    mode = desired_mode(view, args.door, read_door_modes(path).get(args.door), at)
+    identity = credentials.assumed(view.credential(kind, value), kind)
+    decision = access.decide(identity, args.door, at, view, mode)
+    if args.json:
+        print(
+            json.dumps(
+                {"decision": decision_to_json(decision), "explanation": explain(decision, view)},
+                indent=2,
+            )
+        )
+    else:
+        print(explain(decision, view))
+        print("(a what-if: the credential is assumed to prove itself as strongly as it can)")
+    return EXIT_OK if decision.granted else EXIT_DENIED
+
+
+def cmd_users_list(args: argparse.Namespace) -> int:
+    """List the cached users with their tags."""
+    view, _ = _view(_config(args))
+    users = [user_summary(view.users[i]) for i in sorted(view.users)]
+    if args.json:
+        print(json.dumps(users, indent=2))
+    else:
+        for u in users:
+            print(f"{u['id']:<24} {u['status']:<10} {u['name']:<32} {','.join(u['tags'])}")
+    return EXIT_OK
+
+
+def cmd_present(args: argparse.Namespace) -> int:
+    """Hold a credential to a running gateway's simulated reader."""
+    config = _config(args)
+    host = "127.0.0.1" if config.web.host in ("0.0.0.0", "::") else config.web.host  # noqa: S104
+    url = f"http://{host}:{config.web.port}/api/simulator/doors/{args.door}/present"
+    request = urllib.request.Request(
+        url,
+        data=json.dumps({"credential": args.credential}).encode(),
+        headers={"content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            body = json.load(response)
+    except urllib.error.HTTPError as err:
+        raise CliError(json.load(err).get("error", str(err))) from None
+    except OSError as err:
+        raise CliError(
+            f"no gateway answering at {url} ({err}); is `luckey-gateway run` running?"
+        ) from None
+    print(json.dumps(body, indent=2) if args.json else body["explanation"])
+    return EXIT_OK if body["decision"]["granted"] else EXIT_DENIED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="luckey-gateway", description="Luckey edge gateway for access control."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", type=Path, help="TOML configuration file (default: built-in defaults)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("run", parents=[common], help="run the gateway daemon").set_defaults(
+        func=cmd_run
+    )
+
+    check = sub.add_parser("check-config", parents=[common], help="validate a configuration file")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(func=cmd_check_config)
+
+    decide = sub.add_parser(
+        "decide",
+        parents=[common],
+        help="explain the decision for a credential at a door (exit 0 granted, 1 denied)",
+    )
+    decide.add_argument("--door", required=True)
+    decide.add_argument("--credential", required=True, metavar="KIND:VALUE")
+    decide.add_argument(
+        "--at", metavar="ISO-8601", help="instant to decide at, with UTC offset (default: now)"
+    )
+    decide.add_argument("--json", action="store_true")
+    decide.set_defaults(func=cmd_decide)
+
+    users = sub.add_parser("users", help="cached users").add_subparsers(
+        dest="users_command", required=True
+    )
+    users_list = users.add_parser("list", parents=[common], help="list cached users and their tags")
+    users_list.add_argument("--json", action="store_true")
+    users_list.set_defaults(func=cmd_users_list)
+
+    present = sub.add_parser(
+        "present",
+        parents=[common],
+        help="present a credential at a running gateway's simulated reader",
+    )
+    present.add_argument("--door", required=True)
+    present.add_argument("--credential", required=True, metavar="KIND:VALUE")
+    present.add_argument("--json", action="store_true")
+    present.set_defaults(func=cmd_present)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        status: int = args.func(args)
+    except CliError as err:
+        print(f"luckey-gateway: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return status

@@ -1,0 +1,770 @@
+"""JSON form of the domain: snapshots, deltas and each entity, validated on the way in.
+
+Pure functions over already-decoded JSON values. Every error is a ``FormatError`` naming the
+path of the bad value (``users[12].valid_until``), the value, and what is allowed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from gateway import credentials as creds
+from gateway.model import (
+    KIND_ASSURANCE,
+    MINUTES_PER_DAY,
+    AccessRule,
+    AssuranceLevel,
+    Credential,
+    CredentialKind,
+    Door,
+    HolidayCalendar,
+    Schedule,
+    ScheduleException,
+    Site,
+    Tag,
+    TimeWindow,
+    User,
+    UserStatus,
+    Weekday,
+)
+
+FORMAT = 1  # the snapshot/delta format this code reads and writes
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+_HHMM = re.compile(r"([01]\d|2[0-3]):([0-5]\d)|24:00")
+_DAY_NAMES = {d.name.lower(): d for d in Weekday}
+
+T = TypeVar("T")
+
+
+class FormatError(ValueError):
+    """Bad snapshot, delta or entity JSON; ``path`` locates the offending value."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+
+
+# --- primitives -----------------------------------------------------------------------------
+
+
+def _obj(value: Any, path: str, required: Iterable[str], optional: Iterable[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise FormatError(path, f"expected an object, got {type(value).__name__}")
+    allowed = set(required) | set(optional)
+    for key in value:
+        if key not in allowed:
+            raise FormatError(
+                _join(path, key), f"unknown field; allowed: {', '.join(sorted(allowed))}"
+            )
+    for key in required:
+        if key not in value:
+            raise FormatError(_join(path, key), "missing required field")
+    return value
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _str(value: Any, path: str, *, max_len: int = 256) -> str:
+    if not isinstance(value, str) or not value or len(value) > max_len:
+        raise FormatError(
+            path,
+            f"{value!r} is not allowed; expected a non-empty string of at most {max_len} characters",
+        )
+    return value
+
+
+def _id(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise FormatError(
+            path,
+            f"{value!r} is not a valid id; expected 1-128 of letters, digits and ._:@- (not starting with a symbol)",
+        )
+    return value
+
+
+def _bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise FormatError(path, f"{value!r} is not allowed; expected true or false")
+    return value
+
+
+def _int(value: Any, path: str, *, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise FormatError(path, f"{value!r} is not allowed; expected an integer >= {minimum}")
+    return value
+
+
+def _number(value: Any, path: str, *, minimum: float, maximum: float) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not minimum <= value <= maximum
+    ):
+        raise FormatError(
+            path, f"{value!r} is not allowed; expected a number from {minimum} to {maximum}"
+        )
+    return float(value)
+
+
+def _datetime(value: Any, path: str) -> datetime:
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed
+    raise FormatError(
+        path, f"{value!r} is not allowed; expected an ISO-8601 date-time with a UTC offset"
+    )
+
+
+def _opt_datetime(value: Any, path: str) -> datetime | None:
+    return None if value is None else _datetime(value, path)
+
+
+def _date(value: Any, path: str) -> date:
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise FormatError(path, f"{value!r} is not allowed; expected a date YYYY-MM-DD")
+
+
+def _choice(value: Any, path: str, parse: Callable[[str], T], allowed: Iterable[str]) -> T:
+    if isinstance(value, str):
+        try:
+            return parse(value)
+        except (ValueError, KeyError):
+            pass
+    raise FormatError(path, f"{value!r} is not allowed; expected one of: {', '.join(allowed)}")
+
+
+def _list(value: Any, path: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise FormatError(path, f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def _ids(value: Any, path: str) -> frozenset[str]:
+    return frozenset(_id(item, f"{path}[{i}]") for i, item in enumerate(_list(value, path)))
+
+
+def _validity(obj: Mapping[str, Any], path: str) -> tuple[datetime | None, datetime | None]:
+    start = _opt_datetime(obj.get("valid_from"), _join(path, "valid_from"))
+    end = _opt_datetime(obj.get("valid_until"), _join(path, "valid_until"))
+    if start is not None and end is not None and end <= start:
+        raise FormatError(
+            _join(path, "valid_until"),
+            f"{end.isoformat()} must be after valid_from {start.isoformat()}",
+        )
+    return start, end
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _minutes(value: Any, path: str) -> int:
+    if not isinstance(value, str) or not _HHMM.fullmatch(value):
+        raise FormatError(
+            path, f"{value!r} is not allowed; expected a time HH:MM from 00:00 to 24:00"
+        )
+    hours, minutes = value.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def hhmm(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+# --- entities -------------------------------------------------------------------------------
+
+
+def site_from_json(value: Any, path: str = "site") -> Site:
+    """Parse a site; the timezone must be a known IANA name."""
+    obj = _obj(value, path, ("id", "name", "timezone"), ())
+    tz_name = obj["timezone"]
+    try:
+        if not isinstance(tz_name, str):
+            raise ValueError
+        ZoneInfo(tz_name)
+    except (ValueError, ZoneInfoNotFoundError):
+        raise FormatError(
+            _join(path, "timezone"),
+            f"{tz_name!r} is not allowed; expected an IANA timezone name such as Europe/Rome",
+        ) from None
+    return Site(_id(obj["id"], _join(path, "id")), _str(obj["name"], _join(path, "name")), tz_name)
+
+
+def site_to_json(site: Site) -> dict[str, Any]:
+    """Serialise a site."""
+    return {"id": site.id, "name": site.name, "timezone": site.timezone}
+
+
+_ASSURANCE_NAMES = [a.label for a in AssuranceLevel]
+
+
+def door_from_json(value: Any, path: str) -> Door:
+    """Parse a door."""
+    obj = _obj(value, path, ("id", "name"), ("min_assurance", "unlock_seconds", "unlock_schedule"))
+    schedule = obj.get("unlock_schedule")
+    return Door(
+        id=_id(obj["id"], _join(path, "id")),
+        name=_str(obj["name"], _join(path, "name")),
+        min_assurance=_choice(
+            obj.get("min_assurance", "medium"),
+            _join(path, "min_assurance"),
+            AssuranceLevel.parse,
+            _ASSURANCE_NAMES,
+        ),
+        unlock_seconds=_number(
+            obj.get("unlock_seconds", 5), _join(path, "unlock_seconds"), minimum=0.5, maximum=3600
+        ),
+        unlock_schedule_id=None
+        if schedule is None
+        else _id(schedule, _join(path, "unlock_schedule")),
+    )
+
+
+def door_to_json(door: Door) -> dict[str, Any]:
+    """Serialise a door."""
+    return {
+        "id": door.id,
+        "name": door.name,
+        "min_assurance": door.min_assurance.label,
+        "unlock_seconds": door.unlock_seconds,
+        "unlock_schedule": door.unlock_schedule_id,
+    }
+
+
+def user_from_json(value: Any, path: str, strings: dict[Any, Any] | None = None) -> User:
+    """Parse a user; ``strings`` interns repeated values (tag sets) across a large load."""
+    obj = _obj(value, path, ("id", "name"), ("status", "tags", "valid_from", "valid_until"))
+    start, end = _validity(obj, path)
+    tags = tuple(sorted(_ids(obj.get("tags", []), _join(path, "tags"))))
+    user_id = _id(obj["id"], _join(path, "id"))
+    if strings is not None:
+        # Users often share a tag set, and credentials point at user ids: keep one copy of each.
+        tags = strings.setdefault(tags, tags)
+        user_id = strings.setdefault(user_id, user_id)
+    return User(
+        id=user_id,
+        name=_str(obj["name"], _join(path, "name")),
+        status=_choice(
+            obj.get("status", "active"),
+            _join(path, "status"),
+            UserStatus,
+            [s.value for s in UserStatus],
+        ),
+        tags=tags,
+        valid_from=start,
+        valid_until=end,
+    )
+
+
+def user_to_json(user: User) -> dict[str, Any]:
+    """Serialise a user."""
+    return {
+        "id": user.id,
+        "name": user.name,
+        "status": user.status.value,
+        "tags": sorted(user.tags),
+        "valid_from": _iso(user.valid_from),
+        "valid_until": _iso(user.valid_until),
+    }
+
+
+def credential_from_json(
+    value: Any, path: str, strings: dict[str, Any] | None = None
+) -> Credential:
+    """Parse a credential; its value must match its kind and its assurance what the kind can prove."""
+    obj = _obj(
+        value,
+        path,
+        ("id", "user", "kind", "value"),
+        ("assurance", "revoked", "valid_from", "valid_until"),
+    )
+    kind = _choice(
+        obj["kind"], _join(path, "kind"), CredentialKind, [k.value for k in CredentialKind]
+    )
+    raw = obj["value"]
+    try:
+        if not isinstance(raw, str):
+            raise ValueError(f"{kind.value} value must be a string")
+        canonical = creds.canonical_value(kind, raw)
+    except ValueError as err:
+        raise FormatError(_join(path, "value"), str(err)) from None
+    strongest = KIND_ASSURANCE[kind]
+    assurance = strongest
+    if "assurance" in obj:
+        assurance = _choice(
+            obj["assurance"], _join(path, "assurance"), AssuranceLevel.parse, _ASSURANCE_NAMES
+        )
+        if assurance > strongest:
+            raise FormatError(
+                _join(path, "assurance"),
+                f"{assurance.label!r} is not allowed for {kind.value}; at most {strongest.label}",
+            )
+    start, end = _validity(obj, path)
+    user = _id(obj["user"], _join(path, "user"))
+    if strings is not None:
+        user = strings.setdefault(user, user)
+    return Credential(
+        id=_id(obj["id"], _join(path, "id")),
+        user_id=user,
+        kind=kind,
+        value=canonical,
+        assurance=assurance,
+        revoked=_bool(obj.get("revoked", False), _join(path, "revoked")),
+        valid_from=start,
+        valid_until=end,
+    )
+
+
+def credential_to_json(credential: Credential) -> dict[str, Any]:
+    """Serialise a credential."""
+    return {
+        "id": credential.id,
+        "user": credential.user_id,
+        "kind": credential.kind.value,
+        "value": credential.value,
+        "assurance": credential.assurance.label,
+        "revoked": credential.revoked,
+        "valid_from": _iso(credential.valid_from),
+        "valid_until": _iso(credential.valid_until),
+    }
+
+
+def tag_from_json(value: Any, path: str) -> Tag:
+    """Parse a tag."""
+    obj = _obj(value, path, ("id", "name"), ("special", "owner"))
+    owner = obj.get("owner")
+    return Tag(
+        id=_id(obj["id"], _join(path, "id")),
+        name=_str(obj["name"], _join(path, "name")),
+        special=_bool(obj.get("special", False), _join(path, "special")),
+        owner=None if owner is None else _str(owner, _join(path, "owner"), max_len=64),
+    )
+
+
+def tag_to_json(tag: Tag) -> dict[str, Any]:
+    """Serialise a tag."""
+    return {"id": tag.id, "name": tag.name, "special": tag.special, "owner": tag.owner}
+
+
+def _window(value: Any, path: str, *, weekly: bool) -> TimeWindow:
+    required = ("days", "start", "end") if weekly else ("start", "end")
+    obj = _obj(value, path, required, ("overnight",))
+    if weekly:
+        names = _list(obj["days"], _join(path, "days"))
+        if not names:
+            raise FormatError(_join(path, "days"), "must name at least one day")
+        days = frozenset(
+            _choice(n, f"{path}.days[{i}]", lambda s: _DAY_NAMES[s.lower()], _DAY_NAMES)
+            for i, n in enumerate(names)
+        )
+    else:
+        days = frozenset(Weekday)
+    start = _minutes(obj["start"], _join(path, "start"))
+    end = _minutes(obj["end"], _join(path, "end"))
+    overnight = _bool(obj.get("overnight", False), _join(path, "overnight"))
+    if start == MINUTES_PER_DAY:
+        raise FormatError(_join(path, "start"), "'24:00' is not allowed as a start; use 00:00")
+    if overnight and not end < start:
+        raise FormatError(
+            _join(path, "end"),
+            f"{hhmm(end)} is not allowed for an overnight window starting {hhmm(start)}; "
+            "an overnight window must end (next day) before its start time",
+        )
+    if not overnight and end <= start:
+        raise FormatError(
+            _join(path, "end"),
+            f"window {hhmm(start)}-{hhmm(end)} is inverted or empty; the end must be after the start, "
+            "or set overnight = true for a window that spans midnight",
+        )
+    return TimeWindow(days, start, end, overnight)
+
+
+def _window_to_json(window: TimeWindow, *, weekly: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "start": hhmm(window.start),
+        "end": hhmm(window.end),
+        "overnight": window.overnight,
+    }
+    if weekly:
+        out = {"days": [d.name.lower() for d in sorted(window.days)], **out}
+    return out
+
+
+_WEEK_MINUTES = 7 * MINUTES_PER_DAY
+
+
+def week_intervals(windows: Sequence[TimeWindow]) -> list[tuple[int, int, int]]:
+    """Each window's pieces as (start, end, window index) in minutes since Monday 00:00."""
+    pieces: list[tuple[int, int, int]] = []
+    for index, window in enumerate(windows):
+        for day in window.days:
+            start = day * MINUTES_PER_DAY + window.start
+            end = day * MINUTES_PER_DAY + window.end + (MINUTES_PER_DAY if window.overnight else 0)
+            if end > _WEEK_MINUTES:  # Sunday overnight wraps to Monday morning
+                pieces.append((start, _WEEK_MINUTES, index))
+                pieces.append((0, end - _WEEK_MINUTES, index))
+            else:
+                pieces.append((start, end, index))
+    return sorted(pieces)
+
+
+def _check_no_overlap(windows: Sequence[TimeWindow], path: str) -> None:
+    pieces = week_intervals(windows)
+    for (_s1, e1, i1), (s2, _e2, i2) in itertools.pairwise(pieces):
+        if s2 < e1:
+            day = Weekday(s2 // MINUTES_PER_DAY).name.lower()
+            raise FormatError(
+                f"{path}[{max(i1, i2)}]",
+                f"overlaps {path}[{min(i1, i2)}] on {day} at {hhmm(s2 % MINUTES_PER_DAY)}; windows must not overlap",
+            )
+
+
+def _exception(value: Any, path: str) -> ScheduleException:
+    obj = _obj(value, path, ("start", "end", "open"), ("note",))
+    start = _datetime(obj["start"], _join(path, "start"))
+    end = _datetime(obj["end"], _join(path, "end"))
+    if end <= start:
+        raise FormatError(
+            _join(path, "end"), f"{end.isoformat()} must be after start {start.isoformat()}"
+        )
+    note = obj.get("note", "")
+    if not isinstance(note, str):
+        raise FormatError(_join(path, "note"), "expected a string")
+    return ScheduleException(start, end, _bool(obj["open"], _join(path, "open")), note)
+
+
+def schedule_from_json(value: Any, path: str) -> Schedule:
+    """Parse a schedule; windows may not be inverted or overlap one another."""
+    obj = _obj(
+        value,
+        path,
+        ("id", "name", "windows"),
+        ("holiday_calendars", "holiday_windows", "exceptions"),
+    )
+    windows = tuple(
+        _window(w, f"{path}.windows[{i}]", weekly=True)
+        for i, w in enumerate(_list(obj["windows"], _join(path, "windows")))
+    )
+    _check_no_overlap(windows, _join(path, "windows"))
+    holiday_windows = tuple(
+        _window(w, f"{path}.holiday_windows[{i}]", weekly=False)
+        for i, w in enumerate(_list(obj.get("holiday_windows", []), _join(path, "holiday_windows")))
+    )
+    _check_no_overlap(holiday_windows, _join(path, "holiday_windows"))
+    calendars = tuple(
+        sorted(_ids(obj.get("holiday_calendars", []), _join(path, "holiday_calendars")))
+    )
+    exceptions = tuple(
+        _exception(e, f"{path}.exceptions[{i}]")
+        for i, e in enumerate(_list(obj.get("exceptions", []), _join(path, "exceptions")))
+    )
+    return Schedule(
+        id=_id(obj["id"], _join(path, "id")),
+        name=_str(obj["name"], _join(path, "name")),
+        windows=windows,
+        holiday_calendars=calendars,
+        holiday_windows=holiday_windows,
+        exceptions=exceptions,
+    )
+
+
+def schedule_to_json(schedule: Schedule) -> dict[str, Any]:
+    """Serialise a schedule."""
+    return {
+        "id": schedule.id,
+        "name": schedule.name,
+        "windows": [_window_to_json(w, weekly=True) for w in schedule.windows],
+        "holiday_calendars": list(schedule.holiday_calendars),
+        "holiday_windows": [_window_to_json(w, weekly=False) for w in schedule.holiday_windows],
+        "exceptions": [
+            {"start": e.start.isoformat(), "end": e.end.isoformat(), "open": e.open, "note": e.note}
+            for e in schedule.exceptions
+        ],
+    }
+
+
+def calendar_from_json(value: Any, path: str) -> HolidayCalendar:
+    """Parse a holiday calendar."""
+    obj = _obj(value, path, ("id", "name", "dates"), ())
+    dates = frozenset(
+        _date(d, f"{path}.dates[{i}]")
+        for i, d in enumerate(_list(obj["dates"], _join(path, "dates")))
+    )
+    return HolidayCalendar(
+        _id(obj["id"], _join(path, "id")), _str(obj["name"], _join(path, "name")), dates
+    )
+
+
+def calendar_to_json(calendar: HolidayCalendar) -> dict[str, Any]:
+    """Serialise a holiday calendar."""
+    return {
+        "id": calendar.id,
+        "name": calendar.name,
+        "dates": sorted(d.isoformat() for d in calendar.dates),
+    }
+
+
+def rule_from_json(value: Any, path: str) -> AccessRule:
+    """Parse an access rule; it must name at least one tag and one door."""
+    obj = _obj(
+        value, path, ("id", "name", "tags", "doors"), ("schedule", "valid_from", "valid_until")
+    )
+    tags = _ids(obj["tags"], _join(path, "tags"))
+    doors = _ids(obj["doors"], _join(path, "doors"))
+    for key, items in (("tags", tags), ("doors", doors)):
+        if not items:
+            raise FormatError(_join(path, key), "must name at least one")
+    start, end = _validity(obj, path)
+    schedule = obj.get("schedule")
+    return AccessRule(
+        id=_id(obj["id"], _join(path, "id")),
+        name=_str(obj["name"], _join(path, "name")),
+        tags=tags,
+        doors=doors,
+        schedule_id=None if schedule is None else _id(schedule, _join(path, "schedule")),
+        valid_from=start,
+        valid_until=end,
+    )
+
+
+def rule_to_json(rule: AccessRule) -> dict[str, Any]:
+    """Serialise an access rule."""
+    return {
+        "id": rule.id,
+        "name": rule.name,
+        "tags": sorted(rule.tags),
+        "doors": sorted(rule.doors),
+        "schedule": rule.schedule_id,
+        "valid_from": _iso(rule.valid_from),
+        "valid_until": _iso(rule.valid_until),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class EntityCodec:
+    """How one collection of a snapshot is named, parsed and serialised."""
+
+    collection: str
+    parse: Callable[..., Any]
+    dump: Callable[[Any], dict[str, Any]]
+    interns: bool = False
+
+
+#: The collections of a snapshot, in the order that satisfies references on apply.
+CODECS: tuple[EntityCodec, ...] = (
+    EntityCodec("tags", tag_from_json, tag_to_json),
+    EntityCodec("holiday_calendars", calendar_from_json, calendar_to_json),
+    EntityCodec("schedules", schedule_from_json, schedule_to_json),
+    EntityCodec("doors", door_from_json, door_to_json),
+    EntityCodec("users", user_from_json, user_to_json, interns=True),
+    EntityCodec("credentials", credential_from_json, credential_to_json, interns=True),
+    EntityCodec("rules", rule_from_json, rule_to_json),
+)
+CODEC_BY_COLLECTION: Mapping[str, EntityCodec] = {c.collection: c for c in CODECS}
+COLLECTIONS: tuple[str, ...] = tuple(c.collection for c in CODECS)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A whole site at one version: replaces everything the cache held."""
+
+    version: int
+    site: Site
+    entities: Mapping[str, tuple[Any, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """Changes taking the cache from ``base_version`` to ``version``."""
+
+    version: int
+    base_version: int
+    site: Site | None = None
+    upserts: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    deletes: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+
+def _entities(
+    value: Any, path: str, codec: EntityCodec, strings: dict[str, Any]
+) -> tuple[Any, ...]:
+    items = _list(value, path)
+    parsed = tuple(
+        codec.parse(item, f"{path}[{i}]", strings)
+        if codec.interns
+        else codec.parse(item, f"{path}[{i}]")
+        for i, item in enumerate(items)
+    )
+    seen: set[str] = set()
+    for i, entity in enumerate(parsed):
+        if entity.id in seen:
+            raise FormatError(f"{path}[{i}].id", f"duplicate id {entity.id!r}")
+        seen.add(entity.id)
+    if codec.collection == "credentials":
+        keys: set[tuple[CredentialKind, str]] = set()
+        for i, credential in enumerate(parsed):
+            key = (credential.kind, credential.value)
+            if key in keys:
+                raise FormatError(
+                    f"{path}[{i}].value",
+                    f"{credential.kind.value} value is already used by another credential",
+                )
+            keys.add(key)
+    return parsed
+
+
+def _format(obj: Mapping[str, Any]) -> None:
+    value = obj.get("format")
+    if type(value) is not int or value != FORMAT:  # True == 1 in Python: insist on an int
+        raise FormatError("format", f"{value!r} is not allowed; this gateway reads format {FORMAT}")
+
+
+def snapshot_from_json(value: Any) -> Snapshot:
+    """Parse and validate a whole snapshot, references included."""
+    obj = _obj(value, "", ("format", "version", "site"), COLLECTIONS)
+    _format(obj)
+    strings: dict[Any, Any] = {}
+    entities = {
+        c.collection: _entities(obj.get(c.collection, []), c.collection, c, strings) for c in CODECS
+    }
+    snapshot = Snapshot(
+        _int(obj["version"], "version", minimum=1), site_from_json(obj["site"]), entities
+    )
+    check_references(snapshot.entities)
+    return snapshot
+
+
+def snapshot_to_json(snapshot: Snapshot) -> dict[str, Any]:
+    """Serialise a snapshot."""
+    out: dict[str, Any] = {
+        "format": FORMAT,
+        "version": snapshot.version,
+        "site": site_to_json(snapshot.site),
+    }
+    for codec in CODECS:
+        out[codec.collection] = [codec.dump(e) for e in snapshot.entities.get(codec.collection, ())]
+    return out
+
+
+def delta_from_json(value: Any) -> Delta:
+    """Parse a delta; references are checked against the cache when it is applied."""
+    obj = _obj(value, "", ("format", "version", "base_version"), ("site", "upsert", "delete"))
+    _format(obj)
+    version = _int(obj["version"], "version", minimum=1)
+    base = _int(obj["base_version"], "base_version", minimum=0)
+    if base >= version:
+        raise FormatError("base_version", f"{base} must be lower than version {version}")
+    upsert = _obj(obj.get("upsert", {}), "upsert", (), COLLECTIONS)
+    delete = _obj(obj.get("delete", {}), "delete", (), COLLECTIONS)
+    strings: dict[Any, Any] = {}
+    upserts = {
+        k: _entities(v, f"upsert.{k}", CODEC_BY_COLLECTION[k], strings) for k, v in upsert.items()
+    }
+    deletes = {k: _ids(v, f"delete.{k}") for k, v in delete.items()}
+    for collection, ids in deletes.items():
+        both = ids & {e.id for e in upserts.get(collection, ())}
+        if both:
+            raise FormatError(
+                f"delete.{collection}", f"{sorted(both)[0]!r} is both upserted and deleted"
+            )
+    site = None if obj.get("site") is None else site_from_json(obj["site"])
+    return Delta(version, base, site, upserts, deletes)
+
+
+def delta_to_json(delta: Delta) -> dict[str, Any]:
+    """Serialise a delta."""
+    out: dict[str, Any] = {
+        "format": FORMAT,
+        "version": delta.version,
+        "base_version": delta.base_version,
+    }
+    if delta.site is not None:
+        out["site"] = site_to_json(delta.site)
+    if delta.upserts:
+        out["upsert"] = {
+            k: [CODEC_BY_COLLECTION[k].dump(e) for e in v] for k, v in delta.upserts.items()
+        }
+    if delta.deletes:
+        out["delete"] = {k: sorted(v) for k, v in delta.deletes.items()}
+    return out
+
+
+class References:
+    """Answers "does an entity with this id exist?" for each collection."""
+
+    def __init__(self, lookup: Callable[[str, str], bool]) -> None:
+        self._lookup = lookup
+
+    def exists(self, collection: str, entity_id: str) -> bool:
+        """True if ``collection`` holds ``entity_id``."""
+        return self._lookup(collection, entity_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Dangling:
+    """A reference to an entity that does not exist."""
+
+    collection: str  # where the reference is
+    index: int
+    entity_id: str
+    key: str
+    target_collection: str
+    target: str
+
+    def error(self, prefix: str = "") -> FormatError:
+        """The error naming where the reference is and what it points at."""
+        what = self.target_collection[:-1].replace("_", " ")
+        return FormatError(
+            f"{prefix}{self.collection}[{self.index}].{self.key}",
+            f"{self.target!r} is not a known {what}",
+        )
+
+
+_REFERENCES: tuple[tuple[str, str, Callable[[Any], Iterable[str]], str], ...] = (
+    ("credentials", "user", lambda c: (c.user_id,), "users"),
+    ("users", "tags", lambda u: u.tags, "tags"),
+    ("rules", "tags", lambda r: r.tags, "tags"),
+    ("rules", "doors", lambda r: r.doors, "doors"),
+    ("rules", "schedule", lambda r: () if r.schedule_id is None else (r.schedule_id,), "schedules"),
+    (
+        "doors",
+        "unlock_schedule",
+        lambda d: () if d.unlock_schedule_id is None else (d.unlock_schedule_id,),
+        "schedules",
+    ),
+    ("schedules", "holiday_calendars", lambda s: s.holiday_calendars, "holiday_calendars"),
+)
+
+
+def dangling(entities: Mapping[str, Iterable[Any]], refs: References) -> Dangling | None:
+    """The first reference from ``entities`` to something ``refs`` does not hold, if any."""
+    for collection, key, targets, target_collection in _REFERENCES:
+        for index, entity in enumerate(entities.get(collection, ())):
+            for target in targets(entity):
+                if not refs.exists(target_collection, target):
+                    return Dangling(collection, index, entity.id, key, target_collection, target)
+    return None
+
+
+def check_references(entities: Mapping[str, Iterable[Any]]) -> None:
+    """Raise FormatError if a snapshot's entities refer to anything it does not hold."""
+    ids = {collection: {e.id for e in entities.get(collection, ())} for collection in COLLECTIONS}
+    found = dangling(entities, References(lambda c, i: i in ids[c]))
+    if found is not None:
+        raise found.error()

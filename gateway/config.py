@@ -1,0 +1,316 @@
+"""Configuration: one TOML file validated at start into frozen dataclasses, or a clear error."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import difflib
+import ipaddress
+import json
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["json", "text"]
+# Only the simulated board exists for now; real backends come with the door board driver.
+HardwareBackend = Literal["simulated"]
+
+# A section-level check returns (key, bad value, what is allowed) for each problem it finds.
+SectionCheck = Callable[[Any], list[tuple[str, object, str]]]
+
+
+class ConfigError(ValueError):
+    """A configuration problem naming the key path, the bad value and what is allowed."""
+
+    def __init__(
+        self, key_path: str, value: object, allowed: str, message: str | None = None
+    ) -> None:
+        self.key_path = key_path
+        self.value = value
+        self.allowed = allowed
+        if message is None:
+            message = f"{key_path}: {show_value(value)} is not allowed; expected {allowed}"
+        super().__init__(message)
+
+
+class ConfigErrors(ConfigError):
+    """Several configuration problems at once; ``str()`` shows one per line."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = list(errors)
+        first = self.errors[0]
+        super().__init__(
+            first.key_path, first.value, first.allowed, "\n".join(str(e) for e in self.errors)
+        )
+
+
+def show_value(value: object) -> str:
+    """Render ``value`` the way it would be written in TOML, shortened for one error line."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, Mapping):
+        text = "a table"
+    elif isinstance(value, datetime.date | datetime.time):
+        text = value.isoformat()
+    else:
+        text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_ip_address(value: str) -> bool:
+    """True if ``value`` is an IPv4 or IPv6 address."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_web_remote(web: WebSection) -> list[tuple[str, object, str]]:
+    """Refuse a non-loopback listen address unless remote access was asked for explicitly."""
+    if web.allow_remote or ipaddress.ip_address(web.host).is_loopback:
+        return []
+    allowed = (
+        "a loopback address (127.0.0.1 or ::1) unless web.allow_remote = true"
+        " (the web UI has no HTTPS or admin login yet)"
+    )
+    return [("host", web.host, allowed)]
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySection:
+    """``[gateway]``: where state lives and how the daemon logs."""
+
+    state_dir: Path = Path("var")
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class WebSection:
+    """``[web]``: the local status and admin web server."""
+
+    host: str = field(
+        default="127.0.0.1",
+        metadata={"validator": _is_ip_address, "allowed": "an IP address such as 127.0.0.1"},
+    )
+    port: int = field(default=8080, metadata={"min": 1, "max": 65535})
+    allow_remote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HardwareSection:
+    """``[hardware]``: which door board backend drives the relays and readers."""
+
+    backend: HardwareBackend = "simulated"
+
+
+@dataclass(frozen=True, slots=True)
+class EventsSection:
+    """``[events]``: bounds of the durable event outbox."""
+
+    max_rows: int = field(default=200_000, metadata={"min": 1000, "max": 10_000_000})
+    batch_max: int = field(default=256, metadata={"min": 1, "max": 10_000})
+
+
+@dataclass(frozen=True, slots=True)
+class DemoSection:
+    """``[demo]``: the demo site for a first run."""
+
+    seed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated configuration; ``source`` is the file it came from, if any."""
+
+    gateway: GatewaySection = field(default_factory=GatewaySection)
+    web: WebSection = field(default_factory=WebSection, metadata={"check": _check_web_remote})
+    hardware: HardwareSection = field(default_factory=HardwareSection)
+    events: EventsSection = field(default_factory=EventsSection)
+    demo: DemoSection = field(default_factory=DemoSection)
+    source: Path | None = field(default=None, metadata={"internal": True})
+
+
+# --- the generic loader: walks dataclass fields, their type hints and their metadata ---
+
+
+def _describe(hint: Any, meta: Mapping[str, Any]) -> str:
+    """Say in words which values a field with type ``hint`` and constraints ``meta`` accepts."""
+    if "allowed" in meta:
+        return str(meta["allowed"])
+    if get_origin(hint) is Literal:
+        choices = [show_value(c) for c in get_args(hint)]
+        return choices[0] if len(choices) == 1 else "one of " + ", ".join(choices)
+    noun = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        Path: "a non-empty path (relative to the config file's directory)",
+    }[hint]
+    low, high = meta.get("min"), meta.get("max")
+    if low is not None and high is not None:
+        return f"{noun} from {low} to {high}"
+    if low is not None:
+        return f"{noun} of at least {low}"
+    if high is not None:
+        return f"{noun} of at most {high}"
+    return noun
+
+
+def _convert(raw: Any, hint: Any, meta: Mapping[str, Any], key_path: str, base: Path) -> Any:
+    """Return ``raw`` as a ``hint`` within ``meta``'s constraints; ConfigError otherwise."""
+    error = ConfigError(key_path, raw, _describe(hint, meta))
+    value: Any = raw
+    if get_origin(hint) is Literal:
+        ok = any(type(raw) is type(c) and raw == c for c in get_args(hint))
+    elif hint is bool or hint is str:
+        ok = isinstance(raw, hint)
+    elif hint is int:
+        ok = isinstance(raw, int) and not isinstance(raw, bool)
+    elif hint is float:
+        ok = isinstance(raw, int | float) and not isinstance(raw, bool)
+        value = float(raw) if ok else raw
+    elif hint is Path:
+        ok = isinstance(raw, str | PurePath) and str(raw) != ""
+        value = base / raw if ok else raw
+    else:
+        raise TypeError(f"{key_path}: unsupported configuration type {hint!r}")
+    if not ok:
+        raise error
+    low, high = meta.get("min"), meta.get("max")
+    # Written as "not >=" so that NaN fails every bound.
+    if (low is not None and not value >= low) or (high is not None and not value <= high):
+        raise error
+    validator = meta.get("validator")
+    if validator is not None and not validator(value):
+        raise error
+    return value
+
+
+def _unknown(
+    key: str, value: object, names: list[str], nested: list[str], path: str
+) -> ConfigError:
+    """The error for a key or section the schema lacks, suggesting the closest known name."""
+    kind = "key" if path else "section"
+    key_path = f"{path}.{key}" if path else key
+    allowed = f"allowed {kind}s: {', '.join(names)}"
+    # The nested names catch a key written above its [section] header ("port" -> "web.port").
+    close = difflib.get_close_matches(key, names, n=1)
+    close = close or difflib.get_close_matches(key, nested, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(key_path, value, allowed, f"{key_path}: unknown {kind}; {allowed}{hint}")
+
+
+def _is_section(hint: Any) -> bool:
+    """True if a field of type ``hint`` is a table of its own (a nested dataclass)."""
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
+
+
+def _load(
+    cls: type[Any], table: Mapping[str, Any], path: str, base: Path, errors: list[ConfigError]
+) -> Any:
+    """Build dataclass ``cls`` from ``table``, adding problems to ``errors``; None if unusable."""
+    hints = get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+    names = [f.name for f in fields]
+    nested = [
+        f"{f.name}.{g.name}"
+        for f in fields
+        if _is_section(hints[f.name])
+        for g in dataclasses.fields(hints[f.name])
+    ]
+    errors.extend(
+        _unknown(str(k), v, names, nested, path) for k, v in table.items() if k not in names
+    )
+    values: dict[str, Any] = {}
+    failed = False
+    for f in fields:
+        key_path = f"{path}.{f.name}" if path else f.name
+        hint = hints[f.name]
+        if _is_section(hint):
+            raw = table.get(f.name, {})
+            if not isinstance(raw, Mapping):
+                keys = ", ".join(g.name for g in dataclasses.fields(hint))
+                errors.append(ConfigError(key_path, raw, f"a table [{key_path}] with keys {keys}"))
+                failed = True
+                continue
+            section = _load(hint, raw, key_path, base, errors)
+            check: SectionCheck | None = f.metadata.get("check")
+            if section is not None and check is not None:
+                problems = check(section)
+                errors.extend(ConfigError(f"{key_path}.{k}", v, a) for k, v, a in problems)
+            values[f.name] = section
+            failed = failed or section is None
+        else:
+            # Defaults go through the same conversion, so a default path is resolved too.
+            try:
+                values[f.name] = _convert(
+                    table.get(f.name, f.default), hint, f.metadata, key_path, base
+                )
+            except ConfigError as err:
+                errors.append(err)
+                failed = True
+    return None if failed else cls(**values)
+
+
+def parse_config(
+    data: Mapping[str, Any], *, source: Path | None = None, base_dir: Path | None = None
+) -> Config:
+    """Validate parsed TOML ``data`` into a Config; raise ConfigError (ConfigErrors if several)."""
+    if base_dir is None:
+        base_dir = source.parent if source is not None else Path.cwd()
+    errors: list[ConfigError] = []
+    config = _load(Config, data, "", base_dir.absolute(), errors)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
+    assert isinstance(config, Config)
+    return dataclasses.replace(config, source=source)
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate the TOML file at ``path`` (defaults if None); errors name the file."""
+    if path is None:
+        return parse_config({})
+    source = path.absolute()
+    try:
+        with source.open("rb") as file:
+            data = tomllib.load(file)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ConfigError(
+            "", str(path), "a readable TOML file", f"{path}: cannot read configuration: {reason}"
+        ) from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError("", str(path), "valid TOML", f"{path}: invalid TOML: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            "", str(path), "UTF-8 text", f"{path}: not UTF-8 text: {err.reason}"
+        ) from err
+    return parse_config(data, source=source)
+
+
+def _plain(value: object) -> Any:
+    """``value`` with dataclasses as dicts (internal fields left out) and paths as strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: _plain(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if not f.metadata.get("internal")
+        }
+    if isinstance(value, PurePath):
+        return str(value)
+    return value
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """The sections as plain TOML values (paths as strings, no ``source``); parses back equal."""
+    return dict(_plain(config))

@@ -1,0 +1,107 @@
+"""The hot path: a credential read becomes a decision, a door opening, an event, feedback.
+
+Nothing here awaits the network or the cache database: the decision reads the in-memory view,
+and the only await is the event's commit to the outbox (durable before the reader shows it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime
+
+from drivers.base import CredentialRead, Feedback, ReaderBank
+from gateway import access
+from gateway.cache import Cache
+from gateway.credentials import (
+    DEFAULT_VERIFIERS,
+    Verified,
+    Verifier,
+    canonical_value,
+    parse_kind,
+    redact,
+    verify,
+)
+from gateway.doors import DoorController
+from gateway.events import EventLog, decision_event
+from gateway.model import AssuranceLevel, CredentialKind, Decision, Presentation
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class EntryService:
+    """Handles every credential presented at a reader, one decision each."""
+
+    def __init__(
+        self,
+        cache: Cache,
+        doors: DoorController,
+        events: EventLog,
+        readers: ReaderBank,
+        clock: Callable[[], datetime],
+        verifiers: Mapping[CredentialKind, Verifier] = DEFAULT_VERIFIERS,
+    ) -> None:
+        self._cache = cache
+        self._doors = doors
+        self._events = events
+        self._readers = readers
+        self._clock = clock
+        self._verifiers = verifiers
+        self._tasks: set[asyncio.Task[Decision]] = set()
+
+    def start(self) -> None:
+        """Start taking reads from the readers."""
+        self._readers.set_handler(self.on_read)
+
+    async def stop(self) -> None:
+        """Finish the presentations in flight (their events get committed)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def on_read(self, read: CredentialRead) -> None:
+        """Driver callback: handle the read in its own task."""
+        task = asyncio.create_task(self.handle(read), name=f"read-{read.reader_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def handle(self, read: CredentialRead) -> Decision:
+        """Decide a raw read; a malformed one is denied as an unknown credential."""
+        door_id = read.reader_id  # one reader per door, named after it
+        try:
+            kind = parse_kind(read.kind)
+            value = canonical_value(kind, read.value)
+        except ValueError as err:
+            _LOGGER.warning("malformed read at %s: %s", door_id, err)
+            now = self._clock()
+            view = self._cache.view
+            identity = Verified(None, AssuranceLevel.LOW)
+            decision = access.decide(identity, door_id, now, view, self._doors.mode(door_id))
+            await self._events.record(decision_event(decision, None))
+            self._readers.feedback(read.reader_id, Feedback.DENIED)
+            return decision
+        return await self.present(
+            Presentation(door_id, kind, value, read.proof), reader_id=read.reader_id
+        )
+
+    async def present(
+        self, presentation: Presentation, *, reader_id: str | None = None
+    ) -> Decision:
+        """Verify, decide, open if granted, commit the event, then show the result."""
+        view = self._cache.view
+        identity = verify(presentation, view.credential, self._verifiers)
+        door_id = presentation.door_id
+        decision = access.decide(identity, door_id, self._clock(), view, self._doors.mode(door_id))
+        self._doors.grant(decision)
+        await self._events.record(decision_event(decision, presentation))
+        self._readers.feedback(
+            reader_id or door_id, Feedback.GRANTED if decision.granted else Feedback.DENIED
+        )
+        _LOGGER.info(
+            "%s %s at %s: %s",
+            "granted" if decision.granted else "denied",
+            f"{presentation.kind.value} {redact(presentation.value)}",
+            door_id,
+            decision.reason.value,
+        )
+        return decision

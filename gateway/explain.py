@@ -1,0 +1,105 @@
+"""Plain-language explanations of decisions, for installers asking "why was I denied?"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.codec import hhmm
+from gateway.model import Decision, Reason, Schedule, TimeWindow, Weekday
+from gateway.view import CacheView
+
+_TEXT = {
+    Reason.GRANTED: "rule {rule} lets {user} through this door",
+    Reason.EMERGENCY_OPEN: "the door is in emergency-open mode: everyone may pass",
+    Reason.UNKNOWN_DOOR: "no door with this id is in the cache",
+    Reason.DOOR_LOCKDOWN: "the door is in lockdown: no credential opens it until lockdown ends",
+    Reason.UNKNOWN_CREDENTIAL: "this credential is not in the cache (not enrolled, or not synced yet)",
+    Reason.PROOF_INVALID: "the credential's cryptographic proof did not verify",
+    Reason.CREDENTIAL_REVOKED: "credential {credential} has been revoked",
+    Reason.CREDENTIAL_NOT_YET_VALID: "credential {credential} is valid only from {credential_from}",
+    Reason.CREDENTIAL_EXPIRED: "credential {credential} expired at {credential_until}",
+    Reason.UNKNOWN_USER: "credential {credential} belongs to a user who is not in the cache",
+    Reason.USER_DISABLED: "{user} is {user_status}",
+    Reason.USER_NOT_YET_VALID: "{user} has access only from {user_from}",
+    Reason.USER_EXPIRED: "{user}'s access ended at {user_until}",
+    Reason.ASSURANCE_TOO_LOW: "this door needs {door_assurance} assurance; the credential proved only {assurance}",
+    Reason.NO_RULE_FOR_DOOR: "no access rule gives any of {user}'s tags ({tags}) this door",
+    Reason.RULE_NOT_YET_VALID: "rule {rule} applies only from {rule_from}",
+    Reason.RULE_EXPIRED: "rule {rule} ended at {rule_until}",
+    Reason.OUTSIDE_SCHEDULE: "rule {rule} allows this door only during {schedule}; it is {local} on site",
+    Reason.HOLIDAY: "rule {rule}'s schedule {schedule} is closed on holidays, and {local_date} is one",
+    Reason.CLOSED_BY_EXCEPTION: "schedule {schedule} of rule {rule} is closed by a one-off exception now",
+}
+
+
+def describe_windows(windows: tuple[TimeWindow, ...]) -> str:
+    """E.g. ``mon,tue 08:00-18:00; fri 22:00-02:00(+1)``."""
+    parts = []
+    for w in windows:
+        days = ",".join(Weekday(d).name.lower() for d in sorted(w.days))
+        parts.append(f"{days} {hhmm(w.start)}-{hhmm(w.end)}{'(+1)' if w.overnight else ''}")
+    return "; ".join(parts) or "never"
+
+
+def _schedule_text(schedule: Schedule | None) -> str:
+    if schedule is None:
+        return "(unknown schedule)"
+    return f'"{schedule.name}" ({describe_windows(schedule.windows)})'
+
+
+def facts(decision: Decision, view: CacheView) -> dict[str, Any]:
+    """The names and values an explanation refers to."""
+    door = view.doors.get(decision.door_id)
+    user = view.users.get(decision.user_id or "")
+    rule = view.rules.get(decision.rule_id or "")
+    credential = None
+    if decision.credential_id is not None:
+        credential = next(
+            (c for c in view.all_credentials() if c.id == decision.credential_id),
+            None,
+        )
+    local = decision.at.astimezone(view.tz)
+    schedule = view.schedules.get(rule.schedule_id or "") if rule else None
+    return {
+        "door": f'"{door.name}" ({door.id})' if door else decision.door_id,
+        "door_assurance": door.min_assurance.label if door else "?",
+        "assurance": decision.assurance.label if decision.assurance else "?",
+        "user": f'"{user.name}" ({user.id})' if user else (decision.user_id or "?"),
+        "user_status": user.status.value if user else "?",
+        "user_from": user.valid_from if user else "?",
+        "user_until": user.valid_until if user else "?",
+        "tags": ", ".join(sorted(user.tags)) if user and user.tags else "none",
+        "credential": decision.credential_id or "?",
+        "credential_from": credential.valid_from if credential else "?",
+        "credential_until": credential.valid_until if credential else "?",
+        "rule": f'"{rule.name}" ({rule.id})' if rule else "?",
+        "rule_from": rule.valid_from if rule else "?",
+        "rule_until": rule.valid_until if rule else "?",
+        "schedule": _schedule_text(schedule),
+        "local": f"{local:%a %Y-%m-%d %H:%M} {view.site.timezone}",
+        "local_date": f"{local:%Y-%m-%d}",
+    }
+
+
+def explain(decision: Decision, view: CacheView) -> str:
+    """One sentence saying what was decided at which door, and why."""
+    verdict = "GRANTED" if decision.granted else "DENIED"
+    detail = _TEXT[decision.reason].format(**facts(decision, view))
+    door = view.doors.get(decision.door_id)
+    where = f'"{door.name}"' if door else decision.door_id
+    return f"{verdict} at {where} ({decision.reason.value}): {detail}."
+
+
+def decision_to_json(decision: Decision) -> dict[str, Any]:
+    """The JSON form of a decision (API and ``decide --json``)."""
+    return {
+        "granted": decision.granted,
+        "reason": decision.reason.value,
+        "door": decision.door_id,
+        "at": decision.at.isoformat(),
+        "mode": decision.mode.value,
+        "credential": decision.credential_id,
+        "user": decision.user_id,
+        "rule": decision.rule_id,
+        "assurance": decision.assurance.label if decision.assurance else None,
+    }

@@ -1,0 +1,315 @@
+"""Domain model: the frozen values every part of the gateway speaks in."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+
+class AssuranceLevel(enum.IntEnum):
+    """How hard a credential is to copy; ordered so that ``>=`` means "at least as strong"."""
+
+    LOW = 1
+    MEDIUM = 2
+    HIGH = 3
+
+    @property
+    def label(self) -> str:
+        """The wire name: ``low``, ``medium`` or ``high``."""
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, text: str) -> AssuranceLevel:
+        """Return the level named ``text`` (case-insensitive); ValueError otherwise."""
+        try:
+            return cls[text.upper()]
+        except KeyError:
+            raise ValueError(f"unknown assurance level {text!r}") from None
+
+
+class CredentialKind(enum.StrEnum):
+    """What was presented at a reader."""
+
+    BLE_PHONE_KEY = "ble_phone_key"
+    NFC_UID = "nfc_uid"
+    NTAG424 = "ntag424"
+    DESFIRE = "desfire"
+    MECHATRONIC_KEY = "mech_key"
+
+
+#: The strongest assurance each kind can prove (see CREDENTIALS.md).
+KIND_ASSURANCE: Mapping[CredentialKind, AssuranceLevel] = {
+    CredentialKind.BLE_PHONE_KEY: AssuranceLevel.HIGH,
+    CredentialKind.NFC_UID: AssuranceLevel.LOW,
+    CredentialKind.NTAG424: AssuranceLevel.HIGH,
+    CredentialKind.DESFIRE: AssuranceLevel.HIGH,
+    CredentialKind.MECHATRONIC_KEY: AssuranceLevel.HIGH,
+}
+
+
+class UserStatus(enum.StrEnum):
+    """Whether a user may open anything at all."""
+
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    FORMER = "former"
+
+
+class DoorMode(enum.StrEnum):
+    """The mode a door is in; the door controller owns it, decisions read it."""
+
+    NORMAL = "normal"
+    UNLOCKED = "unlocked"  # held unlocked by the door's unlock schedule
+    LOCKDOWN = "lockdown"
+    EMERGENCY_OPEN = "emergency_open"
+
+
+class Weekday(enum.IntEnum):
+    """ISO weekday numbering minus one, as ``datetime.weekday()`` returns it."""
+
+    MON = 0
+    TUE = 1
+    WED = 2
+    THU = 3
+    FRI = 4
+    SAT = 5
+    SUN = 6
+
+
+MINUTES_PER_DAY = 24 * 60
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """The building one gateway serves; all schedules are read in its timezone."""
+
+    id: str
+    name: str
+    timezone: str
+
+    @property
+    def tz(self) -> ZoneInfo:
+        """The site's IANA timezone (ZoneInfo caches instances, so this is cheap)."""
+        return ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True, slots=True)
+class Door:
+    """A door the gateway drives, with what it demands of a credential."""
+
+    id: str
+    name: str
+    min_assurance: AssuranceLevel = AssuranceLevel.MEDIUM
+    unlock_seconds: float = 5.0
+    unlock_schedule_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """A person who may hold credentials; ``tags`` are tag ids, sorted and unique.
+
+    A tuple rather than a frozenset: a 100k-user site holds one per user, and a small tuple
+    takes a third of the memory (decisions only iterate over it).
+    """
+
+    id: str
+    name: str
+    status: UserStatus = UserStatus.ACTIVE
+    tags: tuple[str, ...] = ()
+    valid_from: datetime | None = None
+    valid_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """Something a user presents; ``value`` is the kind's canonical identifier."""
+
+    id: str
+    user_id: str
+    kind: CredentialKind
+    value: str
+    assurance: AssuranceLevel
+    revoked: bool = False
+    valid_from: datetime | None = None
+    valid_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tag:
+    """A group of users; ``special`` tags are owned by an integration (``owner``)."""
+
+    id: str
+    name: str
+    special: bool = False
+    owner: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TimeWindow:
+    """Open from ``start`` to ``end`` (minutes after local midnight) on each of ``days``.
+
+    ``end`` is exclusive and may be 1440 (midnight). An ``overnight`` window ends at ``end``
+    on the following day and belongs to the day it starts on.
+    """
+
+    days: frozenset[Weekday]
+    start: int
+    end: int
+    overnight: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleException:
+    """A one-off interval that opens (``open``) or closes a schedule regardless of its windows."""
+
+    start: datetime
+    end: datetime
+    open: bool
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HolidayCalendar:
+    """A named set of site-local dates on which schedules use their holiday windows."""
+
+    id: str
+    name: str
+    dates: frozenset[date]
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """Weekly windows in site time, replaced on holidays, overridden by exceptions."""
+
+    id: str
+    name: str
+    windows: tuple[TimeWindow, ...]
+    holiday_calendars: tuple[str, ...] = ()
+    holiday_windows: tuple[TimeWindow, ...] = ()
+    exceptions: tuple[ScheduleException, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRule:
+    """Users carrying any of ``tags`` may open any of ``doors`` while the schedule is open."""
+
+    id: str
+    name: str
+    tags: frozenset[str]
+    doors: frozenset[str]
+    schedule_id: str | None = None  # None: at any time
+    valid_from: datetime | None = None
+    valid_until: datetime | None = None
+
+
+class Reason(enum.StrEnum):
+    """Why a decision came out as it did; stable machine-readable codes."""
+
+    GRANTED = "granted"
+    EMERGENCY_OPEN = "emergency_open"
+    UNKNOWN_DOOR = "unknown_door"
+    DOOR_LOCKDOWN = "door_lockdown"
+    UNKNOWN_CREDENTIAL = "unknown_credential"
+    PROOF_INVALID = "proof_invalid"
+    CREDENTIAL_REVOKED = "credential_revoked"
+    CREDENTIAL_NOT_YET_VALID = "credential_not_yet_valid"
+    CREDENTIAL_EXPIRED = "credential_expired"
+    UNKNOWN_USER = "unknown_user"
+    USER_DISABLED = "user_disabled"
+    USER_NOT_YET_VALID = "user_not_yet_valid"
+    USER_EXPIRED = "user_expired"
+    ASSURANCE_TOO_LOW = "assurance_too_low"
+    NO_RULE_FOR_DOOR = "no_rule_for_door"
+    RULE_NOT_YET_VALID = "rule_not_yet_valid"
+    RULE_EXPIRED = "rule_expired"
+    OUTSIDE_SCHEDULE = "outside_schedule"
+    HOLIDAY = "holiday"
+    CLOSED_BY_EXCEPTION = "closed_by_exception"
+
+    @property
+    def granted(self) -> bool:
+        """True for the reasons that open a door."""
+        return self in (Reason.GRANTED, Reason.EMERGENCY_OPEN)
+
+
+@dataclass(frozen=True, slots=True)
+class Presentation:
+    """A credential shown at a door's reader, with whatever proof the reader captured."""
+
+    door_id: str
+    kind: CredentialKind
+    value: str
+    proof: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of ``access.decide``: granted or not, why, and by which rule."""
+
+    granted: bool
+    reason: Reason
+    door_id: str
+    at: datetime
+    mode: DoorMode
+    credential_id: str | None = None
+    user_id: str | None = None
+    rule_id: str | None = None
+    assurance: AssuranceLevel | None = None
+
+
+class EventType(enum.StrEnum):
+    """What happened; the outbox's retention ranks these by ``EVENT_PRIORITY``."""
+
+    ACCESS_GRANTED = "access.granted"
+    ACCESS_DENIED = "access.denied"
+    DOOR_UNLOCKED = "door.unlocked"
+    DOOR_LOCKED = "door.locked"
+    DOOR_MODE_CHANGED = "door.mode_changed"
+    GATEWAY_STARTED = "gateway.started"
+    GATEWAY_STOPPED = "gateway.stopped"
+    CACHE_RESET = "cache.reset"
+    CACHE_UPDATED = "cache.updated"
+    CACHE_REJECTED = "cache.rejected"
+    EVENTS_DROPPED = "events.dropped"
+
+
+class EventPriority(enum.IntEnum):
+    """Retention class: when the outbox is full, the lowest class is dropped first."""
+
+    ROUTINE = 0
+    NOTABLE = 1
+    SECURITY = 2
+
+
+EVENT_PRIORITY: Mapping[EventType, EventPriority] = {
+    EventType.ACCESS_GRANTED: EventPriority.ROUTINE,
+    EventType.DOOR_UNLOCKED: EventPriority.ROUTINE,
+    EventType.DOOR_LOCKED: EventPriority.ROUTINE,
+    EventType.CACHE_UPDATED: EventPriority.ROUTINE,
+    EventType.ACCESS_DENIED: EventPriority.NOTABLE,
+    EventType.GATEWAY_STARTED: EventPriority.NOTABLE,
+    EventType.GATEWAY_STOPPED: EventPriority.NOTABLE,
+    EventType.DOOR_MODE_CHANGED: EventPriority.SECURITY,
+    EventType.CACHE_RESET: EventPriority.SECURITY,
+    EventType.CACHE_REJECTED: EventPriority.SECURITY,
+    EventType.EVENTS_DROPPED: EventPriority.SECURITY,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened, as it goes into the outbox; ``data`` is JSON-ready."""
+
+    id: str
+    type: EventType
+    at: datetime
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def priority(self) -> EventPriority:
+        """The retention class of this event."""
+        return EVENT_PRIORITY.get(self.type, EventPriority.NOTABLE)

@@ -1,0 +1,212 @@
+"""The local web app and JSON API (aiohttp), on 127.0.0.1 unless configured otherwise."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from drivers.base import CredentialRead
+from gateway import access, credentials
+from gateway.explain import decision_to_json, explain
+from gateway.outbox import event_to_json
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+_LOGGER = logging.getLogger(__name__)
+MAX_BODY_BYTES = 16 * 1024
+GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
+
+
+class BadRequest(web.HTTPBadRequest):
+    """A 400 whose JSON body names what is wrong and what is allowed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(text=json.dumps({"error": message}), content_type="application/json")
+
+
+def _gateway(request: web.Request) -> Gateway:
+    return request.app[GATEWAY_KEY]
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def _field(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"'{key}' is required and must be a non-empty string")
+    return value
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    """The dashboard page (plain HTML and JS, no build step)."""
+    page = resources.files("gateway").joinpath("web/index.html").read_text(encoding="utf-8")
+    return web.Response(text=page, content_type="text/html")
+
+
+async def health(request: web.Request) -> web.Response:
+    """Liveness plus the cache's version and the outbox's backlog."""
+    gw = _gateway(request)
+    stats = await gw.outbox.stats()
+    return web.json_response(
+        {
+            "status": "ok",
+            "site": gw.cache.view.site.name,
+            "cache": {
+                "version": gw.cache.version,
+                "needs_resync": gw.cache.needs_resync,
+                "reset_reason": gw.cache.reset_reason,
+                "counts": gw.cache.view.counts(),
+            },
+            "outbox": {
+                "rows": stats.rows,
+                "dropped": {p.name.lower(): n for p, n in stats.dropped.items()},
+            },
+        }
+    )
+
+
+async def doors(request: web.Request) -> web.Response:
+    """Every door with its mode and whether its lock is released now."""
+    gw = _gateway(request)
+    return web.json_response(
+        [
+            {
+                "id": door.id,
+                "name": door.name,
+                "mode": gw.doors.mode(door.id).value,
+                "unlocked": gw.doors.relay_on(door.id),
+                "min_assurance": door.min_assurance.label,
+            }
+            for door in sorted(gw.cache.view.doors.values(), key=lambda d: d.id)
+        ]
+    )
+
+
+async def users(request: web.Request) -> web.Response:
+    """Cached users with their tags, ``?offset=&limit=`` (limit at most 1000)."""
+    try:
+        offset = max(0, int(request.query.get("offset", "0")))
+        limit = min(1000, max(1, int(request.query.get("limit", "100"))))
+    except ValueError:
+        raise BadRequest("offset and limit must be integers") from None
+    view = _gateway(request).cache.view
+    ids = sorted(view.users)[offset : offset + limit]
+    return web.json_response(
+        {"total": len(view.users), "users": [user_summary(view.users[i]) for i in ids]}
+    )
+
+
+def user_summary(user: Any) -> dict[str, Any]:
+    """The JSON a user list shows for one user."""
+    return {
+        "id": user.id,
+        "name": user.name,
+        "status": user.status.value,
+        "tags": sorted(user.tags),
+    }
+
+
+async def events(request: web.Request) -> web.Response:
+    """The most recent events, newest first (``?limit=``, at most 200)."""
+    try:
+        limit = min(200, max(1, int(request.query.get("limit", "50"))))
+    except ValueError:
+        raise BadRequest("limit must be an integer") from None
+    return web.json_response(
+        [
+            {"seq": e.seq, **json.loads(event_to_json(e.event))}
+            for e in _gateway(request).events.recent(limit)
+        ]
+    )
+
+
+async def decide(request: web.Request) -> web.Response:
+    """What-if: decide a credential at a door (now, or ``at``) without touching the door."""
+    gw = _gateway(request)
+    body = await _body(request)
+    door = _field(body, "door")
+    try:
+        kind, value = credentials.parse_credential(_field(body, "credential"))
+        at = gw.clock() if body.get("at") is None else datetime.fromisoformat(_field(body, "at"))
+    except ValueError as err:
+        raise BadRequest(str(err)) from None
+    if at.tzinfo is None:
+        raise BadRequest("'at' must carry a UTC offset, e.g. 2026-12-01T09:00:00+01:00")
+    view = gw.cache.view
+    identity = credentials.assumed(view.credential(kind, value), kind)
+    decision = access.decide(identity, door, at, view, gw.doors.mode(door))
+    return web.json_response(
+        {"decision": decision_to_json(decision), "explanation": explain(decision, view)}
+    )
+
+
+async def present(request: web.Request) -> web.Response:
+    """Simulated hardware: hold a credential to a door's virtual reader."""
+    gw = _gateway(request)
+    door = request.match_info["door"]
+    body = await _body(request)
+    text = _field(body, "credential")
+    kind, sep, value = text.partition(":")
+    if not sep:
+        raise BadRequest("'credential' must be KIND:VALUE, e.g. nfc_uid:04A1B2C3D4E5F6")
+    if door not in gw.cache.view.doors:
+        raise web.HTTPNotFound(
+            text=json.dumps({"error": f"no door {door!r}"}), content_type="application/json"
+        )
+    decision = await gw.entry.handle(CredentialRead(door, kind, value))
+    return web.json_response(
+        {"decision": decision_to_json(decision), "explanation": explain(decision, gw.cache.view)}
+    )
+
+
+def make_app(gw: Gateway, *, simulated: bool) -> web.Application:
+    """The aiohttp application for a gateway; simulator routes only on simulated hardware."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[GATEWAY_KEY] = gw
+    app.router.add_get("/", index)
+    app.router.add_get("/api/health", health)
+    app.router.add_get("/api/doors", doors)
+    app.router.add_get("/api/users", users)
+    app.router.add_get("/api/events", events)
+    app.router.add_post("/api/decide", decide)
+    if simulated:
+        app.router.add_post("/api/simulator/doors/{door}/present", present)
+    return app
+
+
+class WebServer:
+    """Serves the app on one host and port; ``start``/``stop``."""
+
+    def __init__(self, app: web.Application, host: str, port: int) -> None:
+        self._runner = web.AppRunner(app, access_log=None)
+        self._host = host
+        self._port = port
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        """Bind and serve; ``port`` then holds the bound port (useful with port 0)."""
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        server = site._server  # aiohttp keeps the bound socket there; needed for port 0
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self._port
+        _LOGGER.info("web app on http://%s:%d/", self._host, self.port)
+
+    async def stop(self) -> None:
+        """Stop serving; idempotent."""
+        await self._runner.cleanup()
