@@ -62,6 +62,7 @@ class Gateway:
             config.web.port,
         )
         self._stack = AsyncExitStack()
+        self._started = False
 
     async def start(self) -> None:
         """Start everything; on any failure, whatever started is stopped again."""
@@ -92,18 +93,20 @@ class Gateway:
                 )
             if self.cache.needs_resync and self.config.demo.seed:
                 await self._seed_demo()
+            # Stopped in reverse: web, readers (in-flight reads finish), doors, then relays.
+            stack.callback(self.relays.close)
             await self.doors.start()
             stack.push_async_callback(self.doors.stop)
             self.entry.start()
             stack.push_async_callback(self.entry.stop)
-            stack.callback(self.relays.close)
-            await self.web.start()
             stack.push_async_callback(self.web.stop)
+            await self.web.start()
             await self.events.record(
                 new_event(
                     EventType.GATEWAY_STARTED, self.clock(), {"cache_version": self.cache.version}
                 )
             )
+            self._started = True
             self._stack = stack.pop_all()
 
     async def _seed_demo(self) -> None:
@@ -119,7 +122,9 @@ class Gateway:
             )
 
     async def _record_stopped(self) -> None:
-        await self.events.record(new_event(EventType.GATEWAY_STOPPED, self.clock(), {}))
+        if self._started:
+            self._started = False
+            await self.events.record(new_event(EventType.GATEWAY_STOPPED, self.clock(), {}))
 
     async def stop(self) -> None:
         """Stop taking presentations, finish those in flight, flush events, close files."""

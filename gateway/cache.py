@@ -35,7 +35,7 @@ from gateway.cache_rows import (
 from gateway.codec import COLLECTIONS, Delta, FormatError, Snapshot, site_from_json, site_to_json
 from gateway.memory import release_free_memory
 from gateway.model import Credential, CredentialKind, DoorMode, User
-from gateway.sqlite import open_database, transaction
+from gateway.sqlite import move_aside, open_database, transaction
 from gateway.view import EMPTY_SITE, CacheView
 
 _LOGGER = logging.getLogger(__name__)
@@ -109,7 +109,12 @@ class Cache:
     def add_listener(self, listener: Callable[[CacheView], None]) -> Callable[[], None]:
         """Call ``listener(view)`` after each change; returns a function that removes it."""
         self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)
+
+        def remove() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return remove
 
     async def start(self) -> None:
         """Open (or recreate) the database and load the view."""
@@ -124,11 +129,16 @@ class Cache:
             )
         try:
             self._view = await asyncio.to_thread(read_view, self.path)
-        except (FormatError, ValueError, KeyError, sqlite3.DatabaseError) as err:
-            # Rows that no longer parse are as bad as a corrupt file: start empty, ask for a resync.
-            _LOGGER.error("cache content is unreadable (%s); starting empty", err)
+        except (FormatError, ValueError, KeyError, TypeError, sqlite3.DatabaseError) as err:
+            # Rows that no longer read back are as bad as a corrupt file: keep the file for
+            # inspection, start empty and ask for a resync rather than stop the doors.
+            await self._db.close()
+            moved_to = move_aside(self.path)
+            _LOGGER.error(
+                "cache content is unreadable (%s); moved to %s, starting empty", err, moved_to
+            )
             self.reset_reason = f"unreadable content: {err}"
-            await self._clear()
+            self._db = (await open_database(self.path, MIGRATIONS, on_corrupt="raise")).connection
             self._view = CacheView.empty()
         release_free_memory()
         _LOGGER.info("cache loaded: version %d, %s", self.version, self._view.counts())
@@ -143,12 +153,6 @@ class Cache:
         if self._db is None:
             raise RuntimeError("cache is not started")
         return self._db
-
-    async def _clear(self) -> None:
-        async with transaction(self._conn()) as db:
-            for collection in COLLECTIONS:
-                await db.execute(f"DELETE FROM {collection}")
-            await db.execute("DELETE FROM meta")
 
     async def apply_snapshot(self, snapshot: Snapshot) -> ApplyResult:
         """Replace everything with ``snapshot`` atomically; an older version is refused."""
@@ -176,8 +180,8 @@ class Cache:
         async with self._lock:
             if delta.version <= self.version:
                 return ApplyResult.DUPLICATE
-            if delta.base_version != self.version:
-                return ApplyResult.GAP
+            if delta.base_version != self.version or self.version == 0:
+                return ApplyResult.GAP  # an empty cache needs a whole snapshot first
             view = self._view
             view.check_delta(delta)
             gone: list[Credential] = []

@@ -58,7 +58,9 @@ def insert_sql(collection: str) -> str:
     if collection == "users":
         return f"INSERT OR REPLACE INTO users ({USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
     if collection == "credentials":
-        return f"INSERT OR REPLACE INTO credentials ({CREDENTIAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        # Plain INSERT: a value held by another credential must fail, not silently replace it.
+        # (Upserted credentials are deleted by id first.)
+        return f"INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
     return f"INSERT OR REPLACE INTO {collection} (id, body) VALUES (?, ?)"
 
 

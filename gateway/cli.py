@@ -8,6 +8,7 @@ import json
 import sqlite3
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -124,11 +125,20 @@ def cmd_users_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _error_text(err: urllib.error.HTTPError) -> str:
+    """The gateway's JSON error message, or the HTTP status when the body is not ours."""
+    try:
+        message = json.load(err).get("error")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message) if message else f"the gateway answered {err.code} {err.reason}"
+
+
 def cmd_present(args: argparse.Namespace) -> int:
     """Hold a credential to a running gateway's simulated reader."""
     config = _config(args)
     host = "127.0.0.1" if config.web.host in ("0.0.0.0", "::") else config.web.host  # noqa: S104
-    url = f"http://{host}:{config.web.port}/api/simulator/doors/{args.door}/present"
+    url = f"http://{host}:{config.web.port}/api/simulator/doors/{urllib.parse.quote(args.door, safe='')}/present"
     request = urllib.request.Request(
         url,
         data=json.dumps({"credential": args.credential}).encode(),
@@ -138,8 +148,8 @@ def cmd_present(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
             body = json.load(response)
     except urllib.error.HTTPError as err:
-        raise CliError(json.load(err).get("error", str(err))) from None
-    except OSError as err:
+        raise CliError(_error_text(err)) from None
+    except (OSError, ValueError) as err:
         raise CliError(
             f"no gateway answering at {url} ({err}); is `luckey-gateway run` running?"
         ) from None

@@ -87,6 +87,10 @@ class DoorController:
         """The door's current mode (NORMAL for a door never seen)."""
         return self._modes.get(door_id, DoorMode.NORMAL)
 
+    def mode_at(self, door_id: str, at: datetime) -> DoorMode:
+        """The mode the door would be in at ``at`` (its unlock schedule read at that instant)."""
+        return desired_mode(self._cache.view, door_id, self._overrides.get(door_id), at)
+
     def relay_on(self, door_id: str) -> bool:
         """Whether the door's lock relay is energised (the door is unlocked)."""
         return self._relays.is_on(door_id)
@@ -113,6 +117,11 @@ class DoorController:
 
     def _refresh(self, view: CacheView, *, source: str = "schedule") -> None:
         now = self._clock()
+        for door_id in [d for d in self._modes if d not in view.doors]:
+            # A door gone from the site must not stay held open: release it (fail secure).
+            gone = self._modes.pop(door_id)
+            self._relays.set(door_id, False)
+            _LOGGER.info("door %s removed from the site; lock released from %s", door_id, gone)
         for door_id in view.doors:
             mode = desired_mode(view, door_id, self._overrides.get(door_id), now)
             old = self._modes.get(door_id)

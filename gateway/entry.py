@@ -49,21 +49,33 @@ class EntryService:
         self._clock = clock
         self._verifiers = verifiers
         self._tasks: set[asyncio.Task[Decision]] = set()
+        self._accepting = False
 
     def start(self) -> None:
         """Start taking reads from the readers."""
+        self._accepting = True
         self._readers.set_handler(self.on_read)
 
     async def stop(self) -> None:
-        """Finish the presentations in flight (their events get committed)."""
+        """Refuse new reads, then finish those in flight (their events get committed)."""
+        self._accepting = False
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def on_read(self, read: CredentialRead) -> None:
-        """Driver callback: handle the read in its own task."""
+        """Driver callback: handle the read in its own task (ignored once stopping)."""
+        if not self._accepting:
+            _LOGGER.warning("read at %s ignored: the gateway is stopping", read.reader_id)
+            return
         task = asyncio.create_task(self.handle(read), name=f"read-{read.reader_id}")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Decision]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The outbox failing is the only way here; it has logged why. Say which read it was.
+            _LOGGER.error("presentation at %s failed", task.get_name(), exc_info=task.exception())
 
     async def handle(self, read: CredentialRead) -> Decision:
         """Decide a raw read; a malformed one is denied as an unknown credential."""
@@ -78,7 +90,9 @@ class EntryService:
             identity = Verified(None, AssuranceLevel.LOW)
             decision = access.decide(identity, door_id, now, view, self._doors.mode(door_id))
             await self._events.record(decision_event(decision, None))
-            self._readers.feedback(read.reader_id, Feedback.DENIED)
+            self._readers.feedback(
+                read.reader_id, Feedback.GRANTED if decision.granted else Feedback.DENIED
+            )
             return decision
         return await self.present(
             Presentation(door_id, kind, value, read.proof), reader_id=read.reader_id

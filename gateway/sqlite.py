@@ -96,7 +96,7 @@ async def open_database(
     except DatabaseCorruptError as err:
         if on_corrupt == "raise":
             raise
-        moved_to = _move_aside(path)
+        moved_to = move_aside(path)
         _LOGGER.warning(
             "Database %s is corrupt (%s); moved it to %s and starting empty",
             path,
@@ -273,7 +273,7 @@ def _is_corruption(err: sqlite3.Error) -> bool:
     return code is not None and (code & 0xFF) in _CORRUPTION_CODES
 
 
-def _move_aside(path: Path) -> Path:
+def move_aside(path: Path) -> Path:
     """Rename ``path`` and its sibling files to ``<name>.corrupt-<UTC time>``; never overwrite."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     originals = [path, *(path.with_name(path.name + suffix) for suffix in _SIBLING_SUFFIXES)]

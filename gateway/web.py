@@ -51,6 +51,16 @@ def _field(body: dict[str, Any], key: str) -> str:
     return value
 
 
+def _int_param(request: web.Request, name: str, default: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise BadRequest(f"'{name}' must be an integer, not {text[:20]!r}") from None
+
+
 async def index(request: web.Request) -> web.StreamResponse:
     """The dashboard page (plain HTML and JS, no build step)."""
     page = resources.files("gateway").joinpath("web/index.html").read_text(encoding="utf-8")
@@ -98,11 +108,8 @@ async def doors(request: web.Request) -> web.Response:
 
 async def users(request: web.Request) -> web.Response:
     """Cached users with their tags, ``?offset=&limit=`` (limit at most 1000)."""
-    try:
-        offset = max(0, int(request.query.get("offset", "0")))
-        limit = min(1000, max(1, int(request.query.get("limit", "100"))))
-    except ValueError:
-        raise BadRequest("offset and limit must be integers") from None
+    offset = max(0, _int_param(request, "offset", 0))
+    limit = min(1000, max(1, _int_param(request, "limit", 100)))
     view = _gateway(request).cache.view
     ids = sorted(view.users)[offset : offset + limit]
     return web.json_response(
@@ -122,10 +129,7 @@ def user_summary(user: Any) -> dict[str, Any]:
 
 async def events(request: web.Request) -> web.Response:
     """The most recent events, newest first (``?limit=``, at most 200)."""
-    try:
-        limit = min(200, max(1, int(request.query.get("limit", "50"))))
-    except ValueError:
-        raise BadRequest("limit must be an integer") from None
+    limit = min(200, max(1, _int_param(request, "limit", 50)))
     return web.json_response(
         [
             {"seq": e.seq, **json.loads(event_to_json(e.event))}
@@ -148,7 +152,7 @@ async def decide(request: web.Request) -> web.Response:
         raise BadRequest("'at' must carry a UTC offset, e.g. 2026-12-01T09:00:00+01:00")
     view = gw.cache.view
     identity = credentials.assumed(view.credential(kind, value), kind)
-    decision = access.decide(identity, door, at, view, gw.doors.mode(door))
+    decision = access.decide(identity, door, at, view, gw.doors.mode_at(door, at))
     return web.json_response(
         {"decision": decision_to_json(decision), "explanation": explain(decision, view)}
     )
@@ -196,10 +200,12 @@ class WebServer:
         self._host = host
         self._port = port
         self.port: int | None = None
+        self._set_up = False
 
     async def start(self) -> None:
-        """Bind and serve; ``port`` then holds the bound port (useful with port 0)."""
+        """Bind and serve; ``port`` then holds the bound port."""
         await self._runner.setup()
+        self._set_up = True
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
         server = site._server  # aiohttp keeps the bound socket there; needed for port 0
@@ -208,5 +214,7 @@ class WebServer:
         _LOGGER.info("web app on http://%s:%d/", self._host, self.port)
 
     async def stop(self) -> None:
-        """Stop serving; idempotent."""
-        await self._runner.cleanup()
+        """Stop serving (also after a failed start, e.g. port in use); idempotent."""
+        if self._set_up:
+            self._set_up = False
+            await self._runner.cleanup()

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from gateway.outbox import (
     event_from_json,
     event_to_json,
 )
+from tests.sqlite_files import plain
 
 BASE = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -42,15 +41,6 @@ def ev(n: int, type_: EventType = ROUTINE, prefix: str = "e") -> Event:
         at=BASE + timedelta(seconds=n, microseconds=n),
         data={"n": n, "door": "front"},
     )
-
-
-@contextlib.contextmanager
-def plain(path: Path) -> Iterator[sqlite3.Connection]:
-    conn = sqlite3.connect(path)
-    try:
-        yield conn
-    finally:
-        conn.close()
 
 
 def write_file(path: Path, content: bytes) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import aiosqlite
@@ -21,6 +21,7 @@ from gateway.sqlite import (
     open_database,
     transaction,
 )
+from tests.sqlite_files import plain
 
 M1: Migration = ("CREATE TABLE a (x INTEGER NOT NULL)",)
 M2: Migration = (
@@ -34,16 +35,6 @@ FAILING: Migration = (
 )
 
 CORRUPT_NAME = re.compile(r"^(?P<base>.+)\.corrupt-\d{8}T\d{6}Z(-\d+)?$")
-
-
-@contextlib.contextmanager
-def plain(path: Path) -> Iterator[sqlite3.Connection]:
-    """A plain sqlite3 connection to look at a file the way an operator would."""
-    conn = sqlite3.connect(path)
-    try:
-        yield conn
-    finally:
-        conn.close()
 
 
 def tables(path: Path) -> set[str]:

@@ -1,0 +1,323 @@
+"""Tests for gateway.doors: modes from commands and unlock schedules, and the relays they drive."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from drivers.base import CredentialRead
+from gateway import codec, doors
+from gateway.app import Gateway
+from gateway.doors import ControllerState, desired_mode
+from gateway.model import DoorMode, Reason
+from gateway.view import CacheView
+from tests.conftest import (
+    ADA,
+    BOB,
+    ROME,
+    UNKNOWN,
+    Clock,
+    ConfigFactory,
+    EventWaiter,
+    GatewayFactory,
+    demo_json,
+    demo_snapshot,
+    read_outbox,
+)
+
+#: Tuesday 1 December 2026 in Rome; the lobby's unlock schedule is open 09:00-13:00 Mon-Fri.
+LOBBY_OPEN = datetime(2026, 12, 1, 10, 0, tzinfo=ROME)
+LOBBY_CLOSED = datetime(2026, 12, 1, 14, 0, tzinfo=ROME)
+
+
+def mode_events(gw: Gateway) -> list[dict[str, Any]]:
+    """The door.mode_changed events committed to the outbox, oldest first."""
+    state = gw.config.gateway.state_dir
+    return [data for _, kind, data in read_outbox(state) if kind == "door.mode_changed"]
+
+
+def controller_state(gw: Gateway) -> ControllerState:
+    return gw.doors.state
+
+
+async def present(gw: Gateway, door: str, value: str) -> Reason:
+    decision = await gw.entry.handle(CredentialRead(door, "nfc_uid", value))
+    return decision.reason
+
+
+# --- lockdown -------------------------------------------------------------------------------
+
+
+async def test_lockdown_denies_a_valid_card_and_survives_a_restart(
+    start_gateway: GatewayFactory, gateway_config: ConfigFactory
+) -> None:
+    config = gateway_config()
+    gw = await start_gateway(config)
+    assert controller_state(gw) is ControllerState.RUNNING
+
+    await gw.doors.set_mode("front", DoorMode.LOCKDOWN, source="test")
+
+    assert gw.doors.mode("front") is DoorMode.LOCKDOWN
+    assert await present(gw, "front", ADA) is Reason.DOOR_LOCKDOWN
+    assert not gw.relays.is_on("front")
+    assert await present(gw, "office-3", ADA) is Reason.ASSURANCE_TOO_LOW  # other doors untouched
+    await gw.stop()
+    assert controller_state(gw) is ControllerState.STOPPED
+    assert mode_events(gw) == [
+        {"door": "front", "mode": "lockdown", "previous": "normal", "source": "test"}
+    ]
+
+    again = await start_gateway(config)
+
+    assert again.doors.mode("front") is DoorMode.LOCKDOWN
+    assert await present(again, "front", ADA) is Reason.DOOR_LOCKDOWN
+    assert not again.relays.is_on("front")
+
+    await again.doors.set_mode("front", DoorMode.NORMAL, source="test")
+
+    assert again.doors.mode("front") is DoorMode.NORMAL
+    assert await present(again, "front", ADA) is Reason.GRANTED
+    assert again.relays.is_on("front")
+    await again.stop()
+    assert mode_events(again)[-1] == {
+        "door": "front",
+        "mode": "normal",
+        "previous": "lockdown",
+        "source": "test",
+    }
+
+    third = await start_gateway(config)
+    assert third.doors.mode("front") is DoorMode.NORMAL
+
+
+async def test_lockdown_releases_a_door_in_the_middle_of_a_pulse(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway()
+    assert await present(gw, "front", ADA) is Reason.GRANTED
+    assert gw.relays.is_on("front")
+
+    await gw.doors.set_mode("front", DoorMode.LOCKDOWN, source="test")
+
+    assert not gw.relays.is_on("front")
+
+
+async def test_a_lockdown_event_is_recorded_while_running(
+    start_gateway: GatewayFactory, event_waiter: Callable[[Gateway], EventWaiter]
+) -> None:
+    gw = await start_gateway()
+    waiter = event_waiter(gw)
+
+    await gw.doors.set_mode("server-room", DoorMode.LOCKDOWN, source="api")
+
+    [logged] = await waiter.wait_for("door.mode_changed", door="server-room")
+    assert logged.event.data == {
+        "door": "server-room",
+        "mode": "lockdown",
+        "previous": "normal",
+        "source": "api",
+    }
+
+
+# --- emergency open -------------------------------------------------------------------------
+
+
+async def test_emergency_open_holds_the_relay_and_grants_everyone(
+    start_gateway: GatewayFactory, gateway_config: ConfigFactory
+) -> None:
+    gw = await start_gateway(gateway_config(demo={"seed": False}))
+    await gw.cache.apply_snapshot(demo_snapshot(unlock_seconds=0.5))
+    changes: list[tuple[str, bool]] = []
+    gw.relays.add_listener(lambda ch, on: changes.append((ch, on)))
+
+    await gw.doors.set_mode("front", DoorMode.EMERGENCY_OPEN, source="fire-panel")
+
+    assert gw.relays.is_on("front")
+    assert await present(gw, "front", UNKNOWN) is Reason.EMERGENCY_OPEN
+    assert await present(gw, "front", ADA) is Reason.EMERGENCY_OPEN
+    # Held, not pulsed: a reference pulse on another door elapses and front is still on.
+    released = asyncio.Event()
+    gw.relays.add_listener(lambda ch, on: released.set() if ch == "lobby" and not on else None)
+    assert await present(gw, "lobby", ADA) is Reason.GRANTED
+    await asyncio.wait_for(released.wait(), timeout=5)
+    assert gw.relays.is_on("front")
+    assert ("front", False) not in changes
+
+    await gw.doors.set_mode("front", DoorMode.NORMAL, source="fire-panel")
+
+    assert not gw.relays.is_on("front")
+    assert gw.doors.mode("front") is DoorMode.NORMAL
+
+
+# --- unlock schedules -----------------------------------------------------------------------
+
+
+async def test_unlock_schedule_holds_the_door_while_open(
+    start_gateway: GatewayFactory,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+    event_waiter: Callable[[Gateway], EventWaiter],
+) -> None:
+    monkeypatch.setattr(doors, "SCHEDULE_TICK_S", 0.01)
+    clock.now = LOBBY_OPEN
+    gw = await start_gateway()
+    waiter = event_waiter(gw)
+
+    assert gw.doors.mode("lobby") is DoorMode.UNLOCKED
+    assert gw.relays.is_on("lobby")
+    assert gw.doors.mode("front") is DoorMode.NORMAL
+    assert not gw.relays.is_on("front")
+
+    clock.now = LOBBY_CLOSED
+    [closed] = await waiter.wait_for("door.mode_changed", door="lobby", mode="normal")
+
+    assert closed.event.data == {
+        "door": "lobby",
+        "mode": "normal",
+        "previous": "unlocked",
+        "source": "schedule",
+    }
+    assert not gw.relays.is_on("lobby")
+    assert gw.doors.mode("lobby") is DoorMode.NORMAL
+
+    clock.now = LOBBY_OPEN + timedelta(days=1)  # Wednesday, open again
+    await waiter.wait_for("door.mode_changed", door="lobby", mode="unlocked", previous="normal")
+
+    assert gw.relays.is_on("lobby")
+    await waiter.wait_for("door.unlocked", count=2, door="lobby")
+
+
+async def test_unlock_schedule_is_closed_on_a_holiday(
+    start_gateway: GatewayFactory, clock: Clock
+) -> None:
+    clock.now = datetime(2026, 12, 8, 10, 0, tzinfo=ROME)  # a Tuesday, and a public holiday
+
+    gw = await start_gateway()
+
+    assert gw.doors.mode("lobby") is DoorMode.NORMAL
+    assert not gw.relays.is_on("lobby")
+
+
+async def test_a_cache_change_applies_a_new_unlock_schedule(
+    start_gateway: GatewayFactory, clock: Clock, event_waiter: Callable[[Gateway], EventWaiter]
+) -> None:
+    clock.now = LOBBY_OPEN
+    gw = await start_gateway()
+    waiter = event_waiter(gw)
+    assert gw.doors.mode("front") is DoorMode.NORMAL
+    data = demo_json()
+    data["version"] = 2
+    for door in data["doors"]:
+        if door["id"] == "front":
+            door["unlock_schedule"] = "business-hours"
+        if door["id"] == "lobby":
+            del door["unlock_schedule"]
+
+    await gw.cache.apply_snapshot(codec.snapshot_from_json(data))
+
+    assert gw.doors.mode("front") is DoorMode.UNLOCKED
+    assert gw.relays.is_on("front")
+    assert gw.doors.mode("lobby") is DoorMode.NORMAL
+    assert not gw.relays.is_on("lobby")
+    await waiter.wait_for("door.mode_changed", count=2, source="cache")
+    changes = {e.event.data["door"]: e.event.data for e in waiter.matching("door.mode_changed")}
+    assert changes["front"]["mode"] == "unlocked"
+    assert changes["lobby"] == {
+        "door": "lobby",
+        "mode": "normal",
+        "previous": "unlocked",
+        "source": "cache",
+    }
+
+
+async def test_a_granted_read_does_not_cut_an_unlocked_door_short(
+    start_gateway: GatewayFactory, gateway_config: ConfigFactory, clock: Clock
+) -> None:
+    clock.now = LOBBY_OPEN
+    gw = await start_gateway(gateway_config(demo={"seed": False}))
+    await gw.cache.apply_snapshot(demo_snapshot(unlock_seconds=0.5))
+    assert gw.relays.is_on("lobby")
+    front_released = asyncio.Event()
+    gw.relays.add_listener(
+        lambda ch, on: front_released.set() if ch == "front" and not on else None
+    )
+
+    assert await present(gw, "lobby", BOB) is Reason.GRANTED
+    assert await present(gw, "front", BOB) is Reason.GRANTED
+    await asyncio.wait_for(front_released.wait(), timeout=5)
+
+    assert gw.relays.is_on("lobby")
+    assert gw.doors.mode("lobby") is DoorMode.UNLOCKED
+
+
+async def test_lockdown_overrides_an_open_unlock_schedule(
+    start_gateway: GatewayFactory, clock: Clock
+) -> None:
+    clock.now = LOBBY_OPEN
+    gw = await start_gateway()
+    assert gw.relays.is_on("lobby")
+
+    await gw.doors.set_mode("lobby", DoorMode.LOCKDOWN, source="test")
+
+    assert not gw.relays.is_on("lobby")
+    assert await present(gw, "lobby", ADA) is Reason.DOOR_LOCKDOWN
+
+    await gw.doors.set_mode("lobby", DoorMode.NORMAL, source="test")
+
+    assert gw.doors.mode("lobby") is DoorMode.UNLOCKED  # the schedule takes over again
+    assert gw.relays.is_on("lobby")
+
+
+async def test_unlocked_cannot_be_commanded(
+    start_gateway: GatewayFactory, gateway_config: ConfigFactory
+) -> None:
+    config = gateway_config()
+    gw = await start_gateway(config)
+
+    with pytest.raises(ValueError, match="schedule"):
+        await gw.doors.set_mode("front", DoorMode.UNLOCKED, source="test")
+
+    assert gw.doors.mode("front") is DoorMode.NORMAL
+    assert not gw.relays.is_on("front")
+    assert await gw.cache.door_modes() == {}
+    await gw.stop()
+    assert mode_events(gw) == []
+
+
+# --- desired_mode, the pure part ------------------------------------------------------------
+
+
+def test_desired_mode_prefers_the_override() -> None:
+    snapshot = codec.snapshot_from_json(demo_json())
+    cache_view = CacheView.build(snapshot.version, snapshot.site, snapshot.entities)
+
+    assert desired_mode(cache_view, "lobby", None, LOBBY_OPEN) is DoorMode.UNLOCKED
+    assert desired_mode(cache_view, "lobby", None, LOBBY_CLOSED) is DoorMode.NORMAL
+    assert desired_mode(cache_view, "front", None, LOBBY_OPEN) is DoorMode.NORMAL
+    assert desired_mode(cache_view, "lobby", DoorMode.LOCKDOWN, LOBBY_OPEN) is DoorMode.LOCKDOWN
+    assert desired_mode(cache_view, "nowhere", None, LOBBY_OPEN) is DoorMode.NORMAL
+    # The window is read in the site's time zone: 08:30 UTC is 09:30 in Rome.
+    utc_morning = datetime.fromisoformat("2026-12-01T08:30:00+00:00")
+    assert desired_mode(cache_view, "lobby", None, utc_morning) is DoorMode.UNLOCKED
+
+
+async def test_a_door_removed_while_held_open_is_released(
+    start_gateway: GatewayFactory, clock: Clock
+) -> None:
+    clock.now = LOBBY_OPEN
+    gw = await start_gateway()
+    assert gw.relays.is_on("lobby")
+    data = demo_json()
+    data["version"] = 2
+    data["doors"] = [d for d in data["doors"] if d["id"] != "lobby"]
+    for rule in data["rules"]:
+        rule["doors"] = [d for d in rule["doors"] if d != "lobby"]
+
+    await gw.cache.apply_snapshot(codec.snapshot_from_json(data))
+
+    assert "lobby" not in gw.cache.view.doors
+    assert not gw.relays.is_on("lobby")
