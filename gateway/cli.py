@@ -20,8 +20,9 @@ from gateway.config import Config, ConfigError, config_to_dict, load_config
 from gateway.doors import desired_mode
 from gateway.explain import decision_to_json, explain
 from gateway.logs import setup_logging
+from gateway.sqlite import DatabaseError
 from gateway.view import CacheView
-from gateway.web import user_summary
+from gateway.web import WebServerError, user_summary
 
 EXIT_OK = 0
 EXIT_DENIED = 1
@@ -57,7 +58,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _config(args)
     setup_logging(config.gateway.log_level, config.gateway.log_format)
-    asyncio.run(run(config))
+    try:
+        asyncio.run(run(config))
+    except (WebServerError, DatabaseError, OSError) as err:
+        raise CliError(f"cannot start: {err}") from None
     return EXIT_OK
 
 

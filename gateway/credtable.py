@@ -23,6 +23,14 @@ _ASSURANCE_MASK = 0x0F
 _REBUILD_ABOVE = 64
 
 
+# Decoding a flags byte, precomputed: an enum lookup by value costs more than the binary search.
+_DECODED: dict[int, tuple[AssuranceLevel, bool]] = {
+    int(level) | revoked: (level, bool(revoked))
+    for level in AssuranceLevel
+    for revoked in (0, _REVOKED)
+}
+
+
 def _flags(credential: Credential) -> int:
     return int(credential.assurance) | (_REVOKED if credential.revoked else 0)
 
@@ -73,14 +81,14 @@ class CredentialTable:
         self._until.append(valid_until)
 
     def _at(self, i: int) -> Credential:
-        flags = self._flags[i]
+        assurance, revoked = _DECODED[self._flags[i]]
         return Credential(
             self._ids[i],
             self._users[i],
             self.kind,
             self._values[i],
-            AssuranceLevel(flags & _ASSURANCE_MASK),
-            bool(flags & _REVOKED),
+            assurance,
+            revoked,
             self._from[i],
             self._until[i],
         )

@@ -23,6 +23,10 @@ MAX_BODY_BYTES = 16 * 1024
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
 
 
+class WebServerError(Exception):
+    """The web server could not start; the message says why and what to change."""
+
+
 class BadRequest(web.HTTPBadRequest):
     """A 400 whose JSON body names what is wrong and what is allowed."""
 
@@ -207,7 +211,13 @@ class WebServer:
         await self._runner.setup()
         self._set_up = True
         site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as err:
+            raise WebServerError(
+                f"cannot listen on {self._host}:{self._port} ({err.strerror or err}); "
+                "choose another [web] port or host in the configuration"
+            ) from err
         server = site._server  # aiohttp keeps the bound socket there; needed for port 0
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._port

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -522,3 +523,16 @@ def test_run_with_a_bad_config_exits_2(tmp_path: Path) -> None:
 
     assert result.returncode == 2
     assert "web.port" in result.stderr
+
+
+def test_run_on_a_port_in_use_is_a_clean_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, web={"port": port})
+        result = cli("run", "--config", config)
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "[web] port" in result.stderr
+    assert "Traceback" not in result.stderr
