@@ -46,6 +46,8 @@ def decide(
     assurance = identity.assurance
     if credential is None:
         return Decision(False, Reason.UNKNOWN_CREDENTIAL, door_id, now, mode, assurance=assurance)
+    # A proof never lifts a credential above the level it was enrolled at.
+    assurance = min(assurance, credential.assurance)
 
     def deny(
         reason: Reason, user_id: str = credential.user_id, rule: AccessRule | None = None

@@ -16,6 +16,7 @@ from drivers.simulated import SimulatedReaders, SimulatedRelays
 from gateway import codec
 from gateway.cache import ApplyResult, Cache
 from gateway.config import Config
+from gateway.door_modes import DoorModeStore
 from gateway.doors import DoorController
 from gateway.entry import EntryService
 from gateway.events import EventLog, new_event
@@ -54,7 +55,8 @@ class Gateway:
         # Only the simulated backend exists so far; real boards arrive with the door board driver.
         self.relays = SimulatedRelays()
         self.readers = SimulatedReaders()
-        self.doors = DoorController(self.cache, self.relays, self.events, clock)
+        self.door_modes = DoorModeStore(state_dir / "door_modes.json")
+        self.doors = DoorController(self.cache, self.door_modes, self.relays, self.events, clock)
         self.entry = EntryService(self.cache, self.doors, self.events, self.readers, clock)
         self.web = WebServer(
             make_app(self, simulated=config.hardware.backend == "simulated"),
@@ -67,6 +69,13 @@ class Gateway:
     async def start(self) -> None:
         """Start everything; on any failure, whatever started is stopped again."""
         state_dir = self.config.gateway.state_dir
+        # The demo site goes only into a brand-new state directory on simulated hardware: never
+        # after a cache reset, never on a gateway wired to real doors.
+        seed_demo = (
+            self.config.demo.seed
+            and self.config.hardware.backend == "simulated"
+            and not (state_dir / "cache.db").exists()
+        )
         state_dir.mkdir(parents=True, exist_ok=True)
         state_dir.chmod(0o700)  # the cache and outbox name people and their credentials
         async with AsyncExitStack() as stack:
@@ -91,7 +100,7 @@ class Gateway:
                         {"store": "cache", "reason": self.cache.reset_reason},
                     )
                 )
-            if self.cache.needs_resync and self.config.demo.seed:
+            if seed_demo:
                 await self._seed_demo()
             # Stopped in reverse: web, readers (in-flight reads finish), doors, then relays.
             stack.callback(self.relays.close)
@@ -111,7 +120,7 @@ class Gateway:
 
     async def _seed_demo(self) -> None:
         snapshot = demo_snapshot()
-        if await self.cache.apply_snapshot(snapshot) is ApplyResult.APPLIED:
+        if await self.cache.apply_snapshot(snapshot, origin="demo") is ApplyResult.APPLIED:
             _LOGGER.info("empty cache: loaded the demo site %r", snapshot.site.name)
             await self.events.record(
                 new_event(

@@ -34,7 +34,7 @@ from gateway.cache_rows import (
 )
 from gateway.codec import COLLECTIONS, Delta, FormatError, Snapshot, site_from_json, site_to_json
 from gateway.memory import release_free_memory
-from gateway.model import Credential, CredentialKind, DoorMode, User
+from gateway.model import Credential, CredentialKind, User
 from gateway.sqlite import move_aside, open_database, transaction
 from gateway.view import EMPTY_SITE, CacheView
 
@@ -86,6 +86,7 @@ class Cache:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.reset_reason: str | None = None
+        self.origin = "upstream"  # or "demo": the demo site, replaced by any upstream snapshot
         self._db: aiosqlite.Connection | None = None
         self._view = CacheView.empty()
         self._lock = asyncio.Lock()
@@ -103,8 +104,8 @@ class Cache:
 
     @property
     def needs_resync(self) -> bool:
-        """True when the cache holds nothing from upstream (new or reset)."""
-        return self._view.version == 0
+        """True when the cache holds nothing from upstream (new, reset, or the demo site)."""
+        return self._view.version == 0 or self.origin == "demo"
 
     def add_listener(self, listener: Callable[[CacheView], None]) -> Callable[[], None]:
         """Call ``listener(view)`` after each change; returns a function that removes it."""
@@ -140,6 +141,9 @@ class Cache:
             self.reset_reason = f"unreadable content: {err}"
             self._db = (await open_database(self.path, MIGRATIONS, on_corrupt="raise")).connection
             self._view = CacheView.empty()
+        async with self._conn().execute("SELECT value FROM meta WHERE key = 'origin'") as cursor:
+            row = await cursor.fetchone()
+        self.origin = str(row[0]) if row else "upstream"
         release_free_memory()
         _LOGGER.info("cache loaded: version %d, %s", self.version, self._view.counts())
 
@@ -154,12 +158,16 @@ class Cache:
             raise RuntimeError("cache is not started")
         return self._db
 
-    async def apply_snapshot(self, snapshot: Snapshot) -> ApplyResult:
-        """Replace everything with ``snapshot`` atomically; an older version is refused."""
+    async def apply_snapshot(self, snapshot: Snapshot, *, origin: str = "upstream") -> ApplyResult:
+        """Replace everything with ``snapshot`` atomically; an older version is refused.
+
+        Demo data (``origin="demo"``) is replaced by any upstream snapshot, whatever its version.
+        """
         async with self._lock:
-            if snapshot.version < self.version:
+            replaces_demo = self.origin == "demo" and origin != "demo"
+            if snapshot.version < self.version and not replaces_demo:
                 return ApplyResult.STALE
-            if snapshot.version == self.version:
+            if snapshot.version == self.version and not replaces_demo:
                 return ApplyResult.DUPLICATE
             async with transaction(self._conn()) as db:
                 for collection in COLLECTIONS:
@@ -168,7 +176,8 @@ class Cache:
                         insert_sql(collection),
                         to_rows(collection, snapshot.entities.get(collection, ())),
                     )
-                await self._write_meta(db, snapshot.version, snapshot.site)
+                await self._write_meta(db, snapshot.version, snapshot.site, origin)
+            self.origin = origin
             view = await asyncio.to_thread(
                 CacheView.build, snapshot.version, snapshot.site, snapshot.entities
             )
@@ -180,21 +189,22 @@ class Cache:
         async with self._lock:
             if delta.version <= self.version:
                 return ApplyResult.DUPLICATE
-            if delta.base_version != self.version or self.version == 0:
-                return ApplyResult.GAP  # an empty cache needs a whole snapshot first
+            if delta.base_version != self.version or self.needs_resync:
+                return ApplyResult.GAP  # an empty or demo cache needs a whole snapshot first
             view = self._view
             view.check_delta(delta)
             gone: list[Credential] = []
             try:
                 async with transaction(self._conn()) as db:
                     gone = await self._write_delta(db, delta)
-                    await self._write_meta(db, delta.version, delta.site or view.site)
+                    await self._write_meta(db, delta.version, delta.site or view.site, self.origin)
             except sqlite3.IntegrityError as err:
                 raise FormatError(
                     "upsert.credentials",
                     f"a credential value is already used by another credential ({err})",
                 ) from None
-            self._swap(view.apply(delta, gone))
+            # Off the loop: a large delta rebuilds whole tables, and decisions must not wait.
+            self._swap(await asyncio.to_thread(view.apply, delta, gone))
             return ApplyResult.APPLIED
 
     async def _write_delta(self, db: aiosqlite.Connection, delta: Delta) -> list[Credential]:
@@ -240,7 +250,7 @@ class Cache:
         return gone
 
     @staticmethod
-    async def _write_meta(db: aiosqlite.Connection, version: int, site: Any) -> None:
+    async def _write_meta(db: aiosqlite.Connection, version: int, site: Any, origin: str) -> None:
         now = datetime.now(UTC).isoformat()
         await db.executemany(
             "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
@@ -248,6 +258,7 @@ class Cache:
                 ("version", str(version)),
                 ("site", json.dumps(site_to_json(site))),
                 ("applied_at", now),
+                ("origin", origin),
             ],
         )
 
@@ -257,35 +268,10 @@ class Cache:
             release_free_memory()
         _LOGGER.info("cache now at version %d", view.version)
         for listener in list(self._listeners):
-            listener(view)
-
-    async def door_modes(self) -> dict[str, DoorMode]:
-        """The door modes set locally or by command, which survive a restart."""
-        async with self._conn().execute("SELECT door_id, mode FROM door_modes") as cursor:
-            return {door: DoorMode(mode) async for door, mode in cursor}
-
-    async def set_door_mode(self, door_id: str, mode: DoorMode) -> None:
-        """Persist a door's mode; NORMAL removes the override."""
-        async with transaction(self._conn()) as db:
-            if mode is DoorMode.NORMAL:
-                await db.execute("DELETE FROM door_modes WHERE door_id = ?", (door_id,))
-            else:
-                await db.execute(
-                    "INSERT OR REPLACE INTO door_modes (door_id, mode, changed_at) VALUES (?, ?, ?)",
-                    (door_id, mode.value, datetime.now(UTC).isoformat()),
-                )
-
-
-def read_door_modes(path: Path) -> dict[str, DoorMode]:
-    """The persisted door modes in a cache file (blocking; for the CLI)."""
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        return {
-            door: DoorMode(mode)
-            for door, mode in conn.execute("SELECT door_id, mode FROM door_modes")
-        }
-    finally:
-        conn.close()
+            try:
+                listener(view)
+            except Exception:  # one broken listener must not keep the others from the new view
+                _LOGGER.exception("cache listener %r failed", listener)
 
 
 def lookup_sql(

@@ -32,7 +32,6 @@ MIGRATIONS: tuple[Migration, ...] = (
         "user_id TEXT NOT NULL, assurance INTEGER NOT NULL, revoked INTEGER NOT NULL, "
         "valid_from TEXT, valid_until TEXT, UNIQUE (kind, value))",
         "CREATE INDEX credentials_user ON credentials (user_id)",
-        "CREATE TABLE door_modes (door_id TEXT PRIMARY KEY, mode TEXT NOT NULL, changed_at TEXT NOT NULL)",
     ),
 )
 

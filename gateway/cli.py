@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway import __version__, access, credentials
-from gateway.cache import read_door_modes, read_view
+from gateway.cache import read_view
 from gateway.config import Config, ConfigError, config_to_dict, load_config
+from gateway.door_modes import DoorModeStore
 from gateway.doors import desired_mode
 from gateway.explain import decision_to_json, explain
 from gateway.logs import setup_logging
@@ -101,18 +102,22 @@ def cmd_decide(args: argparse.Namespace) -> int:
     if args.door not in view.doors:
         known = ", ".join(sorted(view.doors)) or "none"
         raise CliError(f"unknown door {args.door!r}; doors in the cache: {known}")
-    mode = desired_mode(view, args.door, read_door_modes(path).get(args.door), at)
-    identity = credentials.assumed(view.credential(kind, value), kind)
-    decision = access.decide(identity, args.door, at, view, mode)
+    overrides = DoorModeStore(path.with_name("door_modes.json")).load(repair=False)
+    credential = view.credential(kind, value)
+    try:
+        mode = desired_mode(view, args.door, overrides.get(args.door), at)
+        decision = access.decide(credentials.assumed(credential, kind), args.door, at, view, mode)
+        explanation = explain(decision, view, credential)
+    except OverflowError:
+        raise CliError(f"--at {args.at!r} is out of range") from None
     if args.json:
         print(
             json.dumps(
-                {"decision": decision_to_json(decision), "explanation": explain(decision, view)},
-                indent=2,
+                {"decision": decision_to_json(decision), "explanation": explanation}, indent=2
             )
         )
     else:
-        print(explain(decision, view))
+        print(explanation)
         print("(a what-if: the credential is assumed to prove itself as strongly as it can)")
     return EXIT_OK if decision.granted else EXIT_DENIED
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 from collections.abc import Callable
@@ -11,6 +10,7 @@ from datetime import datetime
 
 from drivers.base import RelayBank
 from gateway.cache import Cache
+from gateway.door_modes import DoorModeStore
 from gateway.events import EventLog, new_event
 from gateway.model import Decision, DoorMode, Event, EventType
 from gateway.view import CacheView
@@ -47,14 +47,23 @@ class DoorController:
     """Decides each door's mode (command override, unlock schedule, normal) and drives relays."""
 
     def __init__(
-        self, cache: Cache, relays: RelayBank, events: EventLog, clock: Callable[[], datetime]
+        self,
+        cache: Cache,
+        modes: DoorModeStore,
+        relays: RelayBank,
+        events: EventLog,
+        clock: Callable[[], datetime],
     ) -> None:
         self._cache = cache
+        self._store = modes
         self._relays = relays
         self._events = events
         self._clock = clock
         self._overrides: dict[str, DoorMode] = {}
         self._modes: dict[str, DoorMode] = {}
+        # When the last grant's unlock time ends, per door (loop clock): a grant while the door
+        # is held open by its schedule must still leave it open that long if the schedule ends.
+        self._granted_until: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._remove_listeners: list[Callable[[], None]] = []
@@ -62,20 +71,25 @@ class DoorController:
 
     async def start(self) -> None:
         """Load persisted modes, apply them to the relays, and follow unlock schedules."""
-        self._overrides = await self._cache.door_modes()
+        self._overrides = self._store.load()
         self._remove_listeners.append(self._relays.add_listener(self._on_relay))
         self._remove_listeners.append(self._cache.add_listener(self._on_view))
-        self._refresh(self._cache.view)
+        self._refresh(self._cache.view, source="start")
         self._ticker = asyncio.create_task(self._tick(), name="door-schedule-ticker")
         self.state = ControllerState.RUNNING
 
     async def stop(self) -> None:
-        """Stop following schedules and wait for pending door events to be recorded."""
+        """Stop following schedules, lock every door, and wait for door events to be recorded.
+
+        Without a gateway the simulated relays fall back to off; what a real door does then is
+        the door board's own fail-safe or fail-secure setting.
+        """
         if self._ticker is not None:
             self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+            await asyncio.wait([self._ticker])  # does not swallow a cancellation of stop() itself
             self._ticker = None
+        for door_id in list(self._modes):
+            self._relays.set(door_id, False)
         for remove in self._remove_listeners:
             remove()
         self._remove_listeners.clear()
@@ -100,19 +114,24 @@ class DoorController:
         if not decision.granted:
             return
         door = self._cache.view.doors.get(decision.door_id)
-        if door is None or self.mode(door.id) is not DoorMode.NORMAL:
-            return  # already held open (unlocked, emergency) or unknown: nothing to pulse
-        self._relays.pulse(door.id, door.unlock_seconds)
+        if door is None:
+            return
+        self._granted_until[door.id] = asyncio.get_running_loop().time() + door.unlock_seconds
+        if self.mode(door.id) is DoorMode.NORMAL:
+            self._relays.pulse(door.id, door.unlock_seconds)
+        # Held open (unlocked, emergency): already open; _refresh honours the grant if that ends.
 
     async def set_mode(self, door_id: str, mode: DoorMode, *, source: str) -> None:
         """Persist a command's mode for a door (NORMAL clears it) and apply it now."""
         if mode is DoorMode.UNLOCKED:
             raise ValueError("unlocked is set by the door's unlock schedule, not by command")
-        await self._cache.set_door_mode(door_id, mode)
+        overrides = dict(self._overrides)
         if mode is DoorMode.NORMAL:
-            self._overrides.pop(door_id, None)
+            overrides.pop(door_id, None)
         else:
-            self._overrides[door_id] = mode
+            overrides[door_id] = mode
+        await self._store.save(overrides)  # durable before it takes effect or is acknowledged
+        self._overrides = overrides
         self._refresh(self._cache.view, source=source)
 
     def _refresh(self, view: CacheView, *, source: str = "schedule") -> None:
@@ -123,27 +142,36 @@ class DoorController:
             self._relays.set(door_id, False)
             _LOGGER.info("door %s removed from the site; lock released from %s", door_id, gone)
         for door_id in view.doors:
-            mode = desired_mode(view, door_id, self._overrides.get(door_id), now)
-            old = self._modes.get(door_id)
-            if mode is old:
-                continue
-            self._modes[door_id] = mode
-            # Held open in UNLOCKED and EMERGENCY_OPEN; released (fail secure) otherwise.
-            self._relays.set(door_id, mode in (DoorMode.UNLOCKED, DoorMode.EMERGENCY_OPEN))
-            if old is not None or mode is not DoorMode.NORMAL:
-                _LOGGER.info("door %s mode %s -> %s (%s)", door_id, old, mode, source)
-                self._spawn(
-                    new_event(
-                        EventType.DOOR_MODE_CHANGED,
-                        now,
-                        {
-                            "door": door_id,
-                            "mode": mode.value,
-                            "previous": old.value if old else None,
-                            "source": source,
-                        },
-                    )
-                )
+            try:
+                self._refresh_door(view, door_id, now, source)
+            except Exception:  # one door's relay failing must not leave the others unattended
+                _LOGGER.exception("could not update door %s", door_id)
+
+    def _refresh_door(self, view: CacheView, door_id: str, now: datetime, source: str) -> None:
+        mode = desired_mode(view, door_id, self._overrides.get(door_id), now)
+        old = self._modes.get(door_id)
+        if mode is old:
+            return
+        if mode in (DoorMode.UNLOCKED, DoorMode.EMERGENCY_OPEN):
+            self._relays.set(door_id, True)
+        else:
+            remaining = self._granted_until.get(door_id, 0.0) - asyncio.get_running_loop().time()
+            if mode is DoorMode.NORMAL and remaining > 0 and old is not None:
+                self._relays.pulse(door_id, remaining)  # let the last person through
+            else:
+                self._relays.set(door_id, False)
+        # Only once the relay has obeyed: a failed command is tried again on the next pass.
+        self._modes[door_id] = mode
+        if old is None and mode is DoorMode.NORMAL:
+            return  # a door starting in its usual state is not news
+        _LOGGER.info("door %s mode %s -> %s (%s)", door_id, old, mode, source)
+        data = {
+            "door": door_id,
+            "mode": mode.value,
+            "previous": old.value if old else None,
+            "source": source,
+        }
+        self._spawn(new_event(EventType.DOOR_MODE_CHANGED, now, data))
 
     def _on_view(self, view: CacheView) -> None:
         self._refresh(view, source="cache")
@@ -166,4 +194,7 @@ class DoorController:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(SCHEDULE_TICK_S)
-            self._refresh(self._cache.view)
+            try:
+                self._refresh(self._cache.view)
+            except Exception:  # keep following schedules whatever one pass ran into
+                _LOGGER.exception("door schedule pass failed")

@@ -26,8 +26,12 @@ from gateway.credentials import (
 from gateway.doors import DoorController
 from gateway.events import EventLog, decision_event
 from gateway.model import AssuranceLevel, CredentialKind, Decision, Presentation
+from gateway.outbox import OutboxError
 
 _LOGGER = logging.getLogger(__name__)
+
+#: Longest a reader waits for its event's commit before showing the result anyway.
+EVENT_COMMIT_TIMEOUT_S = 5.0
 
 
 class EntryService:
@@ -85,14 +89,12 @@ class EntryService:
             value = canonical_value(kind, read.value)
         except ValueError as err:
             _LOGGER.warning("malformed read at %s: %s", door_id, err)
-            now = self._clock()
-            view = self._cache.view
             identity = Verified(None, AssuranceLevel.LOW)
-            decision = access.decide(identity, door_id, now, view, self._doors.mode(door_id))
-            await self._events.record(decision_event(decision, None))
-            self._readers.feedback(
-                read.reader_id, Feedback.GRANTED if decision.granted else Feedback.DENIED
+            now = self._clock()
+            decision = access.decide(
+                identity, door_id, now, self._cache.view, self._doors.mode(door_id)
             )
+            await self._conclude(decision, None, read.reader_id)
             return decision
         return await self.present(
             Presentation(door_id, kind, value, read.proof), reader_id=read.reader_id
@@ -106,16 +108,33 @@ class EntryService:
         identity = verify(presentation, view.credential, self._verifiers)
         door_id = presentation.door_id
         decision = access.decide(identity, door_id, self._clock(), view, self._doors.mode(door_id))
+        await self._conclude(decision, presentation, reader_id or door_id)
+        return decision
+
+    async def _conclude(
+        self, decision: Decision, presentation: Presentation | None, reader_id: str
+    ) -> None:
+        """Open the door if granted, commit the event, then show the result on the reader."""
         self._doors.grant(decision)
-        await self._events.record(decision_event(decision, presentation))
-        self._readers.feedback(
-            reader_id or door_id, Feedback.GRANTED if decision.granted else Feedback.DENIED
+        event = decision_event(decision, presentation)
+        try:
+            await asyncio.wait_for(self._events.record(event), EVENT_COMMIT_TIMEOUT_S)
+        except (OutboxError, TimeoutError) as err:
+            # The door has already done what the decision said; the journal keeps the trace the
+            # outbox could not (redacted like every log line), and the person still gets an answer.
+            _LOGGER.error(
+                "event %s could not be committed (%r): %s", event.id, err, dict(event.data)
+            )
+        self._readers.feedback(reader_id, Feedback.GRANTED if decision.granted else Feedback.DENIED)
+        shown = (
+            "malformed read"
+            if presentation is None
+            else f"{presentation.kind.value} {redact(presentation.value)}"
         )
         _LOGGER.info(
             "%s %s at %s: %s",
             "granted" if decision.granted else "denied",
-            f"{presentation.kind.value} {redact(presentation.value)}",
-            door_id,
+            shown,
+            decision.door_id,
             decision.reason.value,
         )
-        return decision

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.codec import hhmm
-from gateway.model import Decision, Reason, Schedule, TimeWindow, Weekday
+from gateway.model import Credential, Decision, Reason, Schedule, TimeWindow, Weekday
 from gateway.view import CacheView
 
 _TEXT = {
@@ -47,17 +47,15 @@ def _schedule_text(schedule: Schedule | None) -> str:
     return f'"{schedule.name}" ({describe_windows(schedule.windows)})'
 
 
-def facts(decision: Decision, view: CacheView) -> dict[str, Any]:
-    """The names and values an explanation refers to."""
+def facts(
+    decision: Decision, view: CacheView, credential: Credential | None = None
+) -> dict[str, Any]:
+    """The names and values an explanation refers to; ``credential`` is the one presented."""
     door = view.doors.get(decision.door_id)
     user = view.users.get(decision.user_id or "")
     rule = view.rules.get(decision.rule_id or "")
-    credential = None
-    if decision.credential_id is not None:
-        credential = next(
-            (c for c in view.all_credentials() if c.id == decision.credential_id),
-            None,
-        )
+    if credential is not None and credential.id != decision.credential_id:
+        credential = None
     local = decision.at.astimezone(view.tz)
     schedule = view.schedules.get(rule.schedule_id or "") if rule else None
     return {
@@ -81,10 +79,10 @@ def facts(decision: Decision, view: CacheView) -> dict[str, Any]:
     }
 
 
-def explain(decision: Decision, view: CacheView) -> str:
+def explain(decision: Decision, view: CacheView, credential: Credential | None = None) -> str:
     """One sentence saying what was decided at which door, and why."""
     verdict = "GRANTED" if decision.granted else "DENIED"
-    detail = _TEXT[decision.reason].format(**facts(decision, view))
+    detail = _TEXT[decision.reason].format(**facts(decision, view, credential))
     door = view.doors.get(decision.door_id)
     where = f'"{door.name}"' if door else decision.door_id
     return f"{verdict} at {where} ({decision.reason.value}): {detail}."

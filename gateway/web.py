@@ -39,6 +39,9 @@ def _gateway(request: web.Request) -> Gateway:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
+    # Only JSON: a cross-site form or text/plain post from a browser page cannot pass as one.
+    if request.content_type != "application/json":
+        raise BadRequest("the body must be JSON, sent with 'Content-Type: application/json'")
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -155,11 +158,14 @@ async def decide(request: web.Request) -> web.Response:
     if at.tzinfo is None:
         raise BadRequest("'at' must carry a UTC offset, e.g. 2026-12-01T09:00:00+01:00")
     view = gw.cache.view
-    identity = credentials.assumed(view.credential(kind, value), kind)
-    decision = access.decide(identity, door, at, view, gw.doors.mode_at(door, at))
-    return web.json_response(
-        {"decision": decision_to_json(decision), "explanation": explain(decision, view)}
-    )
+    credential = view.credential(kind, value)
+    try:
+        mode = gw.doors.mode_at(door, at)
+        decision = access.decide(credentials.assumed(credential, kind), door, at, view, mode)
+        explanation = explain(decision, view, credential)
+    except OverflowError:
+        raise BadRequest(f"'at' {at.isoformat()} is out of range") from None
+    return web.json_response({"decision": decision_to_json(decision), "explanation": explanation})
 
 
 async def present(request: web.Request) -> web.Response:
@@ -176,8 +182,14 @@ async def present(request: web.Request) -> web.Response:
             text=json.dumps({"error": f"no door {door!r}"}), content_type="application/json"
         )
     decision = await gw.entry.handle(CredentialRead(door, kind, value))
+    view = gw.cache.view
+    try:
+        parsed_kind, parsed_value = credentials.parse_credential(text)
+        credential = view.credential(parsed_kind, parsed_value)
+    except ValueError:
+        credential = None  # a malformed read: the decision already says unknown_credential
     return web.json_response(
-        {"decision": decision_to_json(decision), "explanation": explain(decision, gw.cache.view)}
+        {"decision": decision_to_json(decision), "explanation": explain(decision, view, credential)}
     )
 
 

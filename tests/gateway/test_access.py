@@ -696,3 +696,14 @@ def rule_reason(rule: AccessRule, view: CacheView, now: datetime) -> Reason:
         return Reason.GRANTED
     closed = view.compiled[rule.schedule_id].closed_reason(now, now.astimezone(view.tz))
     return Reason.GRANTED if closed is None else closed
+
+
+def test_a_proof_never_lifts_a_credential_above_its_enrolled_level() -> None:
+    # Enrolled at medium (e.g. a tag used only with SUN messages), presented with a strong proof.
+    builder = base().credential("c2", "u1", kind="ntag424", assurance="medium")
+    builder = builder.door("vault", min_assurance="high").rule(
+        "r2", tags=["staff"], doors=["vault"]
+    )
+    decision = run(builder, credential="c2", door="vault", assurance=AssuranceLevel.HIGH)
+    assert (decision.granted, decision.reason) == (False, Reason.ASSURANCE_TOO_LOW)
+    assert decision.assurance is AssuranceLevel.MEDIUM

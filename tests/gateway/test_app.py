@@ -11,6 +11,7 @@ import pytest
 from drivers.base import CredentialRead
 from gateway.app import Gateway, demo_snapshot
 from gateway.outbox import OutboxState
+from gateway.web import WebServerError
 from tests.conftest import (
     ADA,
     UNKNOWN,
@@ -31,7 +32,9 @@ async def test_first_start_seeds_the_demo_site(start_gateway: GatewayFactory) ->
     gw = await start_gateway()
 
     assert gw.cache.version == 1
-    assert not gw.cache.needs_resync
+    # Demo data is a stand-in: any upstream snapshot replaces it.
+    assert gw.cache.origin == "demo"
+    assert gw.cache.needs_resync
     assert gw.cache.view.site.name == "Demo coworking"
     assert sorted(gw.cache.view.users) == ["ada", "bob", "carla", "dan", "eve"]
     events = read_outbox(state_dir(gw))
@@ -95,7 +98,9 @@ async def test_stop_records_gateway_stopped_after_every_event(
     assert types[-1] == "gateway.stopped"
     assert types.count("gateway.stopped") == 1
     assert {"access.granted", "access.denied", "door.unlocked"} <= set(types)
-    assert len(read_outbox(state_dir(gw))) == len(recorded) + 1
+    # Stopping locks the door still pulsed open, and says so before gateway.stopped.
+    assert types[-2:] == ["door.locked", "gateway.stopped"]
+    assert len(read_outbox(state_dir(gw))) == len(recorded) + 2
     assert gw.outbox.state is OutboxState.STOPPED
 
 
@@ -162,7 +167,10 @@ async def test_corrupt_cache_is_reset_and_recorded(
     assert resets[0]["store"] == "cache"
     assert resets[0]["reason"]
     assert gw.cache.reset_reason is not None
-    assert gw.cache.version == 1  # the emptied cache was seeded again
+    # A reset cache waits for upstream: the demo site is never put back in its place.
+    assert gw.cache.version == 0
+    assert gw.cache.needs_resync
+    assert "cache.updated" not in [kind for _, kind, _ in read_outbox(state)]
     assert any(p.name.startswith("cache.db.corrupt") for p in state.iterdir())
 
 
@@ -190,10 +198,10 @@ async def test_failed_start_stops_what_had_started(
         port = busy.getsockname()[1]
         gw = Gateway(gateway_config(web={"port": port}), clock=clock)
 
-        with pytest.raises(OSError, match="address already in use"):
+        with pytest.raises(WebServerError, match="address already in use"):
             await gw.start()
 
     assert gw.outbox.state is OutboxState.STOPPED
     with pytest.raises(RuntimeError, match="not started"):
-        await gw.cache.set_door_mode("front", gw.doors.mode("front"))
+        await gw.cache.apply_snapshot(demo_snapshot())
     assert "gateway.started" not in outbox_types(state_dir(gw))

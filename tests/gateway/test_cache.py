@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gateway.access import decide
-from gateway.cache import ApplyResult, Cache, lookup_sql, read_door_modes, read_view
+from gateway.cache import ApplyResult, Cache, lookup_sql, read_view
 from gateway.codec import COLLECTIONS, FormatError, Snapshot, check_references
 from gateway.credentials import Verified
 from gateway.model import (
@@ -23,7 +23,6 @@ from gateway.model import (
     CredentialKind,
     Decision,
     Door,
-    DoorMode,
     Reason,
     Site,
     Tag,
@@ -221,7 +220,6 @@ async def test_a_new_file_starts_empty_and_asks_for_a_resync(
     assert cache.view.site == EMPTY_SITE
     assert set(cache.view.counts().values()) == {0}
     assert list(cache.view.all_credentials()) == []
-    assert await cache.door_modes() == {}
     assert meta(path) == {}
 
 
@@ -799,37 +797,7 @@ async def test_a_row_that_cannot_be_read_back_resets_the_cache(
     assert contents(again.view) == built(rich(version=5))
 
 
-# --- door modes, listeners, lookups ---------------------------------------------------------
-
-
-async def test_door_modes_persist_and_normal_removes_the_override(
-    make_cache: MakeCache, path: Path
-) -> None:
-    cache = await make_cache()
-    await cache.set_door_mode("front", DoorMode.LOCKDOWN)
-    await cache.set_door_mode("back", DoorMode.EMERGENCY_OPEN)
-    await cache.set_door_mode("side", DoorMode.UNLOCKED)
-    await cache.set_door_mode("side", DoorMode.LOCKDOWN)  # the last mode set wins
-    await cache.set_door_mode("never-set", DoorMode.NORMAL)  # nothing to remove: no error
-    expected = {
-        "front": DoorMode.LOCKDOWN,
-        "back": DoorMode.EMERGENCY_OPEN,
-        "side": DoorMode.LOCKDOWN,
-    }
-    assert await cache.door_modes() == expected
-    # A snapshot does not touch them.
-    assert await cache.apply_snapshot(rich().snapshot()) is ApplyResult.APPLIED
-    await cache.stop()
-
-    cache = await make_cache()
-    assert await cache.door_modes() == expected
-    assert read_door_modes(path) == expected
-    await cache.set_door_mode("front", DoorMode.NORMAL)
-    await cache.stop()
-
-    cache = await make_cache()
-    assert await cache.door_modes() == {"back": DoorMode.EMERGENCY_OPEN, "side": DoorMode.LOCKDOWN}
-    assert query(path, "SELECT door_id FROM door_modes WHERE door_id = 'front'") == []
+# --- listeners, lookups ---------------------------------------------------------
 
 
 async def test_listeners_get_each_new_view_and_can_be_removed(make_cache: MakeCache) -> None:
@@ -892,3 +860,21 @@ async def test_lookup_sql_finds_a_credential_by_its_key(make_cache: MakeCache, p
         assert lookup_sql(conn, NFC, "04A1B2C5") is None
         assert lookup_sql(conn, NFC, "04a1b2c3") is None  # the key is the canonical value
         assert lookup_sql(conn, CredentialKind.DESFIRE, "04A1B2C3") is None  # other kind
+
+
+async def test_demo_data_is_replaced_by_any_upstream_snapshot(make_cache: MakeCache) -> None:
+    cache = await make_cache()
+    assert (
+        await cache.apply_snapshot(rich(version=5).snapshot(), origin="demo") is ApplyResult.APPLIED
+    )
+    assert cache.needs_resync  # demo data is not upstream's
+    assert (
+        await cache.apply_delta(delta(6, 5, upsert={"users": [user_json("u6")]})) is ApplyResult.GAP
+    )
+
+    upstream = rich(version=1).snapshot()
+    assert await cache.apply_snapshot(upstream) is ApplyResult.APPLIED  # older, yet it replaces
+    assert (cache.version, cache.origin, cache.needs_resync) == (1, "upstream", False)
+    await cache.stop()
+    again = await make_cache()
+    assert (again.version, again.origin, again.needs_resync) == (1, "upstream", False)

@@ -283,7 +283,7 @@ async def test_unlocked_cannot_be_commanded(
 
     assert gw.doors.mode("front") is DoorMode.NORMAL
     assert not gw.relays.is_on("front")
-    assert await gw.cache.door_modes() == {}
+    assert gw.door_modes.load() == {}
     await gw.stop()
     assert mode_events(gw) == []
 
@@ -321,3 +321,58 @@ async def test_a_door_removed_while_held_open_is_released(
 
     assert "lobby" not in gw.cache.view.doors
     assert not gw.relays.is_on("lobby")
+
+
+async def test_a_grant_just_before_the_unlock_schedule_ends_still_gets_its_time(
+    start_gateway: GatewayFactory,
+    gateway_config: ConfigFactory,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+    event_waiter: Callable[[Gateway], EventWaiter],
+) -> None:
+    monkeypatch.setattr(doors, "SCHEDULE_TICK_S", 0.01)
+    clock.now = datetime(2026, 12, 1, 12, 59, 58, tzinfo=ROME)  # the lobby closes at 13:00
+    gw = await start_gateway(gateway_config(demo={"seed": False}))
+    await gw.cache.apply_snapshot(demo_snapshot(unlock_seconds=1.0))
+    waiter = event_waiter(gw)
+    released = asyncio.Event()
+    gw.relays.add_listener(lambda ch, on: released.set() if ch == "lobby" and not on else None)
+    assert gw.doors.mode("lobby") is DoorMode.UNLOCKED
+
+    assert await present(gw, "lobby", BOB) is Reason.GRANTED
+    clock.now = datetime(2026, 12, 1, 13, 0, 1, tzinfo=ROME)
+    await waiter.wait_for("door.mode_changed", door="lobby", mode="normal")
+
+    # The schedule has ended, but the person just granted still has the door open...
+    assert gw.relays.is_on("lobby")
+    # ...until their unlock time runs out.
+    await asyncio.wait_for(released.wait(), timeout=5)
+    assert not gw.relays.is_on("lobby")
+
+
+async def test_the_schedule_keeps_running_after_a_relay_fails(
+    start_gateway: GatewayFactory,
+    gateway_config: ConfigFactory,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+    event_waiter: Callable[[Gateway], EventWaiter],
+) -> None:
+    monkeypatch.setattr(doors, "SCHEDULE_TICK_S", 0.01)
+    clock.now = LOBBY_OPEN
+    gw = await start_gateway()
+    waiter = event_waiter(gw)
+    real_set = gw.relays.set
+    failures = {"left": 1}
+
+    def flaky_set(channel: str, on: bool) -> None:
+        if channel == "lobby" and failures["left"]:
+            failures["left"] -= 1
+            raise OSError("relay board did not answer")
+        real_set(channel, on)
+
+    monkeypatch.setattr(gw.relays, "set", flaky_set)
+    clock.now = LOBBY_CLOSED
+    # The first pass fails on the lobby; a later pass succeeds and the door locks.
+    await waiter.wait_for("door.locked", door="lobby")
+    assert not gw.relays.is_on("lobby")
+    assert gw.doors.state is ControllerState.RUNNING

@@ -16,7 +16,8 @@ import pytest
 from drivers.base import CredentialRead, Feedback
 from gateway.app import Gateway
 from gateway.events import LoggedEvent
-from gateway.model import DoorMode, Reason
+from gateway.model import DoorMode, Event, Reason
+from gateway.outbox import OutboxError
 from tests.conftest import (
     ADA,
     BOB,
@@ -285,3 +286,22 @@ async def test_no_door_opens_after_stop(start_gateway: GatewayFactory) -> None:
 
     assert not opened
     assert outbox_types(gw.config.gateway.state_dir)[-1] == "gateway.stopped"
+
+
+async def test_an_event_that_cannot_be_committed_still_answers_the_reader(
+    start_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw = await start_gateway()
+
+    async def broken_append(event: Event) -> int:
+        raise OutboxError("disk full")
+
+    monkeypatch.setattr(gw.outbox, "append", broken_append)
+    decision = await gw.entry.handle(CredentialRead("front", "nfc_uid", ADA))
+
+    assert decision.granted
+    assert gw.readers.shown["front"] is Feedback.GRANTED
+    [record] = [r for r in caplog.records if "could not be committed" in r.getMessage()]
+    assert record.levelname == "ERROR"
+    assert "card-ada" in record.getMessage()  # the journal keeps who and where...
+    assert ADA not in record.getMessage()  # ...but never the full credential value
