@@ -29,6 +29,7 @@ class Flags(enum.IntFlag):
 
     NONE = 0x00
     FROM_BOARD = 0x01  # set on frames a board sends; clear on the gateway's
+    MORE = 0x02  # board → gateway: the board has another frame waiting (SPEC.md, "Bus access")
 
 
 class MessageType(enum.IntEnum):
@@ -68,6 +69,14 @@ class NakCode(enum.IntEnum):
     BUSY = 0x05  # try again later
     NOT_CONFIGURED = 0x06  # HELLO/CONFIGURE first
     HARDWARE_FAULT = 0x07
+
+    @classmethod
+    def tolerant(cls, code: int) -> NakCode | int:
+        """The member for ``code``, or the bare int for a code this version does not know."""
+        try:
+            return cls(code)
+        except ValueError:
+            return code
 
 
 #: Types that are never acknowledged themselves (acknowledging an ACK would never end).
