@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Self
 
 #: The protocol version this library speaks; a frame with another version is refused.
 PROTOCOL_VERSION = 1
@@ -32,7 +33,19 @@ class Flags(enum.IntFlag):
     MORE = 0x02  # board → gateway: the board has another frame waiting (SPEC.md, "Bus access")
 
 
-class MessageType(enum.IntEnum):
+class TolerantIntEnum(enum.IntEnum):
+    """An IntEnum whose codes from a newer peer decode to a bare int instead of failing."""
+
+    @classmethod
+    def tolerant(cls, code: int) -> Self | int:
+        """The member for ``code``, or the bare int for a code this version does not know."""
+        try:
+            return cls(code)
+        except ValueError:
+            return code
+
+
+class MessageType(TolerantIntEnum):
     """What a frame's payload is (SPEC.md, "Messages"). Codes are stable on the wire."""
 
     HELLO = 0x01  # gateway → board: who are you, and here is my heartbeat interval
@@ -50,16 +63,8 @@ class MessageType(enum.IntEnum):
     ACK = 0x7E  # either way: the frame with this seq was received and carried out
     NAK = 0x7F  # either way: the frame with this seq was received and refused (payload: NakCode)
 
-    @classmethod
-    def tolerant(cls, code: int) -> MessageType | int:
-        """The member for ``code``, or the bare int for a type this version does not know."""
-        try:
-            return cls(code)
-        except ValueError:
-            return code
 
-
-class NakCode(enum.IntEnum):
+class NakCode(TolerantIntEnum):
     """Why a frame was refused (the one-byte payload of a NAK)."""
 
     UNKNOWN_TYPE = 0x01
@@ -69,14 +74,6 @@ class NakCode(enum.IntEnum):
     BUSY = 0x05  # try again later
     NOT_CONFIGURED = 0x06  # HELLO/CONFIGURE first
     HARDWARE_FAULT = 0x07
-
-    @classmethod
-    def tolerant(cls, code: int) -> NakCode | int:
-        """The member for ``code``, or the bare int for a code this version does not know."""
-        try:
-            return cls(code)
-        except ValueError:
-            return code
 
 
 #: Types that are never acknowledged themselves (acknowledging an ACK would never end).

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Self, TypeAlias, TypeVar
 
 from firmware_protocol.errors import MessageError
-from firmware_protocol.frame import Frame, MessageType, NakCode
+from firmware_protocol.frame import Frame, MessageType, NakCode, TolerantIntEnum
 
 #: STATE_REPORT carries relays as a u16 bit set.
 MAX_RELAYS = 16
@@ -78,7 +78,7 @@ class BeepPattern(enum.IntEnum):
     CONTINUOUS = 5  # sounds for the feedback's duration
 
 
-class InputKind(enum.IntEnum):
+class InputKind(TolerantIntEnum):
     """What an input is wired to (STATE_REPORT, INPUT_CHANGED)."""
 
     DOOR_CONTACT = 1  # level 1: door open
@@ -86,16 +86,8 @@ class InputKind(enum.IntEnum):
     TAMPER = 3  # level 1: enclosure open or tampered
     AUX = 4  # anything else; level 1: active
 
-    @classmethod
-    def tolerant(cls, code: int) -> InputKind | int:
-        """The member for ``code``, or the bare int for a kind this version does not know."""
-        try:
-            return cls(code)
-        except ValueError:
-            return code
 
-
-class FaultCode(enum.IntEnum):
+class FaultCode(TolerantIntEnum):
     """What went wrong on a board (BOARD_FAULT)."""
 
     BROWNOUT = 1  # supply dipped below the board's threshold
@@ -105,14 +97,6 @@ class FaultCode(enum.IntEnum):
     CONFIG_LOST = 5  # the board's stored settings were invalid and were reset to defaults
     SUPERVISION_LOST = 6  # the gateway went silent; relays went to their safe states
     EVENT_QUEUE_OVERFLOW = 7  # events were discarded; ask for a STATE_REPORT
-
-    @classmethod
-    def tolerant(cls, code: int) -> FaultCode | int:
-        """The member for ``code``, or the bare int for a code this version does not know."""
-        try:
-            return cls(code)
-        except ValueError:
-            return code
 
 
 def _check(msg_type: MessageType, name: str, value: int, low: int, high: int) -> None:
@@ -131,6 +115,14 @@ def _unpack(msg_type: MessageType, layout: struct.Struct, data: bytes) -> tuple[
     return layout.unpack(data)
 
 
+def _unpack_head(msg_type: MessageType, layout: struct.Struct, data: bytes) -> tuple[Any, ...]:
+    if len(data) < layout.size:
+        raise MessageError(
+            msg_type, f"payload is {len(data)} bytes, expected at least {layout.size}"
+        )
+    return layout.unpack_from(data)
+
+
 def _strict(msg_type: MessageType, name: str, enum_type: type[_E], value: int) -> _E:
     try:
         return enum_type(value)
@@ -144,7 +136,41 @@ def _set(obj: object, name: str, value: object) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class Hello:
+class _Empty:
+    """A message with no payload."""
+
+    TYPE: ClassVar[MessageType]
+
+    def to_payload(self) -> bytes:
+        """The payload bytes (none)."""
+        return b""
+
+    @classmethod
+    def from_payload(cls, data: bytes) -> Self:
+        """The message in ``data``; MessageError if it is not one."""
+        _check(cls.TYPE, "payload length", len(data), 0, 0)
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class _Fixed:
+    """A message whose payload is its fields, in order, packed with its ``_LAYOUT``."""
+
+    TYPE: ClassVar[MessageType]
+    _LAYOUT: ClassVar[struct.Struct]
+
+    def to_payload(self) -> bytes:
+        """The payload bytes."""
+        return self._LAYOUT.pack(*(getattr(self, f.name) for f in fields(self)))
+
+    @classmethod
+    def from_payload(cls, data: bytes) -> Self:
+        """The message in ``data``; MessageError if it is not one."""
+        return cls(*_unpack(cls.TYPE, cls._LAYOUT, data))
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(_Fixed):
     """Gateway → board: start (or restart) a session."""
 
     TYPE: ClassVar[MessageType] = MessageType.HELLO
@@ -157,18 +183,9 @@ class Hello:
         _check(self.TYPE, "protocol_version", self.protocol_version, 0, _U8)
         _check(self.TYPE, "heartbeat_interval_ms", self.heartbeat_interval_ms, 1, _U16)
 
-    def to_payload(self) -> bytes:
-        """The payload bytes."""
-        return self._LAYOUT.pack(self.protocol_version, self.heartbeat_interval_ms)
-
-    @classmethod
-    def from_payload(cls, data: bytes) -> Self:
-        """The message in ``data``; MessageError if it is not one."""
-        return cls(*_unpack(cls.TYPE, cls._LAYOUT, data))
-
 
 @dataclass(frozen=True, slots=True)
-class BoardInfo:
+class BoardInfo(_Fixed):
     """Board → gateway: who the board is (sent after each HELLO)."""
 
     TYPE: ClassVar[MessageType] = MessageType.BOARD_INFO
@@ -199,28 +216,9 @@ class BoardInfo:
         """The firmware version as "major.minor.patch"."""
         return f"{self.firmware_major}.{self.firmware_minor}.{self.firmware_patch}"
 
-    def to_payload(self) -> bytes:
-        """The payload bytes."""
-        return self._LAYOUT.pack(
-            self.protocol_version,
-            self.firmware_major,
-            self.firmware_minor,
-            self.firmware_patch,
-            self.relay_count,
-            self.reader_count,
-            self.input_count,
-            int(self.capabilities),
-            self.serial_number,
-        )
-
-    @classmethod
-    def from_payload(cls, data: bytes) -> Self:
-        """The message in ``data``; MessageError if it is not one."""
-        return cls(*_unpack(cls.TYPE, cls._LAYOUT, data))
-
 
 @dataclass(frozen=True, slots=True)
-class Heartbeat:
+class Heartbeat(_Fixed):
     """Gateway → board: I am alive (also the poll that gives a board its reply slot)."""
 
     TYPE: ClassVar[MessageType] = MessageType.HEARTBEAT
@@ -230,15 +228,6 @@ class Heartbeat:
 
     def __post_init__(self) -> None:
         _check(self.TYPE, "uptime_ms", self.uptime_ms, 0, _U32)
-
-    def to_payload(self) -> bytes:
-        """The payload bytes."""
-        return self._LAYOUT.pack(self.uptime_ms)
-
-    @classmethod
-    def from_payload(cls, data: bytes) -> Self:
-        """The message in ``data``; MessageError if it is not one."""
-        return cls(*_unpack(cls.TYPE, cls._LAYOUT, data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,14 +259,13 @@ class Configure:
     @classmethod
     def from_payload(cls, data: bytes) -> Self:
         """The message in ``data``; MessageError if it is not one."""
-        if len(data) < cls._LAYOUT.size:
-            raise MessageError(cls.TYPE, f"payload is {len(data)} bytes, expected at least 2")
-        (timeout,) = cls._LAYOUT.unpack_from(data)
-        return cls(timeout, tuple(_strict(cls.TYPE, "safe state", SafeState, s) for s in data[2:]))
+        (timeout,) = _unpack_head(cls.TYPE, cls._LAYOUT, data)
+        states = data[cls._LAYOUT.size :]
+        return cls(timeout, tuple(_strict(cls.TYPE, "safe state", SafeState, s) for s in states))
 
 
 @dataclass(frozen=True, slots=True)
-class RelaySet:
+class RelaySet(_Fixed):
     """Gateway → board: switch a relay on (energised) or off until told otherwise."""
 
     TYPE: ClassVar[MessageType] = MessageType.RELAY_SET
@@ -291,18 +279,9 @@ class RelaySet:
         _check(self.TYPE, "on", int(self.on), 0, 1)
         _set(self, "on", bool(self.on))
 
-    def to_payload(self) -> bytes:
-        """The payload bytes."""
-        return self._LAYOUT.pack(self.relay_index, int(self.on))
-
-    @classmethod
-    def from_payload(cls, data: bytes) -> Self:
-        """The message in ``data``; MessageError if it is not one."""
-        return cls(*_unpack(cls.TYPE, cls._LAYOUT, data))
-
 
 @dataclass(frozen=True, slots=True)
-class RelayPulse:
+class RelayPulse(_Fixed):
     """Gateway → board: switch a relay on for a duration, then off."""
 
     TYPE: ClassVar[MessageType] = MessageType.RELAY_PULSE
@@ -315,18 +294,9 @@ class RelayPulse:
         _check(self.TYPE, "relay_index", self.relay_index, 0, _U8)
         _check(self.TYPE, "duration_ms", self.duration_ms, RELAY_PULSE_MIN_MS, RELAY_PULSE_MAX_MS)
 
-    def to_payload(self) -> bytes:
-        """The payload bytes."""
-        return self._LAYOUT.pack(self.relay_index, self.duration_ms)
-
-    @classmethod
-    def from_payload(cls, data: bytes) -> Self:
-        """The message in ``data``; MessageError if it is not one."""
-        return cls(*_unpack(cls.TYPE, cls._LAYOUT, data))
-
 
 @dataclass(frozen=True, slots=True)
-class ReaderFeedback:
+class ReaderFeedback(_Fixed):
     """Gateway → board: show an LED pattern and sound a beep pattern on a reader."""
 
     TYPE: ClassVar[MessageType] = MessageType.READER_FEEDBACK
@@ -343,31 +313,12 @@ class ReaderFeedback:
         _set(self, "led", _strict(self.TYPE, "led", LedPattern, self.led))
         _set(self, "beep", _strict(self.TYPE, "beep", BeepPattern, self.beep))
 
-    def to_payload(self) -> bytes:
-        """The payload bytes."""
-        return self._LAYOUT.pack(self.reader_index, self.led, self.beep, self.duration_ms)
-
-    @classmethod
-    def from_payload(cls, data: bytes) -> Self:
-        """The message in ``data``; MessageError if it is not one."""
-        return cls(*_unpack(cls.TYPE, cls._LAYOUT, data))
-
 
 @dataclass(frozen=True, slots=True)
-class StateRequest:
+class StateRequest(_Empty):
     """Gateway → board: send a STATE_REPORT."""
 
     TYPE: ClassVar[MessageType] = MessageType.STATE_REQUEST
-
-    def to_payload(self) -> bytes:
-        """The payload bytes (none)."""
-        return b""
-
-    @classmethod
-    def from_payload(cls, data: bytes) -> Self:
-        """The message in ``data``; MessageError if it is not one."""
-        _check(cls.TYPE, "payload length", len(data), 0, 0)
-        return cls()
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,9 +364,7 @@ class StateReport:
     def from_payload(cls, data: bytes) -> Self:
         """The message in ``data``; MessageError if it is not one."""
         size = cls._LAYOUT.size
-        if len(data) < size:
-            raise MessageError(cls.TYPE, f"payload is {len(data)} bytes, expected at least {size}")
-        clock, relays, count = cls._LAYOUT.unpack_from(data)
+        clock, relays, count = _unpack_head(cls.TYPE, cls._LAYOUT, data)
         _check(cls.TYPE, "payload length", len(data), size + 2 * count, size + 2 * count)
         pairs = data[size:]
         inputs = tuple(InputState(pairs[i], pairs[i + 1]) for i in range(0, len(pairs), 2))
@@ -423,7 +372,7 @@ class StateReport:
 
 
 @dataclass(frozen=True, slots=True)
-class InputChanged:
+class InputChanged(_Fixed):
     """Board → gateway: one input changed level (after the board's debounce)."""
 
     TYPE: ClassVar[MessageType] = MessageType.INPUT_CHANGED
@@ -441,18 +390,9 @@ class InputChanged:
         _check(self.TYPE, "level", self.level, 0, 1)
         _set(self, "kind", InputKind.tolerant(int(self.kind)))
 
-    def to_payload(self) -> bytes:
-        """The payload bytes."""
-        return self._LAYOUT.pack(self.board_clock_ms, self.input_index, int(self.kind), self.level)
-
-    @classmethod
-    def from_payload(cls, data: bytes) -> Self:
-        """The message in ``data``; MessageError if it is not one."""
-        return cls(*_unpack(cls.TYPE, cls._LAYOUT, data))
-
 
 @dataclass(frozen=True, slots=True)
-class KeyPresented:
+class KeyPresented(_Fixed):
     """Board → gateway: a mechatronic key answered the board's challenge."""
 
     TYPE: ClassVar[MessageType] = MessageType.KEY_PRESENTED
@@ -470,15 +410,6 @@ class KeyPresented:
         _check_size(self.TYPE, "key_id", self.key_id, KEY_ID_SIZE)
         _check_size(self.TYPE, "challenge", self.challenge, CHALLENGE_SIZE)
         _check_size(self.TYPE, "response", self.response, RESPONSE_SIZE)
-
-    def to_payload(self) -> bytes:
-        """The payload bytes."""
-        return self._LAYOUT.pack(self.reader_index, self.key_id, self.challenge, self.response)
-
-    @classmethod
-    def from_payload(cls, data: bytes) -> Self:
-        """The message in ``data``; MessageError if it is not one."""
-        return cls(*_unpack(cls.TYPE, cls._LAYOUT, data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,20 +446,10 @@ class BoardFault:
 
 
 @dataclass(frozen=True, slots=True)
-class Ack:
+class Ack(_Empty):
     """Either way: the frame with this seq was received and carried out."""
 
     TYPE: ClassVar[MessageType] = MessageType.ACK
-
-    def to_payload(self) -> bytes:
-        """The payload bytes (none)."""
-        return b""
-
-    @classmethod
-    def from_payload(cls, data: bytes) -> Self:
-        """The message in ``data``; MessageError if it is not one."""
-        _check(cls.TYPE, "payload length", len(data), 0, 0)
-        return cls()
 
 
 @dataclass(frozen=True, slots=True)

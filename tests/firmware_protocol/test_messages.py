@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from firmware_protocol import messages
 from firmware_protocol.errors import MessageError
-from firmware_protocol.frame import MAX_PAYLOAD, Flags, Frame, MessageType, NakCode
+from firmware_protocol.frame import MAX_PAYLOAD, Flags, Frame, MessageType, NakCode, TolerantIntEnum
 from firmware_protocol.messages import (
     MESSAGE_CLASSES,
     Ack,
@@ -271,6 +271,14 @@ def test_codes_from_newer_boards_are_tolerated() -> None:
     assert int(info.capabilities) == 0x85
     assert Capability.KEY_READER in info.capabilities
     assert Capability.RS485 in info.capabilities
+
+
+@pytest.mark.parametrize("enum_type", [MessageType, NakCode, InputKind, FaultCode])
+def test_tolerant_gives_the_member_or_the_bare_int(enum_type: type[TolerantIntEnum]) -> None:
+    known = next(iter(enum_type))
+    assert enum_type.tolerant(int(known)) is known
+    assert enum_type.tolerant(0xEE) == 0xEE
+    assert not isinstance(enum_type.tolerant(0xEE), enum_type)
 
 
 def test_gateway_codes_are_strict() -> None:
