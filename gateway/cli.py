@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sqlite3
 import sys
 import urllib.error
@@ -14,6 +15,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from firmware_protocol.frame import MAX_ADDRESS, MIN_ADDRESS
+from firmware_protocol.messages import MAX_RELAYS
 from gateway import __version__, access, credentials
 from gateway.cache import read_view
 from gateway.config import Config, ConfigError, config_to_dict, load_config
@@ -166,6 +169,40 @@ def cmd_present(args: argparse.Namespace) -> int:
     return EXIT_OK if body["decision"]["granted"] else EXIT_DENIED
 
 
+def cmd_sim_board(args: argparse.Namespace) -> int:
+    """Run a virtual door board until SIGTERM/SIGINT, announcing where to connect."""
+    from drivers.sim_board import SimBoardError, parse_port, run_sim_board  # noqa: PLC0415
+    from drivers.virtual_board import BoardConfig  # noqa: PLC0415
+
+    try:
+        parse_port(args.port)
+    except SimBoardError as err:
+        raise CliError(str(err)) from None
+    if not MIN_ADDRESS <= args.address <= MAX_ADDRESS:
+        raise CliError(
+            f"--address {args.address} is not allowed; use {MIN_ADDRESS} to {MAX_ADDRESS}"
+        )
+    if not 1 <= args.doors <= MAX_RELAYS:
+        raise CliError(f"--doors {args.doors} is not allowed; use 1 to {MAX_RELAYS}")
+    config = BoardConfig(address=args.address, doors=args.doors, physics=args.physics)
+
+    def announce(url: str) -> None:
+        print(f"virtual board {args.address} ready: connect the gateway to {url}", flush=True)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_sim_board(args.port, config, announce=announce, stop=stop)
+
+    try:
+        asyncio.run(main())
+    except OSError as err:
+        raise CliError(f"cannot start the virtual board on {args.port}: {err}") from None
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(
@@ -215,6 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
     present.add_argument("--credential", required=True, metavar="KIND:VALUE")
     present.add_argument("--json", action="store_true")
     present.set_defaults(func=cmd_present)
+
+    sim = sub.add_parser("sim-board", help="run a virtual door board for a gateway to connect to")
+    sim.add_argument("--port", required=True, metavar="pty|tcp://HOST:PORT")
+    sim.add_argument("--address", type=int, default=1, help="bus address, 1..247 (default 1)")
+    sim.add_argument("--doors", type=int, default=2, help="doors on the board (default 2)")
+    sim.add_argument(
+        "--physics", action="store_true", help="doors open when unlocked and close again"
+    )
+    sim.set_defaults(func=cmd_sim_board)
     return parser
 
 
