@@ -269,6 +269,12 @@ class EventType(enum.StrEnum):
     DOOR_UNLOCKED = "door.unlocked"
     DOOR_LOCKED = "door.locked"
     DOOR_MODE_CHANGED = "door.mode_changed"
+    DOOR_OPENED = "door.opened"
+    DOOR_CLOSED = "door.closed"
+    DOOR_HELD_OPEN = "door.held_open"
+    DOOR_FORCED_OPEN = "door.forced_open"
+    DOOR_TAMPER = "door.tamper"
+    DOOR_REX = "door.rex"
     GATEWAY_STARTED = "gateway.started"
     GATEWAY_STOPPED = "gateway.stopped"
     CACHE_RESET = "cache.reset"
@@ -289,6 +295,12 @@ EVENT_PRIORITY: Mapping[EventType, EventPriority] = {
     EventType.ACCESS_GRANTED: EventPriority.ROUTINE,
     EventType.DOOR_UNLOCKED: EventPriority.ROUTINE,
     EventType.DOOR_LOCKED: EventPriority.ROUTINE,
+    EventType.DOOR_OPENED: EventPriority.ROUTINE,
+    EventType.DOOR_CLOSED: EventPriority.ROUTINE,
+    EventType.DOOR_REX: EventPriority.ROUTINE,
+    EventType.DOOR_HELD_OPEN: EventPriority.SECURITY,
+    EventType.DOOR_FORCED_OPEN: EventPriority.SECURITY,
+    EventType.DOOR_TAMPER: EventPriority.SECURITY,
     EventType.CACHE_UPDATED: EventPriority.ROUTINE,
     EventType.ACCESS_DENIED: EventPriority.NOTABLE,
     EventType.GATEWAY_STARTED: EventPriority.NOTABLE,
