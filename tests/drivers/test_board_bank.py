@@ -1,0 +1,645 @@
+"""End-to-end tests of drivers.board_bank: a BoardBank on a real pty, virtual boards on its master."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+
+from drivers.base import CredentialRead, Feedback
+from drivers.board_bank import (
+    BankState,
+    BoardBank,
+    BoardBankConfig,
+    BoardBankConfigError,
+    BoardEvent,
+    BoardFaultEvent,
+    BoardOffline,
+    BoardPort,
+    BoardSpec,
+    BoardStatus,
+    CommandFailed,
+    CommandRefused,
+    InputBinding,
+    InputEvent,
+    InputRole,
+    UnknownChannelError,
+)
+from drivers.pty_pair import PtyPair
+from drivers.virtual_board import (
+    BoardConfig,
+    BoardState,
+    FdStream,
+    TransportStream,
+    VirtualBoard,
+)
+from firmware_protocol import (
+    BeepPattern,
+    FaultCode,
+    Frame,
+    Heartbeat,
+    LedPattern,
+    Message,
+    NakCode,
+    ReaderFeedback,
+    RelayPulse,
+    SafeState,
+)
+from gateway.backoff import Backoff
+
+WAIT_S = 3.0
+DOORS: Mapping[int, Sequence[str]] = {5: ("front", "back"), 6: ("lobby", "garage")}
+
+
+def fast_bank(config: BoardBankConfig, rec: Recorder, *, ack_timeout_s: float = 0.03) -> BoardBank:
+    """A bank with every timing shrunk for tests."""
+    bank = BoardBank(
+        config,
+        backoff=lambda: Backoff(base_s=0.02, cap_s=0.1),
+        on_board_event=rec.board_event,
+        on_command_failed=rec.failed,
+        poll_interval_s=0.02,
+        ack_timeout_s=ack_timeout_s,
+        max_retries=3,
+        read_poll_interval_s=0.02,
+    )
+    bank.set_input_handler(rec.input)
+    bank.set_handler(rec.read)
+    bank.add_listener(rec.relay)
+    return bank
+
+
+def door_config(url: str, addresses: Sequence[int]) -> BoardBankConfig:
+    """Two doors per board (relay 1 fail-safe), wired the virtual board's way."""
+    spec = BoardSpec({1: SafeState.FAIL_SAFE}, supervision_timeout_ms=3000)
+    return BoardBankConfig.per_door(url, {a: DOORS[a] for a in addresses}, spec=spec)
+
+
+@dataclass
+class Recorder:
+    """Everything the bank reports, with an asyncio.Event gate to wait on."""
+
+    board_events: list[BoardEvent] = field(default_factory=list)
+    inputs: list[InputEvent] = field(default_factory=list)
+    reads: list[CredentialRead] = field(default_factory=list)
+    failures: list[tuple[str, CommandFailed]] = field(default_factory=list)
+    relays: list[tuple[str, bool]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def _note(self) -> None:
+        self.changed.set()
+
+    def board_event(self, event: BoardEvent) -> None:
+        self.board_events.append(event)
+        self._note()
+
+    def input(self, event: InputEvent) -> None:
+        self.inputs.append(event)
+        self._note()
+
+    def read(self, read: CredentialRead) -> None:
+        self.reads.append(read)
+        self._note()
+
+    def failed(self, channel: str, error: CommandFailed) -> None:
+        self.failures.append((channel, error))
+        self._note()
+
+    def relay(self, channel: str, on: bool) -> None:
+        self.relays.append((channel, on))
+        self._note()
+
+    def statuses(self, address: int) -> list[BoardStatus]:
+        return [e for e in self.board_events if isinstance(e, BoardStatus) and e.address == address]
+
+    async def wait_for(self, predicate: Callable[[], bool], within_s: float = WAIT_S) -> None:
+        async with asyncio.timeout(within_s):
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+class BusHub:
+    """A shared RS-485 bus on one pty master: every board hears every frame, all may write."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._ends: list[BusEnd] = []
+        os.set_blocking(fd, False)
+        asyncio.get_running_loop().add_reader(fd, self._readable)
+
+    def endpoint(self) -> BusEnd:
+        return BusEnd(self)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._fd, 4096)
+        except OSError:
+            return
+        for end in list(self._ends):
+            end.deliver(data)
+
+    def write(self, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._fd, data)
+
+    def join(self, end: BusEnd) -> None:
+        self._ends.append(end)
+
+    def leave(self, end: BusEnd) -> None:
+        with contextlib.suppress(ValueError):
+            self._ends.remove(end)
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self._fd)
+
+
+class BusEnd:
+    """One board's ByteStream on a BusHub."""
+
+    def __init__(self, hub: BusHub) -> None:
+        self._hub = hub
+        self._on_data: Callable[[bytes], None] | None = None
+
+    def open(
+        self, on_data: Callable[[bytes], None], on_lost: Callable[[Exception | None], None]
+    ) -> None:
+        self._on_data = on_data
+        self._hub.join(self)
+
+    def deliver(self, data: bytes) -> None:
+        if self._on_data is not None:
+            self._on_data(data)
+
+    def write(self, data: bytes) -> None:
+        self._hub.write(data)
+
+    def close(self) -> None:
+        self._on_data = None
+        self._hub.leave(self)
+
+
+class RefusingBoard(VirtualBoard):
+    """A virtual board that refuses every RELAY_PULSE on relay 1 with BAD_INDEX."""
+
+    def _check(self, frame: Frame, message: Message) -> NakCode | None:
+        if isinstance(message, RelayPulse) and message.relay_index == 1:
+            return NakCode.BAD_INDEX
+        return super()._check(frame, message)
+
+
+class CountingBoard(VirtualBoard):
+    """A virtual board that counts the HEARTBEATs it carries out (and signals each)."""
+
+    heartbeats = 0
+
+    def _apply(self, message: Message) -> None:
+        super()._apply(message)
+        if isinstance(message, Heartbeat):
+            self.heartbeats += 1
+            self._notify()
+
+
+class HangingBoard(VirtualBoard):
+    """A virtual board that never finishes carrying out a RELAY_PULSE (so never answers it)."""
+
+    def __init__(self, config: BoardConfig | None = None) -> None:
+        super().__init__(config)
+        self.pulse_received = asyncio.Event()
+
+    async def _handle(self, frame: Frame) -> NakCode | None:
+        if frame.msg_type == RelayPulse.TYPE:
+            self.pulse_received.set()
+            await asyncio.Event().wait()
+        return await super()._handle(frame)
+
+
+@dataclass
+class Rig:
+    """A pty, the virtual boards on its master, and a started BoardBank on its slave."""
+
+    pty: PtyPair
+    bank: BoardBank
+    rec: Recorder
+    boards: dict[int, VirtualBoard]
+    hub: BusHub | None
+    started: list[VirtualBoard] = field(default_factory=list)
+
+    async def power_up(self, board: VirtualBoard) -> None:
+        """Start ``board`` on the bus (the one board's pty master, or the shared hub)."""
+        drain(self.pty.master_fd)  # a board powering up hears nothing sent before
+        stream = self.hub.endpoint() if self.hub is not None else FdStream(self.pty.master_fd)
+        self.started.append(board)
+        self.boards[board.config.address] = board
+        await board.start(stream)
+
+
+def drain(fd: int) -> None:
+    """Discard whatever waits to be read on ``fd``."""
+    os.set_blocking(fd, False)
+    with contextlib.suppress(BlockingIOError, OSError):
+        while os.read(fd, 4096):
+            pass
+
+
+@contextlib.asynccontextmanager
+async def pty_rig(
+    addresses: Sequence[int] = (5,),
+    *,
+    board_type: type[VirtualBoard] = VirtualBoard,
+    config: Callable[[str], BoardBankConfig] | None = None,
+    start: bool = True,
+    ack_timeout_s: float = 0.03,
+) -> AsyncIterator[Rig]:
+    """Boards started, the bank started (unless ``start`` is False); all torn down in reverse."""
+    with PtyPair() as pty:
+        hub = BusHub(pty.master_fd) if len(addresses) > 1 else None
+        rec = Recorder()
+        bank_config = (config or (lambda url: door_config(url, addresses)))(pty.slave_path)
+        bank = fast_bank(bank_config, rec, ack_timeout_s=ack_timeout_s)
+        rig = Rig(pty, bank, rec, {}, hub)
+        try:
+            for address in addresses:
+                await rig.power_up(board_type(BoardConfig(address=address, doors=2)))
+            if start:
+                await rig.bank.start()
+            yield rig
+        finally:
+            await rig.bank.stop()
+            for board in rig.started:
+                await board.stop()
+            if hub is not None:
+                hub.close()
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    """One board (address 5, doors "front" and "back"), online."""
+    async with pty_rig() as rig:
+        yield rig
+
+
+def reader_threads() -> list[threading.Thread]:
+    """Board link reader threads still alive."""
+    return [t for t in threading.enumerate() if t.name.startswith("board-link-reader")]
+
+
+async def test_start_handshakes_and_reports_the_board_online() -> None:
+    async with pty_rig(board_type=CountingBoard, start=False) as rig:
+        await rig.bank.start()
+        (status,) = rig.rec.statuses(5)
+        assert status.online
+        assert status.info is not None
+        assert (status.info.relay_count, status.info.reader_count, status.info.input_count) == (
+            2,
+            2,
+            6,
+        )
+        assert rig.bank.status(5).online
+        board = rig.boards[5]
+        assert board.state is BoardState.CONFIGURED
+        assert board.safe_state(0) is SafeState.FAIL_SECURE
+        assert board.safe_state(1) is SafeState.FAIL_SAFE
+        assert not rig.bank.is_on("front")
+        # With nothing to send, the poll loop addresses the board with HEARTBEATs.
+        assert isinstance(board, CountingBoard)
+        async with asyncio.timeout(WAIT_S):
+            await board.wait_for(lambda: board.heartbeats >= 5)
+
+
+async def test_pulse_runs_once_and_is_on_follows_the_acknowledgement(rig: Rig) -> None:
+    board = rig.boards[5]
+    rig.bank.pulse("front", 0.2)
+    assert not rig.bank.is_on("front")  # queued, not yet acknowledged
+    await rig.rec.wait_for(lambda: ("front", True) in rig.rec.relays)
+    assert rig.bank.is_on("front")
+    assert board.relay_on(0)
+    assert board.pulse_count(0) == 1
+    await rig.rec.wait_for(lambda: ("front", False) in rig.rec.relays)
+    assert not rig.bank.is_on("front")
+    assert not board.relay_on(0)
+    assert board.pulse_count(0) == 1
+    assert rig.rec.relays == [("front", True), ("front", False)]
+    assert not rig.rec.failures
+
+
+async def test_set_and_unset(rig: Rig) -> None:
+    board = rig.boards[5]
+    await rig.bank.set_relay("back", True)
+    assert rig.bank.is_on("back")
+    assert board.relay_on(1)
+    rig.bank.set("back", False)
+    await rig.rec.wait_for(lambda: ("back", False) in rig.rec.relays)
+    assert not board.relay_on(1)
+    assert rig.rec.relays == [("back", True), ("back", False)]
+    with pytest.raises(UnknownChannelError):
+        rig.bank.set("attic", True)
+
+
+async def test_a_refused_command_is_reported_as_failed_not_as_done() -> None:
+    async with pty_rig(board_type=RefusingBoard) as rig:
+        rig.bank.pulse("back", 1.0)
+        await rig.rec.wait_for(lambda: bool(rig.rec.failures))
+        ((channel, error),) = rig.rec.failures
+        assert channel == "back"
+        assert isinstance(error, CommandRefused)
+        assert "BAD_INDEX" in str(error)
+        with pytest.raises(CommandRefused):
+            await rig.bank.pulse_relay("back", 1.0)
+        assert not rig.bank.is_on("back")
+        assert rig.rec.relays == []
+        assert rig.boards[5].pulse_count(1) == 0
+        # A refusal says nothing about the board: it stays online and takes other commands.
+        assert rig.bank.status(5).online
+        await rig.bank.pulse_relay("front", 0.05)
+        assert rig.boards[5].pulse_count(0) == 1
+
+
+async def test_feedback_lands_on_the_reader(rig: Rig) -> None:
+    board = rig.boards[5]
+    rig.bank.feedback("front", Feedback.GRANTED)
+    async with asyncio.timeout(WAIT_S):
+        await board.wait_for(lambda: board.reader_feedback(0) is not None)
+    assert board.reader_feedback(0) == ReaderFeedback(
+        0, LedPattern.SOLID_GREEN, BeepPattern.SHORT, 3000
+    )
+    await rig.bank.send_feedback("back", Feedback.DENIED)
+    assert board.reader_feedback(1) == ReaderFeedback(
+        1, LedPattern.SOLID_RED, BeepPattern.DOUBLE, 3000
+    )
+    await rig.bank.send_feedback("back", Feedback.IDLE)
+    assert board.reader_feedback(1) == ReaderFeedback(1, LedPattern.OFF, BeepPattern.NONE, 0)
+    assert not rig.rec.failures
+
+
+async def test_a_presented_key_arrives_as_a_credential_read_with_its_proof(rig: Rig) -> None:
+    challenge = bytes(range(16))
+    response = bytes(range(0xF0, 0x100))
+    key_id = b"\x00\x01\x02\xabKEY!"
+    await rig.boards[5].present_key(1, key_id, challenge, response)
+    await rig.rec.wait_for(lambda: bool(rig.rec.reads))
+    (read,) = rig.rec.reads
+    assert read == CredentialRead("back", "mech_key", "000102AB4B455921", challenge + response)
+    assert len(read.proof) == 32
+
+
+async def test_inputs_arrive_as_typed_events(rig: Rig) -> None:
+    board = rig.boards[5]
+    await board.press_rex(0)
+    await board.open_door(1)
+    await board.tamper(0)
+    await rig.rec.wait_for(lambda: len(rig.rec.inputs) >= 4)
+    got = [(e.channel, e.kind, e.level) for e in rig.rec.inputs]
+    assert got == [
+        ("front", InputRole.REX, 1),
+        ("front", InputRole.REX, 0),
+        ("back", InputRole.CONTACT, 1),
+        ("front", InputRole.TAMPER, 1),
+    ]
+    clocks = [e.board_clock_ms for e in rig.rec.inputs]
+    assert clocks == sorted(clocks)
+    assert (rig.rec.inputs[2].address, rig.rec.inputs[2].index) == (5, 3)
+
+
+async def test_state_reflects_relays_and_inputs(rig: Rig) -> None:
+    board = rig.boards[5]
+    await rig.bank.set_relay("back", True)
+    await board.open_door(0)
+    await board.tamper(1)
+    snapshot = await rig.bank.state(5)
+    assert snapshot.address == 5
+    assert snapshot.relays == (False, True)
+    assert dict(snapshot.channels) == {"front": False, "back": True}
+    assert [i.level for i in snapshot.inputs] == [1, 0, 0, 0, 0, 1]
+    assert snapshot.door_inputs("front") == {
+        InputRole.CONTACT: 1,
+        InputRole.REX: 0,
+        InputRole.TAMPER: 0,
+    }
+    assert snapshot.door_inputs("back")[InputRole.TAMPER] == 1
+    assert snapshot.inputs[3].binding == InputBinding("back", InputRole.CONTACT)
+    assert snapshot.board_clock_ms > 0
+
+
+async def test_relay_state_is_recovered_from_the_board_at_handshake() -> None:
+    async with pty_rig(start=False) as rig:
+        # The board's relay is on before this bank exists (a gateway restart).
+        board = rig.boards[5]
+        board._set_relay(1, True)
+        await rig.bank.start()
+        assert rig.bank.is_on("back")
+        assert not rig.bank.is_on("front")
+
+
+async def test_board_faults_reach_the_board_event_callback(rig: Rig) -> None:
+    await rig.boards[5].fault(FaultCode.READER_BUS, "reader 1 silent")
+    await rig.rec.wait_for(
+        lambda: any(isinstance(e, BoardFaultEvent) for e in rig.rec.board_events)
+    )
+    faults = [e for e in rig.rec.board_events if isinstance(e, BoardFaultEvent)]
+    assert faults == [BoardFaultEvent(5, FaultCode.READER_BUS, "reader 1 silent")]
+
+
+async def test_silent_board_goes_offline_and_comes_back_after_a_new_handshake(rig: Rig) -> None:
+    old = rig.boards[5]
+    await old.stop()  # the board stops answering
+    await rig.rec.wait_for(lambda: len(rig.rec.statuses(5)) >= 2)
+    offline = rig.rec.statuses(5)[-1]
+    assert not offline.online
+    assert "no answer" in offline.reason
+    assert not rig.bank.status(5).online
+    rig.bank.pulse("front", 0.1)
+    await rig.rec.wait_for(lambda: bool(rig.rec.failures))
+    assert isinstance(rig.rec.failures[0][1], BoardOffline)
+    with pytest.raises(BoardOffline):
+        await rig.bank.state(5)
+
+    new = VirtualBoard(BoardConfig(address=5, doors=2, serial_number=b"VBRD0002"))
+    await rig.power_up(new)
+    await rig.rec.wait_for(lambda: len(rig.rec.statuses(5)) >= 3)
+    online = rig.rec.statuses(5)[-1]
+    assert online.online
+    assert online.info is not None
+    assert online.info.serial_number == b"VBRD0002"
+    assert new.state is BoardState.CONFIGURED
+    assert new.safe_state(1) is SafeState.FAIL_SAFE
+    await rig.bank.pulse_relay("front", 0.05)
+    assert new.pulse_count(0) == 1
+
+
+async def test_a_restarted_board_is_configured_again(rig: Rig) -> None:
+    # The board restarts between two polls: it refuses the next frame with NOT_CONFIGURED.
+    await rig.boards[5].stop()
+    new = VirtualBoard(BoardConfig(address=5, doors=2, serial_number=b"VBRD0003"))
+    await rig.power_up(new)
+    await rig.rec.wait_for(lambda: len(rig.rec.statuses(5)) >= 3)
+    offline, online = rig.rec.statuses(5)[1:3]
+    assert not offline.online
+    assert online.online
+    assert online.info is not None
+    assert online.info.serial_number == b"VBRD0003"
+    assert new.state is BoardState.CONFIGURED
+
+
+async def test_two_boards_share_one_bus_and_a_silent_one_does_not_block_the_other() -> None:
+    async with pty_rig((5, 6)) as rig:
+        assert rig.bank.status(5).online
+        assert rig.bank.status(6).online
+        await rig.bank.pulse_relay("front", 0.05)
+        await rig.bank.pulse_relay("garage", 0.05)
+        assert rig.boards[5].pulse_count(0) == 1
+        assert rig.boards[6].pulse_count(1) == 1
+        assert rig.boards[5].pulse_count(1) == 0
+        await rig.boards[6].press_rex(0)
+        await rig.rec.wait_for(lambda: len(rig.rec.inputs) >= 2)
+        assert {e.channel for e in rig.rec.inputs} == {"lobby"}
+
+        await rig.boards[6].stop()
+        await rig.rec.wait_for(lambda: len(rig.rec.statuses(6)) >= 2)
+        assert not rig.rec.statuses(6)[-1].online
+        # While board 6 is retried, board 5 keeps working.
+        for _ in range(3):
+            await rig.bank.pulse_relay("back", 0.02)
+        assert rig.boards[5].pulse_count(1) == 3
+        await rig.boards[5].open_door(0)
+        await rig.rec.wait_for(lambda: any(e.channel == "front" for e in rig.rec.inputs))
+        assert rig.bank.status(5).online
+        assert [s.online for s in rig.rec.statuses(5)] == [True]
+
+        await rig.power_up(VirtualBoard(BoardConfig(address=6, doors=2)))
+        await rig.rec.wait_for(lambda: len(rig.rec.statuses(6)) >= 3)
+        assert rig.rec.statuses(6)[-1].online
+        await rig.bank.pulse_relay("lobby", 0.05)
+        assert rig.boards[6].pulse_count(0) == 1
+
+
+async def test_an_index_the_board_lacks_keeps_it_offline_with_a_clear_reason() -> None:
+    def config(url: str) -> BoardBankConfig:
+        return BoardBankConfig(
+            url,
+            {5: BoardSpec()},
+            relays={"front": BoardPort(5, 0), "annex": BoardPort(5, 7)},
+        )
+
+    async with pty_rig(config=config) as rig:
+        (status,) = rig.rec.statuses(5)
+        assert not status.online
+        assert "relay 7 ('annex')" in status.reason
+        assert "2 relays" in status.reason
+        with pytest.raises(BoardOffline):
+            await rig.bank.pulse_relay("front", 0.1)
+        assert rig.boards[5].state is not BoardState.CONFIGURED
+
+
+async def test_stop_leaves_no_task_or_thread_and_fails_later_commands() -> None:
+    async with pty_rig() as rig:
+        await rig.bank.pulse_relay("front", 0.05)
+        await rig.bank.stop()
+        assert rig.bank.run_state is BankState.STOPPED
+        assert not reader_threads()
+        await rig.bank.stop()  # idempotent
+        with pytest.raises(BoardOffline):
+            await rig.bank.set_relay("front", True)
+        await rig.boards[5].stop()
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert not others
+    assert not reader_threads()
+
+
+async def test_a_failed_link_is_rebuilt() -> None:
+    boards: list[VirtualBoard] = []
+    streams: list[TransportStream] = []
+    connected = asyncio.Event()
+
+    async def serve(stream: TransportStream) -> None:
+        await stream.connected.wait()
+        board = VirtualBoard(BoardConfig(address=5, doors=2))
+        boards.append(board)
+        await board.start(stream)
+        connected.set()
+
+    tasks: set[asyncio.Task[None]] = set()
+
+    def factory() -> TransportStream:
+        stream = TransportStream()
+        streams.append(stream)
+        task = asyncio.create_task(serve(stream), name="test-serve")
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        return stream
+
+    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    rec = Recorder()
+    bank = fast_bank(door_config(f"socket://127.0.0.1:{port}", (5,)), rec)
+    try:
+        await bank.start()
+        assert bank.status(5).online
+        streams[0].close()  # the ser2net end hangs up
+        await rec.wait_for(lambda: len(rec.statuses(5)) >= 3)
+        offline, online = rec.statuses(5)[1:3]
+        assert not offline.online
+        assert "failed" in offline.reason
+        assert online.online
+        assert len(boards) == 2
+        await bank.pulse_relay("back", 0.05)
+        assert boards[1].pulse_count(1) == 1
+    finally:
+        await bank.stop()
+        for board in boards:
+            await board.stop()
+        server.close()
+        await server.wait_closed()
+    assert not reader_threads()
+
+
+async def test_stop_fails_a_command_in_flight() -> None:
+    # Retransmissions 1 s apart: the pulse is still unanswered when the bank stops.
+    async with pty_rig(board_type=HangingBoard, ack_timeout_s=1.0) as rig:
+        board = rig.boards[5]
+        assert isinstance(board, HangingBoard)
+        pending = asyncio.create_task(rig.bank.pulse_relay("front", 1.0))
+        async with asyncio.timeout(WAIT_S):
+            await board.pulse_received.wait()
+        await rig.bank.stop()
+        with pytest.raises(BoardOffline):
+            await pending
+        assert not rig.bank.is_on("front")
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(BoardBankConfigError, match="not configured"):
+        BoardBankConfig("/dev/null", {5: BoardSpec()}, relays={"x": BoardPort(6, 0)})
+    with pytest.raises(BoardBankConfigError, match="both"):
+        BoardBankConfig(
+            "/dev/null", {5: BoardSpec()}, relays={"x": BoardPort(5, 0), "y": BoardPort(5, 0)}
+        )
+    with pytest.raises(BoardBankConfigError, match="kind"):
+        BoardBankConfig(
+            "/dev/null",
+            {5: BoardSpec()},
+            inputs={BoardPort(5, 0): InputBinding("x", "doorbell")},  # type: ignore[arg-type]
+        )
+    with pytest.raises(BoardBankConfigError, match="address"):
+        BoardBankConfig("/dev/null", {0: BoardSpec()})
+    with pytest.raises(BoardBankConfigError, match="supervision"):
+        BoardSpec(supervision_timeout_ms=50)
+    with pytest.raises(BoardBankConfigError, match="heartbeat"):
+        BoardBank(
+            BoardBankConfig("/dev/null", {5: BoardSpec(supervision_timeout_ms=1000)}),
+            backoff=Backoff,
+        )
+    # Plain tuples are accepted and normalised.
+    config = BoardBankConfig(
+        "/dev/null",
+        {5: BoardSpec()},
+        relays={"x": (5, 1)},  # type: ignore[dict-item]
+        inputs={(5, 2): ("x", "rex")},  # type: ignore[dict-item]
+    )
+    assert config.relays["x"] == BoardPort(5, 1)
+    assert config.inputs[BoardPort(5, 2)] == InputBinding("x", InputRole.REX)
