@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from bench import decision
+from bench import decision, e2e
 
-BENCHMARKS = {"decision": decision.main}
+BENCHMARKS = {"decision": decision.main, "e2e": e2e.main}
 
 
 def main() -> int:
