@@ -1,0 +1,39 @@
+"""The benchmarks still run and print their JSON (tiny sizes: figures come from `python -m bench`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def run_bench(*args: str) -> dict[str, object]:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    last: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
+    return last
+
+
+def test_decision_benchmark_prints_its_figures() -> None:
+    figures = run_bench("decision", "--users", "300", "--samples", "500")
+    assert figures["users"] == 300
+    assert figures["credentials"] == 900
+    for key in ("decide_p50_us", "decide_p99_us", "sqlite_lookup_p99_us", "ratio_p99", "rss_mb"):
+        value = figures[key]
+        assert isinstance(value, float)
+        assert value > 0
+
+
+def test_e2e_benchmark_prints_its_figures() -> None:
+    figures = run_bench("e2e", "--samples", "20")
+    assert figures["granted"] == 20  # every genuine key opened the door
+    assert figures["baud"] == 115200
+    for key in ("e2e_p50_ms", "e2e_p99_ms", "wire_floor_ms", "ratio_p99"):
+        value = figures[key]
+        assert isinstance(value, float)
+        assert value > 0
