@@ -720,8 +720,12 @@ class BoardBank:
                         retry_now = True
                     elif command is None:
                         _LOGGER.debug("Board %d refused HEARTBEAT: %s", board.address, err)
-        except (LinkClosed, BoardOffline):
-            return  # the link is gone: the supervisor hears it and builds a new one
+        except (LinkClosed, BoardOffline) as err:
+            # The link is gone (the supervisor hears it and builds a new one) or only this
+            # board's session closed: either way the board cannot be reached until then.
+            if self._state is BankState.RUNNING:
+                self._set_offline(board, _reason(err))
+            return
         finally:
             self._attempted(board)
 

@@ -99,6 +99,10 @@ class FeedbackKind(enum.StrEnum):
     CLEAR = "clear"
 
 
+#: After a relock on close, how long a reopening is still not "forced" (a latch that has not
+#: caught yet, the person still passing), in seconds.
+CLOSE_GRACE_S = 3.0
+
 UNLOCK_S_RANGE = (0.5, 3600.0)
 HELD_OPEN_S_RANGE = (30.0, 600.0)
 REX_GRACE_S_RANGE = (0.0, 120.0)
@@ -380,6 +384,7 @@ class DoorStateMachine:
         self._mode = mode
         if mode is DoorMode.LOCKDOWN:
             self._unlock_until = None
+            self._authorised_until = None  # from now on any opening but by REX is forced
             self._opened_since_unlock = False
         if mode in _HELD_MODES:
             self._held_at = None
@@ -502,6 +507,10 @@ class DoorStateMachine:
             # The grant has been used; in NORMAL the lock follows at once (the caller syncs).
             if self.settings.relock_on_close:
                 self._unlock_until = None
+                # The grant is used: only a short grace (a latch that has not caught) remains,
+                # not the rest of a long unlock time in which a reopening would go unnoticed.
+                if self._authorised_until is not None:
+                    self._authorised_until = min(self._authorised_until, now + CLOSE_GRACE_S)
             self._opened_since_unlock = False
 
     def _clear_held(

@@ -4,7 +4,13 @@ The board sends a fresh random 16-byte challenge to the key; the key answers wit
 AES-CMAC(K_key, challenge), where K_key is diversified from the site's mechatronic master key
 (AN10922, M = key id ‖ "LUCKEYMK"). The board reports key id, challenge and response; the
 gateway recomputes the answer, compares in constant time, and refuses a challenge it has already
-seen from that key (a recorded exchange never verifies twice).
+seen from that key.
+
+Limits, stated plainly: the challenge comes from the board, so the gateway can only refuse
+exchanges it remembers. It remembers the last ``CHALLENGES_PER_KEY`` challenges of each enrolled
+key (so no other key, genuine or not, can push them out) for up to ``KEYS_REMEMBERED`` keys, in
+memory: a restart forgets them. Closing that gap needs challenges the gateway issues itself
+(a protocol change, tracked for the board protocol).
 """
 
 from __future__ import annotations
@@ -20,9 +26,8 @@ KEY_ID_BYTES = 8
 CHALLENGE_BYTES = 16
 RESPONSE_BYTES = 16
 SYSTEM_IDENTIFIER = b"LUCKEYMK"  # fixed part of the diversification input: keys, not cards
-REPLAY_MEMORY = (
-    4096  # challenges remembered; far more than keys presented between restarts of a board
-)
+CHALLENGES_PER_KEY = 64  # challenges remembered per key
+KEYS_REMEMBERED = 20_000  # keys whose challenges are remembered; the least recently presented go
 
 
 def key_for(site_key: bytes, key_id: bytes) -> bytes:
@@ -40,12 +45,11 @@ def respond(site_key: bytes, key_id: bytes, challenge: bytes) -> bytes:
 class MechanicalKeyVerifier:
     """Verifies KEY_PRESENTED proofs (challenge ‖ response) for the ``mech_key`` kind."""
 
-    def __init__(self, site_key: bytes, *, replay_memory: int = REPLAY_MEMORY) -> None:
+    def __init__(self, site_key: bytes) -> None:
         if len(site_key) != 16:
             raise ValueError("the mechatronic site key must be 16 bytes")
         self._site_key = site_key
-        self._seen: OrderedDict[tuple[str, bytes], None] = OrderedDict()
-        self._replay_memory = replay_memory
+        self._seen: OrderedDict[str, OrderedDict[bytes, None]] = OrderedDict()
 
     def __call__(self, presentation: Presentation, lookup: Lookup) -> Verified | Refused:
         """Check the proof first; only a genuine, fresh answer identifies the key."""
@@ -58,14 +62,29 @@ class MechanicalKeyVerifier:
             return Refused(
                 Reason.PROOF_INVALID, "proof must be a 16-byte challenge and a 16-byte response"
             )
-        challenge, response = proof[:CHALLENGE_BYTES], proof[CHALLENGE_BYTES:]
-        expected = respond(self._site_key, bytes.fromhex(presentation.value), challenge)
-        if not hmac.compare_digest(expected, response):
+        try:
+            key_id = bytes.fromhex(presentation.value)
+            expected = respond(self._site_key, key_id, proof[:CHALLENGE_BYTES])
+        except ValueError:
+            return Refused(Reason.PROOF_INVALID, "the key id is not 8 bytes of hex")
+        if not hmac.compare_digest(expected, proof[CHALLENGE_BYTES:]):
             return Refused(Reason.PROOF_INVALID, "the key's response does not verify")
-        seen = (presentation.value, challenge)
-        if seen in self._seen:
+        credential = lookup(presentation.kind, presentation.value)
+        if credential is not None and not self._first_time(
+            presentation.value, proof[:CHALLENGE_BYTES]
+        ):
             return Refused(Reason.PROOF_INVALID, "replayed challenge")
-        self._seen[seen] = None
-        if len(self._seen) > self._replay_memory:
+        return Verified(credential, AssuranceLevel.HIGH)
+
+    def _first_time(self, key: str, challenge: bytes) -> bool:
+        """Remember ``challenge`` for an enrolled ``key``; False if it was already there."""
+        challenges = self._seen.pop(key, None) or OrderedDict()
+        self._seen[key] = challenges  # most recently presented last
+        if len(self._seen) > KEYS_REMEMBERED:
             self._seen.popitem(last=False)
-        return Verified(lookup(presentation.kind, presentation.value), AssuranceLevel.HIGH)
+        if challenge in challenges:
+            return False
+        challenges[challenge] = None
+        if len(challenges) > CHALLENGES_PER_KEY:
+            challenges.popitem(last=False)
+        return True

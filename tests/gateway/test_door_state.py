@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.door_state import (
+    CLOSE_GRACE_S,
     Action,
     ContactType,
     DoorPhase,
@@ -731,6 +732,7 @@ def test_invariants_over_random_inputs(
     relay = (relays(actions) or [first[0]])[-1]
     lock_events = [t for t in types(actions) if t in (LOCKED_EV, UNLOCKED_EV)]
     grants: list[float] = []
+    lockdowns: list[float] = []
     for step in steps:
         now += step.dt
         if step.kind == "tick_deadline":
@@ -750,9 +752,16 @@ def test_invariants_over_random_inputs(
         assert d.status().locked is (
             d.status().phase is DoorPhase.LOCKED
         )  # the relay always follows the phase
+        if step.kind == "mode" and d.mode is DoorMode.LOCKDOWN:
+            lockdowns.append(now)
         for event_type, data in events(actions):  # (4)
             if event_type is FORCED_EV and not data.get("cleared"):
-                assert not any(g <= now <= g + door_settings.unlock_s for g in grants)
+                # Within the first moments of a grant an opening is never forced, unless a
+                # lockdown began since (a used grant keeps only CLOSE_GRACE_S after its close).
+                window = min(door_settings.unlock_s, CLOSE_GRACE_S)
+                assert all(
+                    any(g < t <= now for t in lockdowns) for g in grants if g <= now <= g + window
+                )
         deadline = d.next_deadline()  # (5): every input runs the deadlines that passed
         assert deadline is None or deadline > now
         if not door_settings.has_contact:
@@ -778,3 +787,20 @@ def run(d: DoorStateMachine, step: Step, now: float) -> list[Action]:
         energised, level, tamper = step.arg
         return d.recover(now, energised, level, tamper)
     return d.tick(now)
+
+
+def test_a_long_unlock_relocked_on_close_alarms_on_a_later_reopening() -> None:
+    d = door(unlock_s=3600)
+    d.grant(10.0)
+    d.contact(11.0, OPEN)
+    d.contact(12.0, CLOSED)  # relocked on close: the grant is used
+    assert types(d.contact(13.0, OPEN)) == [OPENED_EV]  # within the close grace
+    d.contact(13.5, CLOSED)
+    assert types(d.contact(1800.0, OPEN)) == [OPENED_EV, FORCED_EV]
+
+
+def test_lockdown_ends_the_authorised_window_of_an_earlier_grant() -> None:
+    d = door(unlock_s=3600)
+    d.grant(1.0)
+    d.set_mode(2.0, DoorMode.LOCKDOWN)
+    assert types(d.contact(1800.0, OPEN)) == [OPENED_EV, FORCED_EV]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -122,3 +123,24 @@ def test_the_verifier_plugs_into_verify_and_decide() -> None:
     identity = credentials.verify(shown, view.credential, verifiers)
     decision = access.decide(identity, "front", datetime(2026, 12, 1, 10, tzinfo=UTC), view)
     assert (decision.granted, decision.assurance) == (True, AssuranceLevel.HIGH)
+
+
+def test_other_keys_cannot_push_a_recorded_exchange_out_of_memory() -> None:
+    verifier = MechanicalKeyVerifier(SITE_KEY)
+    recorded = presentation(CHALLENGE, respond(SITE_KEY, KEY_ID, CHALLENGE))
+    assert isinstance(verifier(recorded, lookup), Verified)
+    lost_key = bytes.fromhex("FFEEDDCCBBAA9988")  # genuine, but not enrolled (e.g. lost)
+    for _ in range(5000):
+        challenge = os.urandom(16)
+        verifier(
+            presentation(challenge, respond(SITE_KEY, lost_key, challenge), lost_key.hex().upper()),
+            lookup,
+        )
+    assert isinstance(verifier(recorded, lookup), Refused)
+
+
+def test_a_malformed_key_id_is_refused_not_raised() -> None:
+    verifier = MechanicalKeyVerifier(SITE_KEY)
+    result = verifier(presentation(CHALLENGE, bytes(16), "NOT-HEX"), lookup)
+    assert isinstance(result, Refused)
+    assert "key id" in result.detail
