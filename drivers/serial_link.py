@@ -3,8 +3,11 @@
 ``BoardLink`` owns one port opened by pyserial URL (``/dev/ttyUSB0``, a pty path, or
 ``socket://host:port`` for ser2net). A dedicated reader thread blocks on the port and hands the
 bytes to the event loop (``call_soon_threadsafe``), where ``FrameDecoder`` splits them into frames
-and each frame goes to the ``Session`` of its address. Writes happen on the loop: a frame is at
-most 251 bytes and goes into the driver's buffer at once (bounded by ``WRITE_TIMEOUT_S``).
+and each frame goes to the ``Session`` of its address. Writes never block the loop: ``send_frame``
+puts the frame on a bounded queue and a dedicated writer thread writes the queue in order (one
+write bounded by ``WRITE_TIMEOUT_S``); a frame that finds the queue full is dropped and counted,
+and the session retransmits it like any lost frame. The port is opened in an executor; when
+``start()`` is cancelled meanwhile, the port is closed as soon as the open finishes.
 
 The link runs once: when the port fails every session gets ``connection_lost`` (pending requests
 fail with ``LinkClosed``) and the link is ``FAILED``; the owner builds a new link (and new
@@ -21,6 +24,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import queue
 import threading
 from dataclasses import dataclass
 from types import TracebackType
@@ -42,6 +46,10 @@ READ_POLL_INTERVAL_S = 0.05
 WRITE_TIMEOUT_S = 0.5
 #: Longest ``stop()`` waits for the reader thread to notice and end.
 READER_JOIN_TIMEOUT_S = 2.0
+#: Longest ``stop()`` waits for the writer thread; a blocked write ends by ``WRITE_TIMEOUT_S``.
+WRITER_JOIN_TIMEOUT_S = 2.0
+#: Frames waiting for the writer thread; more are dropped (the sessions retransmit).
+WRITE_QUEUE_FRAMES = 64
 #: Bytes asked for per read; the thread reads what is waiting, at least one byte.
 READ_CHUNK_BYTES = 4096
 #: Sent before every frame (SPEC.md, "Leading delimiter"): ends noise the receiver buffered.
@@ -83,7 +91,8 @@ class LinkStats:
     bytes_received: int = 0
     frames_received: int = 0
     frame_errors: int = 0
-    frames_sent: int = 0
+    frames_sent: int = 0  # written to the port (counted by the writer thread alone)
+    frames_dropped: int = 0  # not written: the write queue was full
     unrouted_frames: int = 0  # valid frames from an address without a session, or echoes
 
 
@@ -110,11 +119,16 @@ class BoardLink:
         self._decoder = FrameDecoder()
         self._sessions: dict[int, Session] = {}
         self._reader: threading.Thread | None = None
-        self._stop_reading = threading.Event()
         self._reader_done: asyncio.Future[None] | None = None
+        self._writer: threading.Thread | None = None
+        self._writer_done: asyncio.Future[None] | None = None
+        # One encoded frame per item; None only wakes the writer so it sees _stopping.
+        self._write_queue: queue.Queue[bytes | None] = queue.Queue(maxsize=WRITE_QUEUE_FRAMES)
+        self._stopping = threading.Event()  # both threads end once it is set
         self._closed: asyncio.Future[Exception | None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._in_bad_run = False  # STYLE 12: first bad frame at WARNING, repeats at DEBUG
+        self._in_drop_run = False  # the same for frames dropped on a full write queue
         self.stats = LinkStats()
 
     async def __aenter__(self) -> Self:
@@ -185,7 +199,7 @@ class BoardLink:
             raise KeyError(f"no board {address} on {self._url}") from None
 
     async def start(self) -> None:
-        """Open the port, start the reader thread and every session; PortOpenError on failure."""
+        """Open the port, start the reader and writer threads and every session; PortOpenError on failure."""
         if self._state is not LinkState.NEW:
             raise BoardLinkError(f"board link {self._url} cannot start from state {self._state}")
         self._set_state(LinkState.OPENING)
@@ -194,7 +208,7 @@ class BoardLink:
         self._closed = loop.create_future()
         try:
             # Opening may block (a socket:// connect), so it runs off the loop.
-            self._port = await loop.run_in_executor(None, self._open_port)
+            self._port = await open_off_loop(loop, self._open_port, self._url)
         except BaseException as err:
             self._set_state(LinkState.FAILED)
             if not self._closed.done():
@@ -204,8 +218,13 @@ class BoardLink:
         self._reader = threading.Thread(
             target=self._read_loop, name=f"board-link-reader:{self._url}", daemon=True
         )
+        self._writer_done = loop.create_future()
+        self._writer = threading.Thread(
+            target=self._write_loop, name=f"board-link-writer:{self._url}", daemon=True
+        )
         self._set_state(LinkState.OPEN)
         self._reader.start()
+        self._writer.start()
         for session in self._sessions.values():
             await session.start()
         _LOGGER.info("Board link %s open", self._url)
@@ -240,7 +259,7 @@ class BoardLink:
         return port
 
     async def stop(self) -> None:
-        """Close every session (pending requests fail with LinkClosed), end the thread, close the port; idempotent."""
+        """Close every session (pending requests fail with LinkClosed), end the threads, close the port; idempotent."""
         if self._state is LinkState.NEW:
             self._set_state(LinkState.CLOSED)
             return
@@ -249,7 +268,8 @@ class BoardLink:
             self._finish(None)
         for session in self._sessions.values():
             await session.close()
-        await self._join_reader()
+        await self._join_thread(self._reader, self._reader_done, READER_JOIN_TIMEOUT_S)
+        await self._join_thread(self._writer, self._writer_done, WRITER_JOIN_TIMEOUT_S)
         self._close_port()
 
     async def wait_closed(self) -> Exception | None:
@@ -259,18 +279,52 @@ class BoardLink:
         return await asyncio.shield(self._closed)
 
     def send_frame(self, frame: Frame) -> None:
-        """Write one frame (the sessions' FrameTransport); dropped unless the link is open."""
+        """Queue one frame for the writer thread (the sessions' FrameTransport); never blocks.
+
+        Dropped unless the link is open, and when the write queue is full (a stuck port).
+        """
         if self._state is not LinkState.OPEN:
             _LOGGER.debug("Board link %s is %s: dropped %s", self._url, self._state, frame)
             return
-        data = LEADING_DELIMITER + encode_frame(frame)
         try:
-            self._port.write(data)
-        except Exception as err:  # pyserial raises SerialException, OSError or its timeout
-            # Not raised into the session: every session hears of it through connection_lost.
-            self._port_failed(err)
+            self._write_queue.put_nowait(LEADING_DELIMITER + encode_frame(frame))
+        except queue.Full:
+            self.stats.frames_dropped += 1
+            level = logging.DEBUG if self._in_drop_run else logging.WARNING
+            self._in_drop_run = True
+            _LOGGER.log(
+                level,
+                "Board link %s: write queue full (port stuck?), dropped %s seq %d to board %d",
+                self._url,
+                getattr(frame.msg_type, "name", frame.msg_type),
+                frame.seq,
+                frame.address,
+            )
             return
-        self.stats.frames_sent += 1
+        if self._in_drop_run:
+            self._in_drop_run = False
+            _LOGGER.info("Board link %s: frames queue for writing again", self._url)
+
+    def _write_loop(self) -> None:
+        """Writer thread: write the queued frames in order until stopped or the port fails."""
+        loop = self._loop
+        port = self._port
+        assert loop is not None
+        error: Exception | None = None
+        try:
+            while True:
+                data = self._write_queue.get()
+                if data is None or self._stopping.is_set():
+                    break
+                port.write(data)
+                self.stats.frames_sent += 1
+        except Exception as err:  # pyserial raises SerialException, OSError or its timeout
+            error = err
+        # Not raised into the sessions: like a read error, every session hears of it through
+        # connection_lost.
+        if error is not None and not self._stopping.is_set():
+            self._call_in_loop(loop, self._port_failed, error)
+        self._call_in_loop(loop, self._writer_exited)
 
     def _read_loop(self) -> None:
         """Reader thread: block on the port and pass every chunk to the loop."""
@@ -279,7 +333,7 @@ class BoardLink:
         assert loop is not None
         error: Exception | None = None
         try:
-            while not self._stop_reading.is_set():
+            while not self._stopping.is_set():
                 data = port.read(1)
                 if not data:
                     continue
@@ -289,7 +343,7 @@ class BoardLink:
                 self._call_in_loop(loop, self._data_received, bytes(data))
         except Exception as err:  # whatever pyserial raises means the port is gone
             error = err
-        if error is not None and not self._stop_reading.is_set():
+        if error is not None and not self._stopping.is_set():
             self._call_in_loop(loop, self._port_failed, error)
         self._call_in_loop(loop, self._reader_exited)
 
@@ -303,6 +357,10 @@ class BoardLink:
     def _reader_exited(self) -> None:
         if self._reader_done is not None and not self._reader_done.done():
             self._reader_done.set_result(None)
+
+    def _writer_exited(self) -> None:
+        if self._writer_done is not None and not self._writer_done.done():
+            self._writer_done.set_result(None)
 
     def _data_received(self, data: bytes) -> None:
         """Decode bytes from the port and route each frame to its board's session."""
@@ -347,46 +405,113 @@ class BoardLink:
             session.connection_lost(err)
 
     def _finish(self, err: Exception | None) -> None:
-        """Stop the reader and settle ``wait_closed``."""
-        self._stop_reading.set()
-        with contextlib.suppress(Exception):
-            if self._port is not None and hasattr(self._port, "cancel_read"):
-                self._port.cancel_read()
+        """Stop both threads and settle ``wait_closed``."""
+        self._stopping.set()
+        with contextlib.suppress(queue.Full):  # full: the writer is busy and sees _stopping next
+            self._write_queue.put_nowait(None)
+        # Wake a thread blocked in the port (the POSIX backend can; socket:// times out).
+        for cancel in ("cancel_read", "cancel_write"):
+            with contextlib.suppress(Exception):
+                if self._port is not None and hasattr(self._port, cancel):
+                    getattr(self._port, cancel)()
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(err)
 
-    async def _join_reader(self) -> None:
-        reader, done = self._reader, self._reader_done
-        if reader is None or done is None:
+    async def _join_thread(
+        self,
+        thread: threading.Thread | None,
+        done: asyncio.Future[None] | None,
+        timeout_s: float,
+    ) -> None:
+        if thread is None or done is None:
             return
         try:
-            async with asyncio.timeout(READER_JOIN_TIMEOUT_S):
+            async with asyncio.timeout(timeout_s):
                 await asyncio.shield(done)
         except TimeoutError:
-            _LOGGER.warning("Board link %s: reader thread did not stop in time", self._url)
+            _LOGGER.warning("Board link %s: %s did not stop in time", self._url, thread.name)
             return
-        reader.join(READER_JOIN_TIMEOUT_S)
+        thread.join(timeout_s)  # it has signed off: only its last statements are left
 
     def _close_port(self) -> None:
         port, self._port = self._port, None
         if port is None:
             return
-        try:
-            port.close()
-        except Exception as err:  # closing a broken port may fail; it is closed either way
-            _LOGGER.debug("Board link %s: close failed: %s", self._url, err)
+        _close_quietly(port, self._url)
         self._decoder.reset()
+
+
+def _close_quietly(port: Any, url: str) -> None:
+    # pyserial's socket:// close() skips closing its socket when shutdown() fails (the peer is
+    # already gone), which leaks the descriptor; close the socket here as well.
+    sock = getattr(port, "_socket", None)
+    try:
+        port.close()
+    except Exception as err:  # closing a broken port may fail; it is closed either way
+        _LOGGER.debug("Board link %s: close failed: %s", url, err)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+class PortOpener:
+    """One port open run in an executor thread; a port that arrives after ``abandon()`` is closed."""
+
+    def __init__(self, open_port: Callable[[], Any], url: str) -> None:
+        self._open_port = open_port
+        self._url = url
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._port: Any = None  # opened and handed back, not yet known to be taken
+
+    def run(self) -> Any:
+        """The open port (in the executor thread), or None if the caller gave up (then closed here)."""
+        port = self._open_port()
+        with self._lock:
+            if not self._abandoned:
+                self._port = port
+                return port
+        _LOGGER.debug("Board link %s: start was cancelled; closing the port it opened", self._url)
+        _close_quietly(port, self._url)
+        return None
+
+    def abandon(self) -> None:
+        """The caller gives up (on the loop): close the port now if it is open, else when it opens."""
+        with self._lock:
+            self._abandoned = True
+            port, self._port = self._port, None
+        if port is not None:
+            _LOGGER.debug("Board link %s: start was cancelled; closing the opened port", self._url)
+            _close_quietly(port, self._url)
+
+
+async def open_off_loop(
+    loop: asyncio.AbstractEventLoop, open_port: Callable[[], Any], url: str
+) -> Any:
+    """``open_port()`` in the default executor; if cancelled, it re-raises and leaves no port open."""
+    opener = PortOpener(open_port, url)
+    try:
+        return await loop.run_in_executor(None, opener.run)
+    except BaseException:
+        # The thread may still be opening (cancelling the future does not stop it): whatever it
+        # opens, now or later, is closed instead of holding the tty. The error goes on as it is.
+        opener.abandon()
+        raise
 
 
 __all__ = [
     "DEFAULT_BAUDRATE",
     "READER_JOIN_TIMEOUT_S",
     "READ_POLL_INTERVAL_S",
+    "WRITER_JOIN_TIMEOUT_S",
+    "WRITE_QUEUE_FRAMES",
     "WRITE_TIMEOUT_S",
     "BoardLink",
     "BoardLinkError",
     "LinkState",
     "LinkStats",
     "PortOpenError",
+    "PortOpener",
     "Rs485Options",
+    "open_off_loop",
 ]

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
+import serial
 
+from drivers import serial_link
 from drivers.pty_pair import PtyPair
-from drivers.serial_link import BoardLink, LinkState
+from drivers.serial_link import BoardLink, LinkState, PortOpener
 from drivers.virtual_board import BoardConfig, BoardState, FdStream, TransportStream, VirtualBoard
 from firmware_protocol import (
+    MAX_PAYLOAD,
     BeepPattern,
     BoardInfo,
     Configure,
     Frame,
+    FrameDecoder,
     Heartbeat,
     Hello,
     InputChanged,
@@ -153,9 +158,19 @@ async def rig() -> AsyncIterator[Rig]:
         yield rig
 
 
-def reader_threads() -> list[threading.Thread]:
-    """The link reader threads still alive."""
-    return [t for t in threading.enumerate() if t.name.startswith("board-link-reader")]
+def link_threads() -> list[threading.Thread]:
+    """The link reader and writer threads still alive."""
+    return [t for t in threading.enumerate() if t.name.startswith("board-link-")]
+
+
+def fds_on(path: str) -> int:
+    """How many of this process's file descriptors are open on ``path``."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the fd of the listing itself is gone by now
+            if os.readlink(f"/proc/self/fd/{name}") == path:
+                count += 1
+    return count
 
 
 async def test_handshake_identifies_and_configures_the_board() -> None:
@@ -276,7 +291,7 @@ async def test_link_over_socket_url_to_a_board_on_loopback_tcp() -> None:
         await board.stop()
         server.close()
         await server.wait_closed()
-    assert not reader_threads()
+    assert not link_threads()
 
 
 async def test_stop_fails_pending_requests_and_leaves_nothing_behind() -> None:
@@ -293,7 +308,7 @@ async def test_stop_fails_pending_requests_and_leaves_nothing_behind() -> None:
             await pending
         assert link.state is LinkState.CLOSED
         assert await link.wait_closed() is None
-    assert not reader_threads()
+    assert not link_threads()
     others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert not others
 
@@ -316,7 +331,7 @@ async def test_port_failure_tells_every_session() -> None:
     finally:
         await link.stop()
         pty.close()
-    assert not reader_threads()
+    assert not link_threads()
 
 
 async def test_unknown_board_type_is_refused(rig: Rig) -> None:
@@ -324,3 +339,238 @@ async def test_unknown_board_type_is_refused(rig: Rig) -> None:
     with pytest.raises(NakReceived) as caught:
         await rig.gw.session.request(MessageType.STATE_REPORT, b"")
     assert caught.value.code is NakCode.UNKNOWN_TYPE
+
+
+# -- writes off the loop -----------------------------------------------------------------------
+
+TICK_S = 0.01
+#: Far more than a sound loop needs for a TICK_S sleep, far less than a blocked write.
+TICK_LATENESS_LIMIT_S = 0.15
+#: Far above the test's own waits: a write stuck on the unread pty stays stuck, it does not fail.
+STUCK_WRITE_TIMEOUT_S = 30.0
+
+
+def numbered_frame(seq: int) -> Frame:
+    """A gateway frame of the largest size, told apart by ``seq``."""
+    return Frame(
+        ADDRESS, seq, MessageType.HEARTBEAT, seq.to_bytes(2, "little") * (MAX_PAYLOAD // 2)
+    )
+
+
+async def worst_tick_lateness_s(stop: asyncio.Event) -> float:
+    """How late a ``sleep(TICK_S)`` woke at worst, ticking until ``stop`` is set."""
+    loop = asyncio.get_running_loop()
+    worst = 0.0
+    while not stop.is_set():
+        started = loop.time()
+        await asyncio.sleep(TICK_S)
+        worst = max(worst, loop.time() - started - TICK_S)
+    return worst
+
+
+async def send_until_stuck(link: BoardLink, drops_in_a_row: int) -> tuple[list[int], int]:
+    """Send numbered frames to a pty nobody reads until ``drops_in_a_row`` drop one after another.
+
+    Between those drops the writer has TICK_S each to make room, so it is stuck in a write. The
+    loop must stay responsive throughout. The seqs the link took, in order, and how many runs of
+    drops there were (the loop may outpace the writer before the pty is full, too).
+    """
+    taken: list[int] = []
+    runs = 0
+    in_a_row = 0
+    stop_ticking = asyncio.Event()
+    ticker = asyncio.create_task(worst_tick_lateness_s(stop_ticking), name="test-ticker")
+    seq = 0
+    async with asyncio.timeout(WAIT_S):
+        while in_a_row < drops_in_a_row:
+            dropped = link.stats.frames_dropped
+            link.send_frame(numbered_frame(seq))
+            seq += 1
+            if link.stats.frames_dropped == dropped:
+                taken.append(seq - 1)
+                in_a_row = 0
+                await asyncio.sleep(0)
+                continue
+            runs += in_a_row == 0
+            in_a_row += 1
+            await asyncio.sleep(TICK_S)
+    stop_ticking.set()
+    assert await ticker < TICK_LATENESS_LIMIT_S
+    assert link.state is LinkState.OPEN
+    assert link.stats.frames_dropped == seq - len(taken)
+    return taken, runs
+
+
+async def test_a_stuck_port_neither_blocks_the_loop_nor_reorders_frames(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(serial_link, "WRITE_TIMEOUT_S", STUCK_WRITE_TIMEOUT_S)
+    caplog.set_level(logging.DEBUG, logger=serial_link.__name__)
+    with PtyPair() as pty:
+        link = BoardLink(pty.slave_path)
+        await link.start()
+        try:
+            taken, runs = await send_until_stuck(link, drops_in_a_row=5)
+            drops = [r for r in caplog.records if "write queue full" in r.getMessage()]
+            # STYLE 12: the first drop of a run at WARNING, the rest of the run at DEBUG.
+            assert [r.levelno for r in drops].count(logging.WARNING) == runs
+            assert len(drops) == link.stats.frames_dropped
+
+            # The board reads again: every frame the link took arrives, in order, then new ones.
+            decoder = FrameDecoder()
+            received: list[int] = []
+            arrived = asyncio.Event()
+
+            def on_readable() -> None:
+                for item in decoder.feed(os.read(pty.master_fd, 65536)):
+                    assert isinstance(item, Frame)
+                    received.append(item.seq)
+                arrived.set()
+
+            async def wait_for_count(count: int) -> None:
+                async with asyncio.timeout(WAIT_S):
+                    while len(received) < count:
+                        arrived.clear()
+                        await arrived.wait()
+
+            loop = asyncio.get_running_loop()
+            loop.add_reader(pty.master_fd, on_readable)
+            try:
+                await wait_for_count(len(taken))
+                assert received == taken
+                link.send_frame(numbered_frame(60_000))
+                await wait_for_count(len(taken) + 1)
+                assert received == [*taken, 60_000]
+            finally:
+                loop.remove_reader(pty.master_fd)
+            assert any(
+                r.levelno == logging.INFO and "queue for writing again" in r.getMessage()
+                for r in caplog.records
+            )
+        finally:
+            await link.stop()
+        assert link.stats.frames_sent == len(taken) + 1
+    assert not link_threads()
+
+
+async def test_stop_returns_promptly_while_a_write_is_stuck(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(serial_link, "WRITE_TIMEOUT_S", STUCK_WRITE_TIMEOUT_S)
+    with PtyPair() as pty:
+        link = BoardLink(pty.slave_path)
+        await link.start()
+        await send_until_stuck(link, drops_in_a_row=2)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await link.stop()
+        assert loop.time() - started < 1.0
+        assert link.state is LinkState.CLOSED
+        assert not link_threads()
+        assert fds_on(pty.slave_path) == 1  # the pair's own slave fd only
+
+
+async def test_a_write_error_fails_the_link_like_a_read_error() -> None:
+    with PtyPair() as pty:
+        link = BoardLink(pty.slave_path)
+        session = await link.add_board(3, GatewaySide().handler, ack_timeout_s=10.0)
+        await link.start()
+        try:
+
+            def broken_write(data: bytes) -> int:
+                raise serial.SerialException("write failed: [Errno 5] Input/output error")
+
+            link._port.write = broken_write  # the port object the writer thread holds
+            pending = asyncio.create_task(session.request(*encode_message(StateRequest())))
+            async with asyncio.timeout(WAIT_S):
+                error = await link.wait_closed()
+            assert isinstance(error, serial.SerialException)
+            assert link.state is LinkState.FAILED
+            with pytest.raises(LinkClosed):
+                await pending
+            assert link.stats.frames_sent == 0
+        finally:
+            await link.stop()
+    assert not link_threads()
+
+
+# -- a start() cancelled while the port opens --------------------------------------------------
+
+
+async def test_start_cancelled_while_opening_closes_the_port_when_it_arrives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_serial_for_url = serial.serial_for_url
+    opened, release, closed = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_serial_for_url(*args: Any, **kwargs: Any) -> Any:
+        """The real open, then held until the test lets it return (a slow socket:// connect)."""
+        port = real_serial_for_url(*args, **kwargs)
+        real_close = port.close
+
+        def close() -> None:
+            real_close()
+            closed.set()
+
+        port.close = close
+        opened.set()
+        release.wait(WAIT_S)
+        return port
+
+    monkeypatch.setattr(serial, "serial_for_url", slow_serial_for_url)
+    with PtyPair() as pty:
+        link = BoardLink(pty.slave_path)
+        starting = asyncio.create_task(link.start(), name="test-start")
+        assert await asyncio.to_thread(opened.wait, WAIT_S)
+        assert fds_on(pty.slave_path) == 2  # the pair's slave fd and the link's port
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        assert link.state is LinkState.FAILED
+        release.set()  # the open finishes after its caller gave up
+        assert await asyncio.to_thread(closed.wait, WAIT_S)
+        assert fds_on(pty.slave_path) == 1
+        await link.stop()
+        assert await link.wait_closed() is None
+    assert not link_threads()
+
+
+class FakePort:
+    """Just enough of a port to see it closed."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_port_opened_before_the_caller_gave_up_is_closed_by_abandon() -> None:
+    # The open returned, but the task awaiting it was cancelled before it could take the port.
+    port = FakePort()
+    opener = PortOpener(lambda: port, "fake://")
+    assert opener.run() is port
+    assert not port.closed
+    opener.abandon()
+    assert port.closed
+
+
+def test_a_port_opened_after_the_caller_gave_up_is_closed_by_the_opening_thread() -> None:
+    port = FakePort()
+    opener = PortOpener(lambda: port, "fake://")
+    opener.abandon()
+    assert opener.run() is None
+    assert port.closed
+
+
+async def test_open_off_loop_hands_over_the_port_and_passes_errors_on() -> None:
+    loop = asyncio.get_running_loop()
+    port = FakePort()
+    assert await serial_link.open_off_loop(loop, lambda: port, "fake://") is port
+    assert not port.closed
+
+    def failing_open() -> Any:
+        raise serial_link.PortOpenError("cannot open fake://")
+
+    with pytest.raises(serial_link.PortOpenError):
+        await serial_link.open_off_loop(loop, failing_open, "fake://")
