@@ -253,6 +253,8 @@ class BoardLink:
                     delay_before_tx=options.delay_before_tx_s,
                     delay_before_rx=options.delay_before_rx_s,
                 )
+            # pyserial raises NotImplementedError for port types without RS-485 control
+            # (e.g. socket:// URLs): an installer error to report, not something to finish here.
             except (serial.SerialException, OSError, ValueError, NotImplementedError) as err:
                 port.close()
                 raise PortOpenError(f"cannot set RS-485 mode on {self._url}: {err}") from err

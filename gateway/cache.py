@@ -144,7 +144,7 @@ class Cache:
         async with self._conn().execute("SELECT value FROM meta WHERE key = 'origin'") as cursor:
             row = await cursor.fetchone()
         self.origin = str(row[0]) if row else "upstream"
-        release_free_memory()
+        await asyncio.to_thread(release_free_memory)  # trimming a large heap takes a while
         _LOGGER.info("cache loaded: version %d, %s", self.version, self._view.counts())
 
     async def stop(self) -> None:
@@ -181,7 +181,10 @@ class Cache:
             view = await asyncio.to_thread(
                 CacheView.build, snapshot.version, snapshot.site, snapshot.entities
             )
-            self._swap(view, bulk=True)
+            self._swap(view)
+            await asyncio.to_thread(
+                release_free_memory
+            )  # the old view is gone: hand its pages back
             return ApplyResult.APPLIED
 
     async def apply_delta(self, delta: Delta) -> ApplyResult:
@@ -262,10 +265,8 @@ class Cache:
             ],
         )
 
-    def _swap(self, view: CacheView, *, bulk: bool = False) -> None:
+    def _swap(self, view: CacheView) -> None:
         self._view = view
-        if bulk:
-            release_free_memory()
         _LOGGER.info("cache now at version %d", view.version)
         for listener in list(self._listeners):
             try:
