@@ -1,17 +1,30 @@
 """The one decision function: may this identity open this door now?
 
 Pure and deterministic: no I/O, no clock, no logging. Checks run from the door outwards to
-the rules, and the first failing check is the reason. When several rules grant, the one with
-the lowest id is reported. When none grants, the reason reported is that of the rule that
-came closest (a closed schedule beats an expired rule), ties broken by the lowest rule id.
+the rules, and the first failing check is the reason (the order is documented in
+docs/decisions.md). When several rules grant, the one with the lowest id is reported. When none
+grants, the reason reported is that of the rule that came closest (a closed schedule beats an
+expired rule), ties broken by the lowest rule id.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from gateway.credentials import Refused, Verified
-from gateway.model import AccessRule, Decision, DoorMode, Reason
+from gateway.model import (
+    AccessRule,
+    AssuranceLevel,
+    Credential,
+    CredentialKind,
+    Decision,
+    Door,
+    DoorMode,
+    Reason,
+    Site,
+    User,
+    UserStatus,
+)
 from gateway.view import CacheView
 
 # How close a failing rule came to granting; the highest rank is the reason reported.
@@ -35,55 +48,133 @@ def decide(
     door = view.doors.get(door_id)
     if door is None:
         return Decision(False, Reason.UNKNOWN_DOOR, door_id, now, mode)
+    if (
+        isinstance(identity, Verified)
+        and identity.credential is not None
+        and _blacklisted(identity.credential, view.site)
+    ):
+        key = identity.credential
+        assurance = min(identity.assurance, key.assurance)
+        return _about(key, assurance, False, Reason.KEY_BLACKLISTED, now, mode, door)
     if mode is DoorMode.LOCKDOWN:
-        return Decision(False, Reason.DOOR_LOCKDOWN, door_id, now, mode)
+        return _lockdown(identity, door, now, view)
     if mode is DoorMode.EMERGENCY_OPEN:
         return Decision(True, Reason.EMERGENCY_OPEN, door_id, now, mode)
     if isinstance(identity, Refused):
         return Decision(False, Reason.PROOF_INVALID, door_id, now, mode)
-
     credential = identity.credential
-    assurance = identity.assurance
     if credential is None:
-        return Decision(False, Reason.UNKNOWN_CREDENTIAL, door_id, now, mode, assurance=assurance)
-    # A proof never lifts a credential above the level it was enrolled at.
-    assurance = min(assurance, credential.assurance)
-
-    def deny(
-        reason: Reason, user_id: str = credential.user_id, rule: AccessRule | None = None
-    ) -> Decision:
         return Decision(
-            False,
-            reason,
-            door_id,
-            now,
-            mode,
-            credential.id,
-            user_id,
-            rule.id if rule else None,
-            assurance,
+            False, Reason.UNKNOWN_CREDENTIAL, door_id, now, mode, assurance=identity.assurance
         )
 
-    if credential.revoked:
-        return deny(Reason.CREDENTIAL_REVOKED)
-    if credential.valid_from is not None and now < credential.valid_from:
-        return deny(Reason.CREDENTIAL_NOT_YET_VALID)
-    if credential.valid_until is not None and now >= credential.valid_until:
-        return deny(Reason.CREDENTIAL_EXPIRED)
+    # A proof never lifts a credential above the level it was enrolled at.
+    assurance = min(identity.assurance, credential.assurance)
+    user = _holder(credential, assurance, door, now, view)
+    if isinstance(user, Reason):
+        return _about(credential, assurance, False, user, now, mode, door)
+    granting, closest = _rules(user, door_id, now, view)
+    if granting is not None:
+        return _about(credential, assurance, True, Reason.GRANTED, now, mode, door, granting)
+    if closest is None:
+        return _about(credential, assurance, False, Reason.NO_RULE_FOR_DOOR, now, mode, door)
+    return _about(credential, assurance, False, closest[0], now, mode, door, closest[1])
 
+
+def _about(
+    credential: Credential,
+    assurance: AssuranceLevel,
+    granted: bool,
+    reason: Reason,
+    now: datetime,
+    mode: DoorMode,
+    door: Door,
+    rule: AccessRule | None = None,
+) -> Decision:
+    """A decision naming the credential, its user, the achieved assurance and maybe the rule."""
+    return Decision(
+        granted,
+        reason,
+        door.id,
+        now,
+        mode,
+        credential.id,
+        credential.user_id,
+        rule.id if rule else None,
+        assurance,
+    )
+
+
+def _blacklisted(credential: Credential, site: Site) -> bool:
+    """True for a mechatronic key on the site's blacklist of lost keys."""
+    return (
+        credential.kind is CredentialKind.MECHATRONIC_KEY and credential.value in site.key_blacklist
+    )
+
+
+def _lockdown(identity: Verified | Refused, door: Door, now: datetime, view: CacheView) -> Decision:
+    """In lockdown only a fully valid holder of the site's override tag passes."""
+    mode = DoorMode.LOCKDOWN
+    tag = view.site.lockdown_override_tag
+    if tag is not None and isinstance(identity, Verified) and identity.credential is not None:
+        credential = identity.credential
+        assurance = min(identity.assurance, credential.assurance)
+        user = _holder(credential, assurance, door, now, view)
+        if not isinstance(user, Reason) and tag in user.tags:
+            return _about(credential, assurance, True, Reason.LOCKDOWN_OVERRIDE, now, mode, door)
+    # Everyone else, whatever is wrong with their credential: "why not?" is "lockdown".
+    return Decision(False, Reason.DOOR_LOCKDOWN, door.id, now, mode)
+
+
+def _holder(
+    credential: Credential, assurance: AssuranceLevel, door: Door, now: datetime, view: CacheView
+) -> User | Reason:
+    """The credential's user if the credential, the user and ``assurance`` pass; else why not."""
+    reason = _credential_refusal(credential, now)
+    if reason is not None:
+        return reason
     user = view.users.get(credential.user_id)
     if user is None:
-        return deny(Reason.UNKNOWN_USER)  # names the user id the credential points at
-    user_id = user.id
-    if user.status != "active":
-        return deny(Reason.USER_DISABLED, user_id)
-    if user.valid_from is not None and now < user.valid_from:
-        return deny(Reason.USER_NOT_YET_VALID, user_id)
-    if user.valid_until is not None and now >= user.valid_until:
-        return deny(Reason.USER_EXPIRED, user_id)
+        return Reason.UNKNOWN_USER
+    reason = _user_refusal(user, now)
+    if reason is not None:
+        return reason
     if assurance < door.min_assurance:
-        return deny(Reason.ASSURANCE_TOO_LOW, user_id)
+        return Reason.ASSURANCE_TOO_LOW
+    return user
 
+
+def _credential_refusal(credential: Credential, now: datetime) -> Reason | None:
+    """Why the credential itself cannot open anything at ``now``, if it cannot."""
+    if credential.revoked:
+        return Reason.CREDENTIAL_REVOKED
+    if credential.valid_from is not None and now < credential.valid_from:
+        return Reason.CREDENTIAL_NOT_YET_VALID
+    if credential.valid_until is not None and now >= credential.valid_until:
+        return Reason.CREDENTIAL_EXPIRED
+    if credential.revalidation_days is not None and (
+        credential.revalidated_at is None
+        or now >= credential.revalidated_at + timedelta(days=credential.revalidation_days)
+    ):
+        return Reason.KEY_REVALIDATION_DUE
+    return None
+
+
+def _user_refusal(user: User, now: datetime) -> Reason | None:
+    """Why the user cannot open anything at ``now``, if they cannot."""
+    if user.status != UserStatus.ACTIVE:
+        return Reason.USER_DISABLED
+    if user.valid_from is not None and now < user.valid_from:
+        return Reason.USER_NOT_YET_VALID
+    if user.valid_until is not None and now >= user.valid_until:
+        return Reason.USER_EXPIRED
+    return None
+
+
+def _rules(
+    user: User, door_id: str, now: datetime, view: CacheView
+) -> tuple[AccessRule | None, tuple[Reason, AccessRule] | None]:
+    """The lowest-id rule granting ``user`` this door now, else the closest denial and its rule."""
     index = view.rule_index
     granting: AccessRule | None = None
     best: tuple[int, Reason, AccessRule] | None = None
@@ -111,10 +202,4 @@ def decide(
             rank = _RULE_RANK[reason]
             if best is None or rank > best[0] or (rank == best[0] and rule.id < best[2].id):
                 best = (rank, reason, rule)
-    if granting is not None:
-        return Decision(
-            True, Reason.GRANTED, door_id, now, mode, credential.id, user_id, granting.id, assurance
-        )
-    if best is None:
-        return deny(Reason.NO_RULE_FOR_DOOR, user_id)
-    return deny(best[1], user_id, best[2])
+    return granting, None if best is None else (best[1], best[2])

@@ -33,10 +33,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         "valid_from TEXT, valid_until TEXT, UNIQUE (kind, value))",
         "CREATE INDEX credentials_user ON credentials (user_id)",
     ),
+    # 2: a mechatronic key's revalidation period (days) and last revalidation; NULL for the rest.
+    (
+        "ALTER TABLE credentials ADD COLUMN revalidation_days INTEGER",
+        "ALTER TABLE credentials ADD COLUMN revalidated_at TEXT",
+    ),
 )
 
 USER_COLUMNS = "id, name, status, tags, valid_from, valid_until"
-CREDENTIAL_COLUMNS = "id, kind, value, user_id, assurance, revoked, valid_from, valid_until"
+CREDENTIAL_COLUMNS = (
+    "id, kind, value, user_id, assurance, revoked, valid_from, valid_until, "
+    "revalidation_days, revalidated_at"
+)
 _KINDS = {k.value: k for k in CredentialKind}
 _STATUSES = {s.value: s for s in UserStatus}
 _ASSURANCES = {int(a): a for a in AssuranceLevel}
@@ -59,7 +67,9 @@ def insert_sql(collection: str) -> str:
     if collection == "credentials":
         # Plain INSERT: a value held by another credential must fail, not silently replace it.
         # (Upserted credentials are deleted by id first.)
-        return f"INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        return (
+            f"INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
     return f"INSERT OR REPLACE INTO {collection} (id, body) VALUES (?, ?)"
 
 
@@ -79,7 +89,7 @@ def to_rows(collection: str, entities: Iterable[Any]) -> Iterator[tuple[Any, ...
         for c in entities:
             yield (
                 c.id, c.kind.value, c.value, c.user_id, int(c.assurance), int(c.revoked),
-                _iso(c.valid_from), _iso(c.valid_until),
+                _iso(c.valid_from), _iso(c.valid_until), c.revalidation_days, _iso(c.revalidated_at),
             )  # fmt: skip
     else:
         dump = CODEC_BY_COLLECTION[collection].dump
@@ -98,7 +108,18 @@ def user_from_row(row: Sequence[Any], strings: dict[Any, Any]) -> User:
 
 def credential_from_row(row: Sequence[Any], user_ids: dict[str, str]) -> Credential:
     """A credential from its row; its user id is shared with the user's own id string."""
-    cred_id, kind, value, user_id, assurance, revoked, valid_from, valid_until = row
+    (
+        cred_id,
+        kind,
+        value,
+        user_id,
+        assurance,
+        revoked,
+        valid_from,
+        valid_until,
+        days,
+        revalidated,
+    ) = row
     return Credential(
         cred_id,
         user_ids.get(user_id, user_id),
@@ -108,6 +129,8 @@ def credential_from_row(row: Sequence[Any], user_ids: dict[str, str]) -> Credent
         bool(revoked),
         _dt(valid_from),
         _dt(valid_until),
+        days,
+        _dt(revalidated),
     )
 
 
@@ -122,7 +145,10 @@ def read_credential_tables(
     tables: dict[CredentialKind, CredentialTable] = {}
     cursor = conn.execute(f"SELECT {CREDENTIAL_COLUMNS} FROM credentials ORDER BY kind, value")
     while batch := cursor.fetchmany(_LOAD_BATCH):
-        for cred_id, kind, value, user_id, assurance, revoked, valid_from, valid_until in batch:
+        for (
+            cred_id, kind, value, user_id, assurance, revoked, valid_from, valid_until, days,
+            revalidated,
+        ) in batch:  # fmt: skip
             kind_ = _KINDS[kind]
             table = tables.get(kind_)
             if table is None:
@@ -130,6 +156,7 @@ def read_credential_tables(
             table.append(
                 cred_id, user_ids.get(user_id, user_id), value, _ASSURANCES[assurance], bool(revoked),
                 _dt(valid_from), _dt(valid_until),
+                revalidation_days=days, revalidated_at=_dt(revalidated),
             )  # fmt: skip
     return tables
 

@@ -18,6 +18,7 @@ from gateway import credentials as creds
 from gateway.model import (
     KIND_ASSURANCE,
     MINUTES_PER_DAY,
+    REVALIDATION_DAYS_MAX,
     AccessRule,
     AssuranceLevel,
     Credential,
@@ -100,6 +101,14 @@ def _bool(value: Any, path: str) -> bool:
 def _int(value: Any, path: str, *, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise FormatError(path, f"{value!r} is not allowed; expected an integer >= {minimum}")
+    return value
+
+
+def _int_between(value: Any, path: str, *, minimum: int, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise FormatError(
+            path, f"{value!r} is not allowed; expected an integer from {minimum} to {maximum}"
+        )
     return value
 
 
@@ -192,8 +201,8 @@ def hhmm(minutes: int) -> str:
 
 
 def site_from_json(value: Any, path: str = "site") -> Site:
-    """Parse a site; the timezone must be a known IANA name."""
-    obj = _obj(value, path, ("id", "name", "timezone"), ())
+    """Parse a site; the timezone must be a known IANA name, blacklisted keys mech_key values."""
+    obj = _obj(value, path, ("id", "name", "timezone"), ("key_blacklist", "lockdown_override_tag"))
     tz_name = obj["timezone"]
     try:
         if not isinstance(tz_name, str):
@@ -204,12 +213,40 @@ def site_from_json(value: Any, path: str = "site") -> Site:
             _join(path, "timezone"),
             f"{tz_name!r} is not allowed; expected an IANA timezone name such as Europe/Rome",
         ) from None
-    return Site(_id(obj["id"], _join(path, "id")), _str(obj["name"], _join(path, "name")), tz_name)
+    override = obj.get("lockdown_override_tag")
+    return Site(
+        _id(obj["id"], _join(path, "id")),
+        _str(obj["name"], _join(path, "name")),
+        tz_name,
+        key_blacklist=_key_blacklist(obj.get("key_blacklist", []), _join(path, "key_blacklist")),
+        lockdown_override_tag=None
+        if override is None
+        else _id(override, _join(path, "lockdown_override_tag")),
+    )
+
+
+def _key_blacklist(value: Any, path: str) -> frozenset[str]:
+    """Canonical mech_key values; the same forms as a credential's value are accepted."""
+    keys: set[str] = set()
+    for i, raw in enumerate(_list(value, path)):
+        try:
+            if not isinstance(raw, str):
+                raise ValueError(f"{raw!r} is not allowed; expected a mech_key value as a string")
+            keys.add(creds.canonical_value(CredentialKind.MECHATRONIC_KEY, raw))
+        except ValueError as err:
+            raise FormatError(f"{path}[{i}]", str(err)) from None
+    return frozenset(keys)
 
 
 def site_to_json(site: Site) -> dict[str, Any]:
     """Serialise a site."""
-    return {"id": site.id, "name": site.name, "timezone": site.timezone}
+    return {
+        "id": site.id,
+        "name": site.name,
+        "timezone": site.timezone,
+        "key_blacklist": sorted(site.key_blacklist),
+        "lockdown_override_tag": site.lockdown_override_tag,
+    }
 
 
 _ASSURANCE_NAMES = [a.label for a in AssuranceLevel]
@@ -217,7 +254,12 @@ _ASSURANCE_NAMES = [a.label for a in AssuranceLevel]
 
 def door_from_json(value: Any, path: str) -> Door:
     """Parse a door."""
-    obj = _obj(value, path, ("id", "name"), ("min_assurance", "unlock_seconds", "unlock_schedule"))
+    obj = _obj(
+        value,
+        path,
+        ("id", "name"),
+        ("min_assurance", "unlock_seconds", "unlock_schedule", "unlock_after_first_grant"),
+    )
     schedule = obj.get("unlock_schedule")
     return Door(
         id=_id(obj["id"], _join(path, "id")),
@@ -234,6 +276,9 @@ def door_from_json(value: Any, path: str) -> Door:
         unlock_schedule_id=None
         if schedule is None
         else _id(schedule, _join(path, "unlock_schedule")),
+        unlock_after_first_grant=_bool(
+            obj.get("unlock_after_first_grant", False), _join(path, "unlock_after_first_grant")
+        ),
     )
 
 
@@ -245,6 +290,7 @@ def door_to_json(door: Door) -> dict[str, Any]:
         "min_assurance": door.min_assurance.label,
         "unlock_seconds": door.unlock_seconds,
         "unlock_schedule": door.unlock_schedule_id,
+        "unlock_after_first_grant": door.unlock_after_first_grant,
     }
 
 
@@ -293,7 +339,7 @@ def credential_from_json(
         value,
         path,
         ("id", "user", "kind", "value"),
-        ("assurance", "revoked", "valid_from", "valid_until"),
+        ("assurance", "revoked", "valid_from", "valid_until", *_REVALIDATION_FIELDS),
     )
     kind = _choice(
         obj["kind"], _join(path, "kind"), CredentialKind, [k.value for k in CredentialKind]
@@ -317,6 +363,7 @@ def credential_from_json(
                 f"{assurance.label!r} is not allowed for {kind.value}; at most {strongest.label}",
             )
     start, end = _validity(obj, path)
+    days, revalidated = _revalidation(obj, path, kind)
     user = _id(obj["user"], _join(path, "user"))
     if strings is not None:
         user = strings.setdefault(user, user)
@@ -329,12 +376,38 @@ def credential_from_json(
         revoked=_bool(obj.get("revoked", False), _join(path, "revoked")),
         valid_from=start,
         valid_until=end,
+        revalidation_days=days,
+        revalidated_at=revalidated,
     )
 
 
+_REVALIDATION_FIELDS = ("revalidation_days", "revalidated_at")
+
+
+def _revalidation(
+    obj: Mapping[str, Any], path: str, kind: CredentialKind
+) -> tuple[int | None, datetime | None]:
+    """A credential's revalidation period and last revalidation; only a mech_key has them."""
+    if kind is not CredentialKind.MECHATRONIC_KEY:
+        for key in _REVALIDATION_FIELDS:
+            if obj.get(key) is not None:
+                raise FormatError(
+                    _join(path, key),
+                    f"{obj[key]!r} is not allowed for {kind.value}; "
+                    f"only {CredentialKind.MECHATRONIC_KEY.value} credentials have {key}",
+                )
+        return None, None
+    days = obj.get("revalidation_days")
+    if days is not None:
+        days = _int_between(
+            days, _join(path, "revalidation_days"), minimum=1, maximum=REVALIDATION_DAYS_MAX
+        )
+    return days, _opt_datetime(obj.get("revalidated_at"), _join(path, "revalidated_at"))
+
+
 def credential_to_json(credential: Credential) -> dict[str, Any]:
-    """Serialise a credential."""
-    return {
+    """Serialise a credential; the revalidation fields only for a mech_key."""
+    out: dict[str, Any] = {
         "id": credential.id,
         "user": credential.user_id,
         "kind": credential.kind.value,
@@ -344,6 +417,10 @@ def credential_to_json(credential: Credential) -> dict[str, Any]:
         "valid_from": _iso(credential.valid_from),
         "valid_until": _iso(credential.valid_until),
     }
+    if credential.kind is CredentialKind.MECHATRONIC_KEY:
+        out["revalidation_days"] = credential.revalidation_days
+        out["revalidated_at"] = _iso(credential.revalidated_at)
+    return out
 
 
 def tag_from_json(value: Any, path: str) -> Tag:
@@ -646,7 +723,7 @@ def snapshot_from_json(value: Any) -> Snapshot:
     snapshot = Snapshot(
         _int(obj["version"], "version", minimum=1), site_from_json(obj["site"]), entities
     )
-    check_references(snapshot.entities)
+    check_references(snapshot.entities, snapshot.site)
     return snapshot
 
 
@@ -762,9 +839,24 @@ def dangling(entities: Mapping[str, Iterable[Any]], refs: References) -> Danglin
     return None
 
 
-def check_references(entities: Mapping[str, Iterable[Any]]) -> None:
-    """Raise FormatError if a snapshot's entities refer to anything it does not hold."""
+def site_dangling(site: Site, refs: References) -> str | None:
+    """The tag ``site`` names as its lockdown override that ``refs`` does not hold, if any."""
+    tag = site.lockdown_override_tag
+    return tag if tag is not None and not refs.exists("tags", tag) else None
+
+
+def site_dangling_error(tag: str) -> FormatError:
+    """The error for a site whose lockdown override tag does not exist."""
+    return FormatError("site.lockdown_override_tag", f"{tag!r} is not a known tag")
+
+
+def check_references(entities: Mapping[str, Iterable[Any]], site: Site | None = None) -> None:
+    """Raise FormatError if a snapshot's entities (or its site) refer to anything it lacks."""
     ids = {collection: {e.id for e in entities.get(collection, ())} for collection in COLLECTIONS}
-    found = dangling(entities, References(lambda c, i: i in ids[c]))
+    refs = References(lambda c, i: i in ids[c])
+    found = dangling(entities, refs)
     if found is not None:
         raise found.error()
+    tag = None if site is None else site_dangling(site, refs)
+    if tag is not None:
+        raise site_dangling_error(tag)

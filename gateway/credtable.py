@@ -5,6 +5,9 @@ dict of objects (about 130 bytes per credential before its strings) the table ke
 lists sorted by value and finds a value by binary search (about 40 bytes per credential). A
 ``Credential`` is made on lookup. Changes return a new table; the old one stays valid for the
 decisions still holding it.
+
+The few credentials with a revalidation period (mechatronic keys) keep it in a side dict keyed by
+value, so that the many without one cost nothing extra.
 """
 
 from __future__ import annotations
@@ -31,14 +34,25 @@ _DECODED: dict[int, tuple[AssuranceLevel, bool]] = {
 }
 
 
+#: A credential's revalidation period in days and its last revalidation.
+Revalidation = tuple[int | None, datetime | None]
+_NO_REVALIDATION: Revalidation = (None, None)
+
+
 def _flags(credential: Credential) -> int:
     return int(credential.assurance) | (_REVOKED if credential.revoked else 0)
+
+
+def _revalidation_of(credential: Credential) -> Revalidation | None:
+    if credential.revalidation_days is None and credential.revalidated_at is None:
+        return None
+    return (credential.revalidation_days, credential.revalidated_at)
 
 
 class CredentialTable:
     """The credentials of one kind, sorted by value."""
 
-    __slots__ = ("_flags", "_from", "_ids", "_until", "_users", "_values", "kind")
+    __slots__ = ("_flags", "_from", "_ids", "_revalidation", "_until", "_users", "_values", "kind")
 
     def __init__(self, kind: CredentialKind) -> None:
         self.kind = kind
@@ -48,6 +62,7 @@ class CredentialTable:
         self._flags = bytearray()
         self._from: list[datetime | None] = []
         self._until: list[datetime | None] = []
+        self._revalidation: dict[str, Revalidation] = {}  # by value; only credentials with one
 
     @classmethod
     def build(cls, kind: CredentialKind, credentials: Iterable[Credential]) -> CredentialTable:
@@ -58,7 +73,17 @@ class CredentialTable:
         return table
 
     def _append(self, c: Credential) -> None:
-        self.append(c.id, c.user_id, c.value, c.assurance, c.revoked, c.valid_from, c.valid_until)
+        self.append(
+            c.id,
+            c.user_id,
+            c.value,
+            c.assurance,
+            c.revoked,
+            c.valid_from,
+            c.valid_until,
+            revalidation_days=c.revalidation_days,
+            revalidated_at=c.revalidated_at,
+        )
 
     def append(
         self,
@@ -69,6 +94,9 @@ class CredentialTable:
         revoked: bool,
         valid_from: datetime | None,
         valid_until: datetime | None,
+        *,
+        revalidation_days: int | None = None,
+        revalidated_at: datetime | None = None,
     ) -> None:
         """Add a credential whose value sorts after every value held (bulk loading in order)."""
         if self._values and value <= self._values[-1]:
@@ -79,18 +107,24 @@ class CredentialTable:
         self._flags.append(int(assurance) | (_REVOKED if revoked else 0))
         self._from.append(valid_from)
         self._until.append(valid_until)
+        if revalidation_days is not None or revalidated_at is not None:
+            self._revalidation[value] = (revalidation_days, revalidated_at)
 
     def _at(self, i: int) -> Credential:
         assurance, revoked = _DECODED[self._flags[i]]
+        value = self._values[i]
+        days, revalidated = self._revalidation.get(value, _NO_REVALIDATION)
         return Credential(
             self._ids[i],
             self._users[i],
             self.kind,
-            self._values[i],
+            value,
             assurance,
             revoked,
             self._from[i],
             self._until[i],
+            days,
+            revalidated,
         )
 
     def get(self, value: str) -> Credential | None:
@@ -115,6 +149,7 @@ class CredentialTable:
         table._flags = self._flags.copy()
         table._from = self._from.copy()
         table._until = self._until.copy()
+        table._revalidation = self._revalidation.copy()
         return table
 
     def with_changes(
@@ -139,6 +174,7 @@ class CredentialTable:
             for column in (self._values, self._ids, self._users, self._from, self._until):
                 del column[i]
             del self._flags[i]
+            self._revalidation.pop(value, None)
 
     def _insert(self, c: Credential) -> None:
         i = bisect_left(self._values, c.value)
@@ -148,3 +184,6 @@ class CredentialTable:
         self._flags.insert(i, _flags(c))
         self._from.insert(i, c.valid_from)
         self._until.insert(i, c.valid_until)
+        revalidation = _revalidation_of(c)
+        if revalidation is not None:
+            self._revalidation[c.value] = revalidation

@@ -11,13 +11,18 @@ from gateway.view import CacheView
 _TEXT = {
     Reason.GRANTED: "rule {rule} lets {user} through this door",
     Reason.EMERGENCY_OPEN: "the door is in emergency-open mode: everyone may pass",
+    Reason.LOCKDOWN_OVERRIDE: "the door is in lockdown, but {user} holds the site's lockdown "
+    "override tag {override_tag}",
     Reason.UNKNOWN_DOOR: "no door with this id is in the cache",
-    Reason.DOOR_LOCKDOWN: "the door is in lockdown: no credential opens it until lockdown ends",
+    Reason.KEY_BLACKLISTED: "mechatronic key {credential} is on the site's blacklist of lost keys",
+    Reason.DOOR_LOCKDOWN: "the door is in lockdown: {lockdown_passes} until lockdown ends",
     Reason.UNKNOWN_CREDENTIAL: "this credential is not in the cache (not enrolled, or not synced yet)",
     Reason.PROOF_INVALID: "the credential's cryptographic proof did not verify",
     Reason.CREDENTIAL_REVOKED: "credential {credential} has been revoked",
     Reason.CREDENTIAL_NOT_YET_VALID: "credential {credential} is valid only from {credential_from}",
     Reason.CREDENTIAL_EXPIRED: "credential {credential} expired at {credential_until}",
+    Reason.KEY_REVALIDATION_DUE: "mechatronic key {credential} must be revalidated at an online "
+    "reader every {revalidation_days} days; {revalidated}",
     Reason.UNKNOWN_USER: "credential {credential} belongs to a user who is not in the cache",
     Reason.USER_DISABLED: "{user} is {user_status}",
     Reason.USER_NOT_YET_VALID: "{user} has access only from {user_from}",
@@ -47,6 +52,21 @@ def _schedule_text(schedule: Schedule | None) -> str:
     return f'"{schedule.name}" ({describe_windows(schedule.windows)})'
 
 
+def _lockdown_passes(view: CacheView) -> str:
+    tag = view.site.lockdown_override_tag
+    if tag is None:
+        return "no credential opens it"
+    return f"only a valid credential of a holder of the override tag {tag} opens it"
+
+
+def _revalidated(credential: Credential | None) -> str:
+    if credential is None:
+        return "its last revalidation is unknown"
+    if credential.revalidated_at is None:
+        return "it has never been revalidated"
+    return f"it was last revalidated at {credential.revalidated_at}"
+
+
 def facts(
     decision: Decision, view: CacheView, credential: Credential | None = None
 ) -> dict[str, Any]:
@@ -70,6 +90,10 @@ def facts(
         "credential": decision.credential_id or "?",
         "credential_from": credential.valid_from if credential else "?",
         "credential_until": credential.valid_until if credential else "?",
+        "revalidation_days": credential.revalidation_days if credential else "?",
+        "revalidated": _revalidated(credential),
+        "override_tag": view.site.lockdown_override_tag or "?",
+        "lockdown_passes": _lockdown_passes(view),
         "rule": f'"{rule.name}" ({rule.id})' if rule else "?",
         "rule_from": rule.valid_from if rule else "?",
         "rule_until": rule.valid_until if rule else "?",

@@ -59,6 +59,10 @@ class UserStatus(enum.StrEnum):
     FORMER = "former"
 
 
+#: The longest revalidation period a mechatronic key may carry, in days (ten years).
+REVALIDATION_DAYS_MAX = 3650
+
+
 class DoorMode(enum.StrEnum):
     """The mode a door is in; the door controller owns it, decisions read it."""
 
@@ -85,11 +89,18 @@ MINUTES_PER_DAY = 24 * 60
 
 @dataclass(frozen=True, slots=True)
 class Site:
-    """The building one gateway serves; all schedules are read in its timezone."""
+    """The building one gateway serves; all schedules are read in its timezone.
+
+    ``key_blacklist`` holds the canonical values of lost mechatronic keys (denied whatever the
+    rules or the door's mode say); holders of the tag ``lockdown_override_tag`` still pass a door
+    in lockdown.
+    """
 
     id: str
     name: str
     timezone: str
+    key_blacklist: frozenset[str] = frozenset()
+    lockdown_override_tag: str | None = None
 
     @property
     def tz(self) -> ZoneInfo:
@@ -106,6 +117,8 @@ class Door:
     min_assurance: AssuranceLevel = AssuranceLevel.MEDIUM
     unlock_seconds: float = 5.0
     unlock_schedule_id: str | None = None
+    # The unlock schedule holds the door unlocked only once someone was granted that day.
+    unlock_after_first_grant: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +139,11 @@ class User:
 
 @dataclass(frozen=True, slots=True)
 class Credential:
-    """Something a user presents; ``value`` is the kind's canonical identifier."""
+    """Something a user presents; ``value`` is the kind's canonical identifier.
+
+    ``revalidation_days`` (mechatronic keys only): the key stops working that many days after
+    ``revalidated_at``, its last revalidation at an online reader (never: it does not work).
+    """
 
     id: str
     user_id: str
@@ -136,6 +153,8 @@ class Credential:
     revoked: bool = False
     valid_from: datetime | None = None
     valid_until: datetime | None = None
+    revalidation_days: int | None = None
+    revalidated_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,13 +230,16 @@ class Reason(enum.StrEnum):
 
     GRANTED = "granted"
     EMERGENCY_OPEN = "emergency_open"
+    LOCKDOWN_OVERRIDE = "lockdown_override"
     UNKNOWN_DOOR = "unknown_door"
+    KEY_BLACKLISTED = "key_blacklisted"
     DOOR_LOCKDOWN = "door_lockdown"
     UNKNOWN_CREDENTIAL = "unknown_credential"
     PROOF_INVALID = "proof_invalid"
     CREDENTIAL_REVOKED = "credential_revoked"
     CREDENTIAL_NOT_YET_VALID = "credential_not_yet_valid"
     CREDENTIAL_EXPIRED = "credential_expired"
+    KEY_REVALIDATION_DUE = "key_revalidation_due"
     UNKNOWN_USER = "unknown_user"
     USER_DISABLED = "user_disabled"
     USER_NOT_YET_VALID = "user_not_yet_valid"
@@ -233,7 +255,7 @@ class Reason(enum.StrEnum):
     @property
     def granted(self) -> bool:
         """True for the reasons that open a door."""
-        return self in (Reason.GRANTED, Reason.EMERGENCY_OPEN)
+        return self in (Reason.GRANTED, Reason.EMERGENCY_OPEN, Reason.LOCKDOWN_OVERRIDE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +297,10 @@ class EventType(enum.StrEnum):
     DOOR_FORCED_OPEN = "door.forced_open"
     DOOR_TAMPER = "door.tamper"
     DOOR_REX = "door.rex"
+    DOOR_RELAY_FAILED = "door.relay_failed"
+    BOARD_ONLINE = "board.online"
+    BOARD_OFFLINE = "board.offline"
+    BOARD_FAULT = "board.fault"
     GATEWAY_STARTED = "gateway.started"
     GATEWAY_STOPPED = "gateway.stopped"
     CACHE_RESET = "cache.reset"
@@ -301,6 +327,10 @@ EVENT_PRIORITY: Mapping[EventType, EventPriority] = {
     EventType.DOOR_HELD_OPEN: EventPriority.SECURITY,
     EventType.DOOR_FORCED_OPEN: EventPriority.SECURITY,
     EventType.DOOR_TAMPER: EventPriority.SECURITY,
+    EventType.DOOR_RELAY_FAILED: EventPriority.SECURITY,
+    EventType.BOARD_ONLINE: EventPriority.NOTABLE,
+    EventType.BOARD_OFFLINE: EventPriority.SECURITY,
+    EventType.BOARD_FAULT: EventPriority.SECURITY,
     EventType.CACHE_UPDATED: EventPriority.ROUTINE,
     EventType.ACCESS_DENIED: EventPriority.NOTABLE,
     EventType.GATEWAY_STARTED: EventPriority.NOTABLE,

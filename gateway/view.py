@@ -11,7 +11,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from gateway.codec import COLLECTIONS, Delta, FormatError, References, dangling
+from gateway.codec import (
+    COLLECTIONS,
+    Delta,
+    FormatError,
+    References,
+    dangling,
+    site_dangling,
+    site_dangling_error,
+)
 from gateway.credtable import CredentialTable
 from gateway.model import (
     AccessRule,
@@ -172,7 +180,8 @@ class CacheView:
                 return False
             return entity_id in self.collection(collection)
 
-        found = dangling(delta.upserts, References(exists))
+        refs = References(exists)
+        found = dangling(delta.upserts, refs)
         if found is not None:
             raise found.error("upsert.")
         # What stays must not point at what goes (credentials of a deleted user go with it).
@@ -213,6 +222,20 @@ class CacheView:
                     raise FormatError(
                         "delete.tags", f"tag {held!r} is still held by user {user.id!r}"
                     )
+        self._check_site(delta, refs)
+
+    def _check_site(self, delta: Delta, refs: References) -> None:
+        """Raise FormatError if the site after ``delta`` names a tag that would not exist."""
+        site = delta.site or self.site
+        tag = site_dangling(site, refs)
+        if tag is None:
+            return
+        if delta.site is not None:
+            raise site_dangling_error(tag)
+        raise FormatError(
+            "delete.tags",
+            f"cannot delete tag {tag!r}: site {site.id!r} still uses it as its lockdown override tag",
+        )
 
     def apply(self, delta: Delta, deleted_credentials: Iterable[Credential] = ()) -> CacheView:
         """A new view with ``delta`` applied; ``deleted_credentials`` are those the cache removed."""

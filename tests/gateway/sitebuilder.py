@@ -85,6 +85,7 @@ def door_json(
     min_assurance: str | None = None,
     unlock_seconds: float | None = None,
     unlock_schedule: str | None = None,
+    unlock_after_first_grant: bool | None = None,
 ) -> JSON:
     """A door as snapshot JSON."""
     return _put(
@@ -92,6 +93,7 @@ def door_json(
         min_assurance=min_assurance,
         unlock_seconds=unlock_seconds,
         unlock_schedule=unlock_schedule,
+        unlock_after_first_grant=unlock_after_first_grant,
     )
 
 
@@ -137,14 +139,18 @@ def credential_json(
     revoked: bool | None = None,
     valid_from: When = None,
     valid_until: When = None,
+    revalidation_days: Any = None,
+    revalidated_at: When = None,
 ) -> JSON:
-    """A credential as snapshot JSON."""
+    """A credential as snapshot JSON (``revalidation_days`` untyped, to test bad ones)."""
     return _put(
         {"id": credential_id, "user": user, "kind": kind, "value": value},
         assurance=assurance,
         revoked=revoked,
         valid_from=iso(valid_from),
         valid_until=iso(valid_until),
+        revalidation_days=revalidation_days,
+        revalidated_at=iso(revalidated_at),
     )
 
 
@@ -221,6 +227,16 @@ class SiteBuilder:
         self.entities: dict[str, list[JSON]] = {name: [] for name in codec.COLLECTIONS}
         self._values = 0
 
+    def blacklist(self, *values: str) -> Self:
+        """Add mechatronic key values to the site's key blacklist."""
+        self.site.setdefault("key_blacklist", []).extend(values)
+        return self
+
+    def lockdown_override(self, tag_id: str) -> Self:
+        """Let holders of ``tag_id`` through doors in lockdown."""
+        self.site["lockdown_override_tag"] = tag_id
+        return self
+
     def door(self, door_id: str, **fields: Any) -> Self:
         """Add a door (see ``door_json``)."""
         self.entities["doors"].append(door_json(door_id, **fields))
@@ -271,6 +287,7 @@ class SiteBuilder:
             named = [
                 t for key in ("users", "rules") for e in entities[key] for t in e.get("tags", ())
             ]
+            named.append(self.site.get("lockdown_override_tag"))
             for tag_id in dict.fromkeys(named):
                 if isinstance(tag_id, str) and tag_id not in declared:
                     entities["tags"].append(tag_json(tag_id))
@@ -278,7 +295,7 @@ class SiteBuilder:
         return {
             "format": codec.FORMAT,
             "version": self.version,
-            "site": dict(self.site),
+            "site": copy.deepcopy(self.site),
             **entities,
         }
 

@@ -481,6 +481,257 @@ def test_validity_compares_instants_across_offsets(entity: str) -> None:
     assert run(builder, credential="c2", door="back", now=NOW - US).reason is NOT_YET[entity]
 
 
+# --- mechatronic keys: blacklist and revalidation -------------------------------------------
+
+KEY = "0011223344556677"
+DAY = timedelta(days=1)
+
+
+def keyed(**fields: Any) -> SiteBuilder:
+    """``base()`` plus a mechatronic key ``k1`` of user u1 (``fields`` go to the credential)."""
+    return base().credential("k1", "u1", kind="mech_key", value=KEY, **fields)
+
+
+@pytest.mark.parametrize("mode", list(DoorMode))
+def test_a_blacklisted_key_is_denied_in_every_mode(mode: DoorMode) -> None:
+    assert run(keyed(), credential="k1", mode=mode).granted is (mode is not DoorMode.LOCKDOWN)
+    decision = run(keyed().blacklist(KEY), credential="k1", mode=mode)
+    assert decision == Decision(
+        granted=False,
+        reason=Reason.KEY_BLACKLISTED,
+        door_id="front",
+        at=NOW,
+        mode=mode,
+        credential_id="k1",
+        user_id="u1",
+        rule_id=None,
+        assurance=AssuranceLevel.HIGH,
+    )
+
+
+def test_the_blacklist_beats_emergency_open_and_lockdown_override() -> None:
+    builder = keyed().blacklist(KEY).lockdown_override("staff")
+    for mode in (DoorMode.EMERGENCY_OPEN, DoorMode.LOCKDOWN):
+        assert run(builder, credential="k1", mode=mode).reason is Reason.KEY_BLACKLISTED
+    # Everyone else still passes an emergency-open door, and the override holder a lockdown.
+    assert run(builder, mode=DoorMode.EMERGENCY_OPEN).reason is Reason.EMERGENCY_OPEN
+    assert run(builder, mode=DoorMode.LOCKDOWN).reason is Reason.LOCKDOWN_OVERRIDE
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"revoked": True},
+        {"valid_until": NOW - DAY},
+        {"revalidation_days": 1},
+    ],
+    ids=["revoked", "expired", "revalidation-due"],
+)
+def test_the_blacklist_beats_every_credential_check(fields: dict[str, Any]) -> None:
+    builder = keyed(**fields).blacklist(KEY)
+    assert run(builder, credential="k1").reason is Reason.KEY_BLACKLISTED
+
+
+def test_an_unknown_door_beats_the_blacklist() -> None:
+    decision = run(keyed().blacklist(KEY), credential="k1", door="ghost")
+    assert (decision.reason, decision.credential_id) == (Reason.UNKNOWN_DOOR, None)
+
+
+def test_the_blacklist_names_keys_in_any_written_form() -> None:
+    builder = keyed().blacklist("00:11:22:33:44:55:66:77".lower())
+    assert run(builder, credential="k1").reason is Reason.KEY_BLACKLISTED
+
+
+def test_other_keys_are_not_affected_by_the_blacklist() -> None:
+    builder = keyed().blacklist("FFEEDDCCBBAA9988")
+    assert run(builder, credential="k1").reason is Reason.GRANTED
+    assert run(builder).reason is Reason.GRANTED
+
+
+REVALIDATED = utc(2026, 6, 1, 10)  # nine days before NOW
+
+
+@pytest.mark.parametrize(
+    ("offset", "expect"),
+    [
+        (-US, Reason.GRANTED),
+        (timedelta(0), Reason.KEY_REVALIDATION_DUE),
+        (US, Reason.KEY_REVALIDATION_DUE),
+    ],
+    ids=["just-before", "exactly-at", "just-after"],
+)
+def test_revalidation_is_due_from_exactly_n_days_after_the_last(
+    offset: timedelta, expect: Reason
+) -> None:
+    builder = keyed(revalidation_days=9, revalidated_at=REVALIDATED)
+    assert REVALIDATED + 9 * DAY == NOW
+    decision = run(builder, credential="k1", now=NOW + offset)
+    assert (decision.reason, decision.granted) == (expect, expect.granted)
+    if not decision.granted:
+        assert (decision.credential_id, decision.user_id) == ("k1", "u1")
+
+
+def test_revalidation_counts_instants_across_offsets() -> None:
+    # 2026-06-01T12:00+02:00 is REVALIDATED; nine days later is NOW whatever the offset written.
+    builder = keyed(revalidation_days=9, revalidated_at="2026-06-01T12:00:00+02:00")
+    assert run(builder, credential="k1", now=NOW - US).reason is Reason.GRANTED
+    assert run(builder, credential="k1", now=NOW).reason is Reason.KEY_REVALIDATION_DUE
+
+
+def test_a_key_never_revalidated_is_due() -> None:
+    decision = run(keyed(revalidation_days=3650), credential="k1")
+    assert (decision.granted, decision.reason) == (False, Reason.KEY_REVALIDATION_DUE)
+
+
+def test_a_revalidation_date_without_a_period_changes_nothing() -> None:
+    builder = keyed(revalidated_at=utc(2020, 1, 1))
+    assert run(builder, credential="k1").reason is Reason.GRANTED
+
+
+def test_revalidation_comes_after_the_credential_validity_window() -> None:
+    due = {"revalidation_days": 1, "revalidated_at": utc(2026, 1, 1)}
+    assert run(keyed(**due, revoked=True), credential="k1").reason is Reason.CREDENTIAL_REVOKED
+    assert (
+        run(keyed(**due, valid_from=NOW + DAY), credential="k1").reason
+        is Reason.CREDENTIAL_NOT_YET_VALID
+    )
+    assert run(keyed(**due, valid_until=NOW), credential="k1").reason is Reason.CREDENTIAL_EXPIRED
+
+
+def test_revalidation_comes_before_the_user_checks() -> None:
+    builder = (
+        site()
+        .door("front", min_assurance="high")
+        .user("u1", status="suspended", tags=["staff"])
+        .credential("k1", "u1", kind="mech_key", value=KEY, revalidation_days=1, assurance="low")
+    )
+    assert run(builder, credential="k1").reason is Reason.KEY_REVALIDATION_DUE
+
+
+# --- lockdown override ----------------------------------------------------------------------
+
+
+def guarded(**user: Any) -> SiteBuilder:
+    """``base()`` whose site lets tag ``guards`` through lockdown; u2 (card c2) holds it."""
+    return (
+        base()
+        .lockdown_override("guards")
+        .user("u2", **{"tags": ["guards"], **user})
+        .credential("c2", "u2", valid_until=utc(2027, 1, 1))
+        .credential("k2", "u2", kind="mech_key", value=KEY, revalidation_days=30,
+                    revalidated_at=NOW - DAY)
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("door", ["front", "back"])
+def test_an_override_holder_passes_a_door_in_lockdown_without_any_rule(door: str) -> None:
+    # u2 has no rule at all; "back" has no rule for anyone.
+    assert run(guarded(), credential="c2", door=door).reason is Reason.NO_RULE_FOR_DOOR
+    decision = run(guarded(), credential="c2", door=door, mode=DoorMode.LOCKDOWN)
+    assert decision == Decision(
+        granted=True,
+        reason=Reason.LOCKDOWN_OVERRIDE,
+        door_id=door,
+        at=NOW,
+        mode=DoorMode.LOCKDOWN,
+        credential_id="c2",
+        user_id="u2",
+        rule_id=None,
+        assurance=AssuranceLevel.LOW,
+    )
+    assert run(guarded(), credential="k2", door=door, mode=DoorMode.LOCKDOWN).granted
+
+
+def test_an_override_holder_ignores_schedules_in_lockdown() -> None:
+    builder = guarded().schedule("never", [window("sun", "03:00", "04:00")])
+    builder.rule("r2", tags=["guards"], doors=["front"], schedule="never")
+    assert run(builder, credential="c2").reason is Reason.OUTSIDE_SCHEDULE
+    assert run(builder, credential="c2", mode=DoorMode.LOCKDOWN).reason is Reason.LOCKDOWN_OVERRIDE
+
+
+def test_everyone_else_is_still_denied_in_lockdown() -> None:
+    decision = run(guarded(), credential="c1", mode=DoorMode.LOCKDOWN)
+    assert decision == Decision(False, Reason.DOOR_LOCKDOWN, "front", NOW, DoorMode.LOCKDOWN)
+
+
+def test_without_an_override_tag_nobody_passes_lockdown() -> None:
+    builder = guarded()
+    del builder.site["lockdown_override_tag"]
+    assert run(builder, credential="c2", mode=DoorMode.LOCKDOWN).reason is Reason.DOOR_LOCKDOWN
+
+
+@pytest.mark.parametrize(
+    ("credential", "fields", "user", "normal"),
+    [
+        ("c2", {"valid_until": NOW}, {}, Reason.CREDENTIAL_EXPIRED),
+        ("c2", {"valid_from": NOW + US}, {}, Reason.CREDENTIAL_NOT_YET_VALID),
+        ("c2", {"revoked": True}, {}, Reason.CREDENTIAL_REVOKED),
+        ("k2", {"revalidated_at": NOW - 30 * DAY}, {}, Reason.KEY_REVALIDATION_DUE),
+        ("c2", {}, {"status": "suspended"}, Reason.USER_DISABLED),
+        ("c2", {}, {"valid_until": NOW}, Reason.USER_EXPIRED),
+        ("c2", {}, {"valid_from": NOW + US}, Reason.USER_NOT_YET_VALID),
+    ],
+    ids=[
+        "credential-expired",
+        "credential-not-yet-valid",
+        "revoked",
+        "revalidation-due",
+        "user-suspended",
+        "user-expired",
+        "user-not-yet-valid",
+    ],
+)
+def test_an_override_holder_with_a_bad_credential_is_denied_as_lockdown(
+    credential: str, fields: dict[str, Any], user: dict[str, Any], normal: Reason
+) -> None:
+    builder = guarded(**user)
+    card = next(c for c in builder.entities["credentials"] if c["id"] == credential)
+    card.update({k: v.isoformat() if isinstance(v, datetime) else v for k, v in fields.items()})
+    assert run(builder, credential=credential).reason is normal
+    decision = run(builder, credential=credential, mode=DoorMode.LOCKDOWN)
+    assert decision == Decision(False, Reason.DOOR_LOCKDOWN, "front", NOW, DoorMode.LOCKDOWN)
+
+
+def test_an_override_holder_needs_the_doors_assurance_in_lockdown() -> None:
+    builder = guarded().door("vault", min_assurance="high")
+    assert run(builder, credential="c2", door="vault").reason is Reason.ASSURANCE_TOO_LOW
+    decision = run(builder, credential="c2", door="vault", mode=DoorMode.LOCKDOWN)
+    assert decision.reason is Reason.DOOR_LOCKDOWN
+    assert run(builder, credential="k2", door="vault", mode=DoorMode.LOCKDOWN).granted
+
+
+def test_an_override_holder_whose_user_is_gone_is_denied_as_lockdown() -> None:
+    view = guarded().view()
+    card = credential_by_id(view, "c2")
+    orphan = Credential(card.id, "ghost", card.kind, card.value, card.assurance)
+    for mode, reason in (
+        (DoorMode.NORMAL, Reason.UNKNOWN_USER),
+        (DoorMode.LOCKDOWN, Reason.DOOR_LOCKDOWN),
+    ):
+        assert decide(Verified(orphan, card.assurance), "front", NOW, view, mode).reason is reason
+
+
+@pytest.mark.parametrize(
+    "ident",
+    [REFUSED, Verified(None, AssuranceLevel.HIGH)],
+    ids=["refused", "unknown-credential"],
+)
+def test_no_proof_no_override(ident: Verified | Refused) -> None:
+    decision = decide(ident, "front", NOW, guarded().view(), DoorMode.LOCKDOWN)
+    assert (decision.granted, decision.reason) == (False, Reason.DOOR_LOCKDOWN)
+
+
+def test_the_override_tag_opens_nothing_outside_lockdown() -> None:
+    for mode in (DoorMode.NORMAL, DoorMode.UNLOCKED):
+        assert run(guarded(), credential="c2", mode=mode).reason is Reason.NO_RULE_FOR_DOOR
+
+
+def test_new_reasons_say_whether_they_open_the_door() -> None:
+    assert Reason.LOCKDOWN_OVERRIDE.granted
+    assert not Reason.KEY_BLACKLISTED.granted
+    assert not Reason.KEY_REVALIDATION_DUE.granted
+
+
 # --- door modes and decision fields ---------------------------------------------------------
 
 
@@ -619,13 +870,24 @@ def small_sites(draw: st.DrawFn) -> tuple[SiteBuilder, datetime]:
             **draw(validity()),
         )
         for c in range(draw(st.integers(1, 2))):
+            kind = draw(st.sampled_from(["nfc_uid", "desfire", "mech_key"]))
+            revalidation: dict[str, Any] = {}
+            if kind == "mech_key" and draw(st.booleans()):
+                revalidation["revalidation_days"] = draw(st.integers(1, 30))
+                if draw(st.booleans()):
+                    revalidation["revalidated_at"] = draw(near)
             builder.credential(
                 f"c{u}-{c}",
                 f"u{u}",
-                kind=draw(st.sampled_from(["nfc_uid", "desfire"])),
+                kind=kind,
                 revoked=draw(RARELY),
+                **revalidation,
                 **draw(validity()),
             )
+    keys = [c["value"] for c in builder.entities["credentials"] if c["kind"] == "mech_key"]
+    builder.blacklist(*(k for k in keys if draw(RARELY)))
+    if draw(st.booleans()):
+        builder.lockdown_override(draw(st.sampled_from(TAGS)))
     for r in range(draw(st.integers(0, 6))):
         builder.rule(
             f"r{r}",
@@ -660,6 +922,31 @@ def test_decide_is_deterministic_and_consistent(site_and_now: tuple[SiteBuilder,
             check_rule_stage(decision, ident.credential, view, now)
         else:
             assert decision.rule_id is None
+        check_key_and_lockdown_stage(decision, ident, view)
+
+
+def check_key_and_lockdown_stage(
+    decision: Decision, ident: Verified | Refused, view: CacheView
+) -> None:
+    """A reference for the blacklist (any mode) and for lockdown (the override or nothing)."""
+    card = ident.credential if isinstance(ident, Verified) else None
+    known_door = decision.door_id in view.doors
+    blacklisted = (
+        card is not None
+        and card.kind is CredentialKind.MECHATRONIC_KEY
+        and card.value in view.site.key_blacklist
+    )
+    assert (decision.reason is Reason.KEY_BLACKLISTED) == (known_door and blacklisted)
+    if decision.mode is not DoorMode.LOCKDOWN or not known_door or blacklisted:
+        return
+    normal = decide(ident, decision.door_id, decision.at, view, DoorMode.NORMAL)
+    tag = view.site.lockdown_override_tag
+    passes = (
+        tag is not None
+        and normal.reason in RULE_STAGE
+        and tag in view.users[normal.user_id or ""].tags
+    )
+    assert decision.reason is (Reason.LOCKDOWN_OVERRIDE if passes else Reason.DOOR_LOCKDOWN)
 
 
 def check_rule_stage(decision: Decision, card: Credential, view: CacheView, now: datetime) -> None:

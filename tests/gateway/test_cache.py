@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,6 +15,7 @@ import pytest
 
 from gateway.access import decide
 from gateway.cache import ApplyResult, Cache, lookup_sql, read_view
+from gateway.cache_rows import MIGRATIONS
 from gateway.codec import COLLECTIONS, FormatError, Snapshot, check_references
 from gateway.credentials import Verified
 from gateway.model import (
@@ -32,6 +34,7 @@ from gateway.model import (
 from gateway.view import EMPTY_SITE, CacheView
 from tests.gateway.sitebuilder import (
     SiteBuilder,
+    credential_by_id,
     credential_json,
     delta,
     door_json,
@@ -51,6 +54,8 @@ NOW = utc(2026, 6, 10, 10)  # Wednesday, 12:00 in Rome
 WEEKDAYS = ["mon", "tue", "wed", "thu", "fri"]
 ALL_DAYS = [*WEEKDAYS, "sat", "sun"]
 NFC = CredentialKind.NFC_UID
+MECH = CredentialKind.MECHATRONIC_KEY
+LOST_KEY = "0011223344556677"
 
 MakeCache = Callable[[], Awaitable[Cache]]
 
@@ -62,6 +67,8 @@ def rich(version: int = 1) -> SiteBuilder:
     """A site using every collection and most optional fields."""
     return (
         site("Europe/Rome", version=version)
+        .blacklist(LOST_KEY, "ff:ee:dd:cc:bb:aa:99:88")
+        .lockdown_override("visitors")
         .tag("visitors", name="Visitors", special=True, owner="officernd")
         .calendar("it", ["2026-12-25", "2026-01-01"])
         .schedule(
@@ -76,7 +83,7 @@ def rich(version: int = 1) -> SiteBuilder:
         .schedule("always", [window(ALL_DAYS, "00:00", "24:00")])
         .door("front", min_assurance="low")
         .door("back", name="Back door", min_assurance="high", unlock_seconds=2.5)
-        .door("side", unlock_schedule="always")
+        .door("side", unlock_schedule="always", unlock_after_first_grant=True)
         .user("u1", name="Ada Lovelace", tags=["staff", "cleaners"])
         .user("u2", name="Bob", tags=["cleaners", "staff"])  # the same tag set as u1
         .user(
@@ -99,7 +106,14 @@ def rich(version: int = 1) -> SiteBuilder:
             valid_until="2026-12-31T23:00:00-05:00",
         )
         .credential("c4", "u3", kind="ntag424")
-        .credential("c5", "u4", kind="mech_key", assurance="low")
+        .credential(
+            "c5",
+            "u4",
+            kind="mech_key",
+            assurance="low",
+            revalidation_days=30,
+            revalidated_at="2026-06-01T09:30:00+02:00",
+        )
         .credential("c6", "u5", value="04:a1:b2:c3:d4:e5:f6")
         .credential("c7", "u2", value="04A1B2C4")
         .rule("r1", tags=["staff"], doors=["front", "back"])
@@ -505,12 +519,12 @@ async def test_a_delta_on_its_base_version_is_applied_and_durable(
             "doors": [door_json("front", name="Front door", min_assurance="medium")],
         },
         delete={"rules": ["r3"], "credentials": ["c5"]},
-        site_json={"id": "site-1", "name": "Renamed", "timezone": "Europe/Rome"},
+        site_json=RENAMED_SITE,
     )
     assert await cache.apply_delta(change) is ApplyResult.APPLIED
 
     expected = rich(version=2)
-    expected.site["name"] = "Renamed"
+    expected.site = dict(RENAMED_SITE)
     expected.entities["rules"] = [r for r in expected.entities["rules"] if r["id"] != "r3"]
     expected.entities["credentials"] = [
         c for c in expected.entities["credentials"] if c["id"] != "c5"
@@ -527,6 +541,15 @@ async def test_a_delta_on_its_base_version_is_applied_and_durable(
     reread = await reopen(path)
     assert contents(reread) == built(expected)
     assert decisions(reread) == decisions(expected.view())
+
+
+RENAMED_SITE = {
+    "id": "site-1",
+    "name": "Renamed",
+    "timezone": "Europe/Rome",
+    "key_blacklist": ["1122334455667788"],  # replaces the whole list
+    "lockdown_override_tag": "night",  # a tag upserted by the same delta
+}
 
 
 async def test_the_same_delta_again_is_a_duplicate(make_cache: MakeCache, path: Path) -> None:
@@ -724,6 +747,149 @@ async def test_a_delta_with_a_dangling_reference_is_refused(
     )
 
 
+# --- site data added in schema version 2 ---------------------------------------------------
+
+
+async def test_new_fields_are_stored_in_their_columns_and_the_site(
+    make_cache: MakeCache, path: Path
+) -> None:
+    await applied(make_cache, rich())
+    sql = "SELECT id, revalidation_days, revalidated_at FROM credentials WHERE kind = ?"
+    assert query(path, sql, MECH.value) == [("c5", 30, "2026-06-01T09:30:00+02:00")]
+    assert query(path, "SELECT count(*) FROM credentials WHERE revalidation_days IS NULL") == [(6,)]
+    stored = json.loads(meta(path)["site"])
+    assert stored["key_blacklist"] == [LOST_KEY, "FFEEDDCCBBAA9988"]
+    assert stored["lockdown_override_tag"] == "visitors"
+    (body,) = query(path, "SELECT body FROM doors WHERE id = 'side'")[0]
+    assert json.loads(body)["unlock_after_first_grant"] is True
+
+
+#: Schema version 1 and rows as the released gateway wrote them (frozen: never regenerate).
+V1_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE tags (id TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE holiday_calendars (id TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE schedules (id TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE doors (id TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE rules (id TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE users (id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL, "
+    "tags TEXT NOT NULL, valid_from TEXT, valid_until TEXT)",
+    "CREATE TABLE credentials (id TEXT PRIMARY KEY, kind TEXT NOT NULL, value TEXT NOT NULL, "
+    "user_id TEXT NOT NULL, assurance INTEGER NOT NULL, revoked INTEGER NOT NULL, "
+    "valid_from TEXT, valid_until TEXT, UNIQUE (kind, value))",
+    "CREATE INDEX credentials_user ON credentials (user_id)",
+)
+V1_ROWS = (
+    "INSERT INTO meta VALUES ('version', '3'), ('origin', 'upstream'), "
+    '(\'site\', \'{"id": "site-1", "name": "Old", "timezone": "Europe/Rome"}\')',
+    "INSERT INTO tags VALUES "
+    '(\'staff\', \'{"id":"staff","name":"Staff","special":false,"owner":null}\')',
+    'INSERT INTO doors VALUES (\'front\', \'{"id":"front","name":"Front",'
+    '"min_assurance":"low","unlock_seconds":5.0,"unlock_schedule":null}\')',
+    "INSERT INTO users VALUES ('u1', 'Ada', 'active', 'staff', NULL, NULL)",
+    "INSERT INTO credentials VALUES ('c1', 'nfc_uid', '04A1B2C3', 'u1', 1, 0, NULL, NULL)",
+    "INSERT INTO credentials VALUES ('k1', 'mech_key', '0011223344556677', 'u1', 3, 0, NULL, "
+    "'2027-01-01T00:00:00+00:00')",
+    'INSERT INTO rules VALUES (\'r1\', \'{"id":"r1","name":"Staff","tags":["staff"],'
+    '"doors":["front"],"schedule":null,"valid_from":null,"valid_until":null}\')',
+)
+
+
+def write_v1_cache(path: Path) -> None:
+    """A cache file at schema version 1, holding a small site at version 3."""
+    with plain(path) as conn:
+        for statement in (*V1_SCHEMA, *V1_ROWS):
+            conn.execute(statement)
+        conn.execute("PRAGMA user_version = 1")
+        conn.commit()
+
+
+def v1_site(version: int = 3) -> SiteBuilder:
+    """What ``write_v1_cache`` holds, as a site."""
+    builder = site(version=version).tag("staff", name="Staff").door("front", name="Front")
+    builder.entities["doors"][0].update(min_assurance="low", unlock_seconds=5.0)
+    builder.user("u1", name="Ada", tags=["staff"]).credential("c1", "u1", value="04A1B2C3")
+    builder.credential(
+        "k1", "u1", kind="mech_key", value=LOST_KEY, valid_until="2027-01-01T00:00:00+00:00"
+    )
+    builder.site["name"] = "Old"
+    return builder.rule("r1", name="Staff", tags=["staff"], doors=["front"])
+
+
+def test_a_released_migration_never_changes() -> None:
+    assert MIGRATIONS[0] == V1_SCHEMA
+
+
+async def test_a_version_1_cache_is_upgraded_in_place(make_cache: MakeCache, path: Path) -> None:
+    write_v1_cache(path)
+    cache = await make_cache()
+    assert cache.reset_reason is None
+    assert list(path.parent.glob("*.corrupt-*")) == []
+    assert query(path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+    assert contents(cache.view) == built(v1_site())
+    assert cache.view.site.key_blacklist == frozenset()
+    key = cache.view.credential(MECH, LOST_KEY)
+    assert key is not None
+    assert (key.revalidation_days, key.revalidated_at) == (None, None)
+
+    # The upgraded file takes the new fields from a delta, and keeps them across a restart.
+    change = delta(
+        4,
+        3,
+        site_json={**v1_site().site, "key_blacklist": ["ffeeddccbbaa9988"]},
+        upsert={
+            "credentials": [
+                credential_json(
+                    "k1",
+                    "u1",
+                    kind="mech_key",
+                    value=LOST_KEY,
+                    revalidation_days=90,
+                    revalidated_at=utc(2026, 6, 1),
+                )
+            ],
+            "doors": [door_json("front", name="Front", unlock_after_first_grant=True)],
+        },
+    )
+    assert await cache.apply_delta(change) is ApplyResult.APPLIED
+    await cache.stop()
+    reread = await reopen(path)
+    key = reread.credential(MECH, LOST_KEY)
+    assert key is not None
+    assert (key.revalidation_days, key.revalidated_at) == (90, utc(2026, 6, 1))
+    assert reread.site.key_blacklist == frozenset({"FFEEDDCCBBAA9988"})
+    assert reread.doors["front"].unlock_after_first_grant is True
+    assert reread.doors["front"].min_assurance is AssuranceLevel.MEDIUM  # replaced whole
+    assert decisions(reread) == decisions(cache.view)
+
+
+async def test_a_blacklist_change_by_delta_survives_a_restart(
+    make_cache: MakeCache, path: Path
+) -> None:
+    cache = await applied(make_cache, rich(version=1))
+    key = credential_by_id(cache.view, "c5")
+    listed = {**rich().site, "key_blacklist": [key.value]}
+    assert await cache.apply_delta(delta(2, 1, site_json=listed)) is ApplyResult.APPLIED
+    identity = Verified(key, key.assurance)
+    assert decide(identity, "front", NOW, cache.view).reason is Reason.KEY_BLACKLISTED
+    await cache.stop()
+    reread = await reopen(path)
+    assert reread.site.key_blacklist == frozenset({key.value})
+    assert reread.site.lockdown_override_tag == "visitors"
+    assert decide(identity, "front", NOW, reread).reason is Reason.KEY_BLACKLISTED
+
+
+async def test_deleting_the_lockdown_override_tag_is_refused(
+    make_cache: MakeCache, path: Path
+) -> None:
+    cache = await applied(make_cache, rich(version=1))
+    on_disk, written = table_rows(path), meta(path)
+    change = delta(2, 1, delete={"tags": ["visitors"], "users": ["u3"], "rules": ["r3"]})
+    with pytest.raises(FormatError, match="still uses it as its lockdown override tag"):
+        await cache.apply_delta(change)
+    assert (cache.version, table_rows(path), meta(path)) == (1, on_disk, written)
+
+
 # --- bad files ------------------------------------------------------------------------------
 
 
@@ -753,9 +919,12 @@ async def test_a_corrupt_file_is_moved_aside_and_the_cache_starts_empty(
 @pytest.mark.parametrize(
     "sql",
     [
-        "INSERT INTO credentials VALUES ('cx', 'bogus', 'AB', 'u1', 1, 0, NULL, NULL)",
-        "INSERT INTO credentials VALUES ('cx', 'nfc_uid', 'AB', 'u1', 9, 0, NULL, NULL)",
-        "INSERT INTO credentials VALUES ('cx', 'nfc_uid', 'AB', 'u1', 1, 0, 'yesterday', NULL)",
+        "INSERT INTO credentials VALUES ('cx', 'bogus', 'AB', 'u1', 1, 0, NULL, NULL, NULL, NULL)",
+        "INSERT INTO credentials VALUES ('cx', 'nfc_uid', 'AB', 'u1', 9, 0, NULL, NULL, NULL, NULL)",
+        "INSERT INTO credentials "
+        "VALUES ('cx', 'nfc_uid', 'AB', 'u1', 1, 0, 'yesterday', NULL, NULL, NULL)",
+        "INSERT INTO credentials "
+        "VALUES ('cx', 'mech_key', 'AB', 'u1', 1, 0, NULL, NULL, 30, 'last week')",
         "INSERT INTO users VALUES ('ux', 'X', 'retired', '', NULL, NULL)",
         "INSERT INTO doors VALUES ('dx', '{\"id\": \"dx\"}')",
         "INSERT INTO rules VALUES ('rx', 'not json')",
@@ -766,6 +935,7 @@ async def test_a_corrupt_file_is_moved_aside_and_the_cache_starts_empty(
         "unknown kind",
         "unknown assurance",
         "bad date",
+        "bad revalidation date",
         "unknown status",
         "door body",
         "rule body",
@@ -845,6 +1015,8 @@ async def test_lookup_sql_finds_a_credential_by_its_key(make_cache: MakeCache, p
             0,
             None,
             None,
+            None,
+            None,
         )
         row = lookup_sql(conn, CredentialKind.DESFIRE, value_for("desfire", 2))
         assert row == (
@@ -856,6 +1028,8 @@ async def test_lookup_sql_finds_a_credential_by_its_key(make_cache: MakeCache, p
             1,
             utc(2026, 1, 1).isoformat(),
             "2026-12-31T23:00:00-05:00",
+            None,
+            None,
         )
         assert lookup_sql(conn, NFC, "04A1B2C5") is None
         assert lookup_sql(conn, NFC, "04a1b2c3") is None  # the key is the canonical value

@@ -60,7 +60,13 @@ def full_site() -> SiteBuilder:
         .schedule(
             "always", [window(["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "00:00", "24:00")]
         )
-        .door("front", min_assurance="low", unlock_seconds=3.5, unlock_schedule="office")
+        .door(
+            "front",
+            min_assurance="low",
+            unlock_seconds=3.5,
+            unlock_schedule="office",
+            unlock_after_first_grant=True,
+        )
         .door("back", name="Back door")
         .user(
             "u1",
@@ -81,6 +87,16 @@ def full_site() -> SiteBuilder:
         )
         .credential("c4", "u2", kind="ntag424")
         .credential("c5", "u3", kind="mech_key", assurance="high")
+        .credential(
+            "c6",
+            "u3",
+            kind="mech_key",
+            value="aa:bb:cc:dd:ee:ff:00:11",
+            revalidation_days=30,
+            revalidated_at="2026-06-01T08:00:00+02:00",
+        )
+        .blacklist("0011223344556677", "ff-ee-dd-cc-bb-aa-99-88")
+        .lockdown_override("staff")
         .rule(
             "r1",
             tags=["staff"],
@@ -121,13 +137,61 @@ def test_snapshot_parses_values_to_the_domain() -> None:
     assert set(users["u2"].tags) == {"cleaners", "staff"}
     assert doors["back"].min_assurance is AssuranceLevel.MEDIUM  # the default
     assert doors["front"].unlock_schedule_id == "office"
+    assert doors["front"].unlock_after_first_grant is True
+    assert doors["back"].unlock_after_first_grant is False  # the default
+    assert cards["c6"].value == "AABBCCDDEEFF0011"
+    assert cards["c6"].revalidation_days == 30
+    assert cards["c6"].revalidated_at == datetime(2026, 6, 1, 6, tzinfo=UTC)
+    assert (cards["c5"].revalidation_days, cards["c5"].revalidated_at) == (None, None)
+    assert snapshot.site.key_blacklist == frozenset({"0011223344556677", "FFEEDDCCBBAA9988"})
+    assert snapshot.site.lockdown_override_tag == "staff"
 
 
 def test_minimal_snapshot_round_trip() -> None:
     minimal = {"format": 1, "version": 1, "site": {"id": "s", "name": "S", "timezone": "UTC"}}
     snapshot = codec.snapshot_from_json(minimal)
     assert all(snapshot.entities[name] == () for name in codec.COLLECTIONS)
+    assert (snapshot.site.key_blacklist, snapshot.site.lockdown_override_tag) == (frozenset(), None)
     assert codec.snapshot_from_json(codec.snapshot_to_json(snapshot)) == snapshot
+
+
+def test_site_serialises_its_blacklist_sorted_and_canonical() -> None:
+    site_json = {
+        "id": "s",
+        "name": "S",
+        "timezone": "UTC",
+        "key_blacklist": ["ff:ee:dd:cc:bb:aa:99:88", "0011223344556677", "FFEEDDCCBBAA9988"],
+        "lockdown_override_tag": None,
+    }
+    parsed = codec.site_from_json(site_json)
+    assert codec.site_to_json(parsed) == {
+        **site_json,
+        "key_blacklist": ["0011223344556677", "FFEEDDCCBBAA9988"],  # duplicates collapse
+    }
+
+
+def test_revalidation_fields_are_written_for_mechatronic_keys_only() -> None:
+    cards = {
+        c.id: codec.credential_to_json(c) for c in full_site().snapshot().entities["credentials"]
+    }
+    assert "revalidation_days" not in cards["c1"]
+    assert "revalidated_at" not in cards["c1"]
+    assert (cards["c5"]["revalidation_days"], cards["c5"]["revalidated_at"]) == (None, None)
+    assert (cards["c6"]["revalidation_days"], cards["c6"]["revalidated_at"]) == (
+        30,
+        "2026-06-01T08:00:00+02:00",
+    )
+
+
+def test_null_revalidation_fields_are_accepted_on_any_kind() -> None:
+    obj = small()
+    obj["credentials"][0].update(revalidation_days=None, revalidated_at=None)
+    card = codec.snapshot_from_json(obj).entities["credentials"][0]
+    assert (card.kind, card.revalidation_days, card.revalidated_at) == (
+        CredentialKind.NFC_UID,
+        None,
+        None,
+    )
 
 
 def sample_delta_json() -> JSON:
@@ -135,7 +199,13 @@ def sample_delta_json() -> JSON:
         "format": 1,
         "version": 8,
         "base_version": 7,
-        "site": {"id": "s", "name": "Moved", "timezone": "America/New_York"},
+        "site": {
+            "id": "s",
+            "name": "Moved",
+            "timezone": "America/New_York",
+            "key_blacklist": ["0011223344556677"],
+            "lockdown_override_tag": "staff",
+        },
         "upsert": {
             "doors": [door_json("side", min_assurance="high")],
             "users": [user_json("u9", tags=["staff"], valid_until=utc(2027, 1, 1))],
@@ -151,6 +221,8 @@ def test_delta_round_trip() -> None:
     assert delta.upserts["credentials"][0].value == "04A1B2C3D4E5F6"
     assert delta.deletes["users"] == frozenset({"u1", "u2"})
     assert delta.site is not None
+    assert delta.site.key_blacklist == frozenset({"0011223344556677"})
+    assert delta.site.lockdown_override_tag == "staff"
     dumped = codec.delta_to_json(delta)
     again = codec.delta_from_json(json.loads(json.dumps(dumped)))
     assert again == delta
@@ -253,7 +325,69 @@ BAD_SNAPSHOTS: list[tuple[str, Mutation, str, Message]] = [
         "unknown-door-field",
         setter("doors", 0, "colour", value="red"),
         "doors[0].colour",
-        "unknown field; allowed: id, min_assurance, name, unlock_schedule, unlock_seconds",
+        "unknown field; allowed: id, min_assurance, name, unlock_after_first_grant, "
+        "unlock_schedule, unlock_seconds",
+    ),
+    (
+        "unknown-site-field",
+        setter("site", "colour", value="red"),
+        "site.colour",
+        "unknown field; allowed: id, key_blacklist, lockdown_override_tag, name, timezone",
+    ),
+    (
+        "unlock-after-first-grant-not-bool",
+        setter("doors", 0, "unlock_after_first_grant", value="yes"),
+        "doors[0].unlock_after_first_grant",
+        "'yes' is not allowed; expected true or false",
+    ),
+    (
+        "revalidation-days-on-a-card",
+        setter("credentials", 0, "revalidation_days", value=30),
+        "credentials[0].revalidation_days",
+        "30 is not allowed for nfc_uid; only mech_key credentials have revalidation_days",
+    ),
+    (
+        "revalidated-at-on-a-card",
+        setter("credentials", 0, "revalidated_at", value="2026-06-01T08:00:00Z"),
+        "credentials[0].revalidated_at",
+        "'2026-06-01T08:00:00Z' is not allowed for nfc_uid; "
+        "only mech_key credentials have revalidated_at",
+    ),
+    (
+        "blacklist-entry-too-short",
+        setter("site", "key_blacklist", value=["0011223344556677", "00:11:22:33"]),
+        "site.key_blacklist[1]",
+        "mech_key value '…2:33' is not valid; expected 8 bytes of hex (16 hex digits",
+    ),
+    (
+        "blacklist-entry-not-hex",
+        setter("site", "key_blacklist", value=["00112233445566ZZ"]),
+        "site.key_blacklist[0]",
+        "mech_key value '…66ZZ' is not valid; expected 8 bytes of hex",
+    ),
+    (
+        "blacklist-entry-not-a-string",
+        setter("site", "key_blacklist", value=[1234]),
+        "site.key_blacklist[0]",
+        "1234 is not allowed; expected a mech_key value as a string",
+    ),
+    (
+        "blacklist-not-a-list",
+        setter("site", "key_blacklist", value="0011223344556677"),
+        "site.key_blacklist",
+        "expected a list, got str",
+    ),
+    (
+        "dangling-lockdown-override-tag",
+        setter("site", "lockdown_override_tag", value="ghost"),
+        "site.lockdown_override_tag",
+        "'ghost' is not a known tag",
+    ),
+    (
+        "bad-lockdown-override-tag",
+        setter("site", "lockdown_override_tag", value="-staff"),
+        "site.lockdown_override_tag",
+        "'-staff' is not a valid id",
     ),
     (
         "unknown-window-field",
@@ -684,6 +818,88 @@ def test_assurance_up_to_what_the_kind_proves(kind: CredentialKind) -> None:
             assert f"at most {strongest.label}" in str(caught.value)
 
 
+# --- mechatronic key revalidation ----------------------------------------------------------
+
+MECH = CredentialKind.MECHATRONIC_KEY
+KEY = "0011223344556677"
+
+
+@pytest.mark.parametrize("days", [1, 30, 3650])
+def test_revalidation_days_in_range_are_accepted(days: int) -> None:
+    obj = with_credential(MECH, KEY, revalidation_days=days, revalidated_at=utc(2026, 6, 1))
+    card = codec.snapshot_from_json(obj).entities["credentials"][0]
+    assert (card.revalidation_days, card.revalidated_at) == (days, utc(2026, 6, 1))
+
+
+@pytest.mark.parametrize(
+    ("fields", "path", "message"),
+    [
+        (
+            {"revalidation_days": 0},
+            "revalidation_days",
+            "0 is not allowed; expected an integer from 1 to 3650",
+        ),
+        (
+            {"revalidation_days": 3651},
+            "revalidation_days",
+            "3651 is not allowed; expected an integer from 1 to 3650",
+        ),
+        (
+            {"revalidation_days": -5},
+            "revalidation_days",
+            "-5 is not allowed; expected an integer from 1 to 3650",
+        ),
+        (
+            {"revalidation_days": 1.5},
+            "revalidation_days",
+            "1.5 is not allowed; expected an integer from 1 to 3650",
+        ),
+        (
+            {"revalidation_days": "30"},
+            "revalidation_days",
+            "'30' is not allowed; expected an integer from 1 to 3650",
+        ),
+        (
+            {"revalidation_days": True},
+            "revalidation_days",
+            "True is not allowed; expected an integer from 1 to 3650",
+        ),
+        (
+            {"revalidated_at": "2026-06-01T08:00:00"},
+            "revalidated_at",
+            "'2026-06-01T08:00:00' is not allowed; expected an ISO-8601 date-time with a UTC offset",
+        ),
+        (
+            {"revalidated_at": "2026-06-01"},
+            "revalidated_at",
+            "'2026-06-01' is not allowed; expected an ISO-8601 date-time with a UTC offset",
+        ),
+    ],
+    ids=["zero", "above-3650", "negative", "float", "string", "bool", "naive", "date-only"],
+)
+def test_bad_revalidation_fields_are_refused(
+    fields: dict[str, Any], path: str, message: str
+) -> None:
+    with pytest.raises(FormatError) as caught:
+        codec.snapshot_from_json(with_credential(MECH, KEY, **fields))
+    assert caught.value.path == f"credentials[0].{path}"
+    assert str(caught.value) == f"credentials[0].{path}: {message}"
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k is not MECH])
+@pytest.mark.parametrize("field", ["revalidation_days", "revalidated_at"])
+def test_revalidation_fields_are_refused_on_every_other_kind(
+    kind: CredentialKind, field: str
+) -> None:
+    given = 30 if field == "revalidation_days" else "2026-06-01T08:00:00+00:00"
+    with pytest.raises(FormatError) as caught:
+        codec.snapshot_from_json(with_credential(kind, value_for(kind.value, 3), **{field: given}))
+    assert caught.value.path == f"credentials[0].{field}"
+    assert f"{given!r} is not allowed for {kind.value}; only mech_key credentials" in str(
+        caught.value
+    )
+
+
 # --- deltas ---------------------------------------------------------------------------------
 
 BAD_DELTAS: list[tuple[str, Mutation, str, str]] = [
@@ -749,6 +965,18 @@ BAD_DELTAS: list[tuple[str, Mutation, str, str]] = [
         setter("site", "timezone", value="Europe/Atlantis"),
         "site.timezone",
         "expected an IANA timezone name",
+    ),
+    (
+        "bad-site-blacklist",
+        setter("site", "key_blacklist", value=["not a key"]),
+        "site.key_blacklist[0]",
+        "mech_key value '… key' is not valid; expected 8 bytes of hex",
+    ),
+    (
+        "bad-upserted-revalidation",
+        setter("upsert", "credentials", 0, "revalidation_days", value=7),
+        "upsert.credentials[0].revalidation_days",
+        "7 is not allowed for desfire; only mech_key credentials have revalidation_days",
     ),
 ]
 

@@ -326,6 +326,56 @@ def test_revoked_flag_and_assurance_survive_with_changes(padding: int) -> None:
     check(base.with_changes([], cards).with_changes([], flipped), [*flipped, *base])
 
 
+# --- revalidation (the side dict) -----------------------------------------------------------
+
+
+def key(n: int, days: int | None = 30, at: datetime | None = START) -> Credential:
+    """``card(n)`` with a revalidation period and a last revalidation."""
+    c = card(n)
+    return Credential(
+        c.id, c.user_id, c.kind, c.value, c.assurance, c.revoked, c.valid_from, c.valid_until,
+        days, at,
+    )  # fmt: skip
+
+
+def revalidated() -> list[Credential]:
+    """Credentials with both fields, one of them, or none, interleaved in value order."""
+    return [key(0), card(1), key(2, days=None), key(3, at=None), card(4), key(5, days=3650)]
+
+
+def test_revalidation_survives_build_and_append() -> None:
+    cards = revalidated()
+    check(CredentialTable.build(KIND, cards), cards)
+    appended = CredentialTable(KIND)
+    for c in cards:
+        appended.append(
+            c.id, c.user_id, c.value, c.assurance, c.revoked, c.valid_from, c.valid_until,
+            revalidation_days=c.revalidation_days, revalidated_at=c.revalidated_at,
+        )  # fmt: skip
+    check(appended, cards)
+
+
+def test_only_credentials_with_a_revalidation_use_the_side_dict() -> None:
+    table = CredentialTable.build(KIND, [*revalidated(), *(card(n) for n in range(10, 100))])
+    assert sorted(table._revalidation) == [value(0), value(2), value(3), value(5)]
+
+
+@pytest.mark.parametrize("padding", [0, 100], ids=["alone", "padded"])
+def test_revalidation_follows_its_credential_through_changes(padding: int) -> None:
+    base = CredentialTable.build(KIND, [card(1000 + n) for n in range(padding)])
+    cards = revalidated()
+    table = base.with_changes([], cards)
+    check(table, [*cards, *base])
+    # Replacing a key by one without a revalidation drops it; removing a key drops its entry.
+    changed = table.with_changes([value(2)], [card(0), key(1, days=7)])
+    expected = [card(0), key(1, days=7), key(3, at=None), card(4), key(5, days=3650), *base]
+    check(changed, expected)
+    assert sorted(changed._revalidation) == [value(1), value(3), value(5)]
+    check(table, [*cards, *base])  # the old table is unchanged
+    rebuilt = table.with_changes([], [card(n) for n in range(200, 280)])
+    check(rebuilt, [*cards, *base, *(card(n) for n in range(200, 280))])
+
+
 # --- against a model ------------------------------------------------------------------------
 
 VALUES = st.integers(min_value=0, max_value=150).map(value)
@@ -343,6 +393,8 @@ def credentials(draw: st.DrawFn, v: str) -> Credential:
         draw(st.booleans()),
         draw(WHEN),
         draw(WHEN),
+        draw(st.sampled_from([None, None, None, 1, 3650])),
+        draw(st.sampled_from([None, None, START])),
     )
 
 

@@ -424,3 +424,145 @@ def test_check_delta_refuses(change: Delta, path: str, pieces: tuple[str, ...]) 
     for piece in pieces:
         assert piece in str(caught.value)
     assert state(view) == before
+
+
+# --- the site: key blacklist and lockdown override tag --------------------------------------
+
+KEY = "0011223344556677"
+SITE = {"id": "site-1", "name": "Test site", "timezone": "Europe/Rome"}
+
+
+def guarded() -> SiteBuilder:
+    """``base()`` whose site lets tag ``guards`` through lockdown, with a key k1 of u1."""
+    builder = base().tag("guards").lockdown_override("guards")
+    return builder.credential("k1", "u1", kind="mech_key", value=KEY)
+
+
+def test_a_site_delta_replaces_the_blacklist_and_one_without_a_site_keeps_it() -> None:
+    view = guarded().view()
+    assert reason(view, "k1", "front") is Reason.GRANTED
+    listed = delta(2, 1, site_json={**SITE, "key_blacklist": [KEY.lower()]})
+    view.check_delta(listed)
+    view = view.apply(listed)
+    assert view.site.key_blacklist == frozenset({KEY})
+    assert view.site.lockdown_override_tag is None  # a site in a delta is replaced whole
+    assert reason(view, "k1", "front") is Reason.KEY_BLACKLISTED
+    kept = view.apply(delta(3, 2, upsert={"users": [user_json("u9")]}))
+    assert reason(kept, "k1", "front") is Reason.KEY_BLACKLISTED
+    cleared = kept.apply(delta(4, 3, site_json=SITE))
+    assert reason(cleared, "k1", "front") is Reason.GRANTED
+
+
+def test_a_delta_changes_a_keys_revalidation() -> None:
+    view = guarded().view()
+    due = credential_json("k1", "u1", kind="mech_key", value=KEY, revalidation_days=7)
+    view = view.apply(delta(2, 1, upsert={"credentials": [due]}))
+    assert reason(view, "k1", "front") is Reason.KEY_REVALIDATION_DUE
+    assert credential_by_id(view, "k1").revalidation_days == 7
+    fresh = {**due, "revalidated_at": utc(2026, 6, 9).isoformat()}
+    view = view.apply(delta(3, 2, upsert={"credentials": [fresh]}))
+    assert reason(view, "k1", "front") is Reason.GRANTED
+    assert credential_by_id(view, "k1").revalidated_at == utc(2026, 6, 9)
+
+
+def test_a_delta_sets_unlock_after_first_grant() -> None:
+    view = base().view()
+    assert view.doors["side"].unlock_after_first_grant is False
+    change = delta(
+        2,
+        1,
+        upsert={
+            "doors": [door_json("side", unlock_schedule="always", unlock_after_first_grant=True)]
+        },
+    )
+    view.check_delta(change)
+    assert view.apply(change).doors["side"].unlock_after_first_grant is True
+
+
+SITE_ACCEPTED: list[tuple[str, Delta]] = [
+    (
+        "deleting-the-tag-with-a-site-that-drops-it",
+        delta(2, 1, site_json=SITE, delete={"tags": ["guards"]}),
+    ),
+    (
+        "deleting-the-tag-with-a-site-naming-another",
+        delta(
+            2,
+            1,
+            site_json={**SITE, "lockdown_override_tag": "visitors"},
+            delete={"tags": ["guards"]},
+        ),
+    ),
+    (
+        "naming-a-tag-upserted-in-the-same-delta",
+        delta(
+            2,
+            1,
+            site_json={**SITE, "lockdown_override_tag": "wardens"},
+            upsert={"tags": [tag_json("wardens")]},
+        ),
+    ),
+    ("deleting-another-tag", delta(2, 1, delete={"tags": ["visitors"], "users": ["u3"]})),
+]
+
+
+@pytest.mark.parametrize(
+    "change", [case[1] for case in SITE_ACCEPTED], ids=[case[0] for case in SITE_ACCEPTED]
+)
+def test_check_delta_accepts_site_changes(change: Delta) -> None:
+    view = guarded().view()
+    view.check_delta(change)
+    assert view.apply(change).version == 2
+
+
+SITE_REFUSED: list[tuple[str, Delta, str, str]] = [
+    (
+        "deleting-the-override-tag",
+        delta(2, 1, delete={"tags": ["guards"]}),
+        "delete.tags",
+        "cannot delete tag 'guards': site 'site-1' still uses it as its lockdown override tag",
+    ),
+    (
+        "a-site-naming-an-unknown-tag",
+        delta(2, 1, site_json={**SITE, "lockdown_override_tag": "ghost"}),
+        "site.lockdown_override_tag",
+        "'ghost' is not a known tag",
+    ),
+    (
+        "a-site-naming-a-tag-deleted-in-the-same-delta",
+        delta(
+            2,
+            1,
+            site_json={**SITE, "lockdown_override_tag": "guards"},
+            delete={"tags": ["guards"]},
+        ),
+        "site.lockdown_override_tag",
+        "'guards' is not a known tag",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "message"),
+    [case[1:] for case in SITE_REFUSED],
+    ids=[case[0] for case in SITE_REFUSED],
+)
+def test_check_delta_refuses_site_changes(change: Delta, path: str, message: str) -> None:
+    view = guarded().view()
+    before = state(view)
+    with pytest.raises(FormatError) as caught:
+        view.check_delta(change)
+    assert caught.value.path == path
+    assert str(caught.value) == f"{path}: {message}"
+    assert state(view) == before
+
+
+def test_the_empty_view_takes_a_site_with_an_override_tag_and_its_tag() -> None:
+    change = delta(
+        1,
+        0,
+        site_json={**SITE, "lockdown_override_tag": "guards"},
+        upsert={"tags": [tag_json("guards")]},
+    )
+    CacheView.empty().check_delta(change)
+    assert CacheView.empty().apply(change).site.lockdown_override_tag == "guards"
