@@ -64,6 +64,9 @@ def gateway_config(state_dir: Path) -> Config:
             "gateway": {"state_dir": str(state_dir)},
             "web": {"port": free_port()},
             "demo": {"seed": False},
+            # In-memory relays: the figures stay comparable run to run and across issues; the
+            # board backends' own cost is measured by bench e2e.
+            "hardware": {"backend": "simulated"},
         }
     )
 

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
+
+
+class CommandFailed(Exception):
+    """A relay or reader command the hardware did not confirm (never taken as done)."""
+
+    def __init__(self, channel: str, detail: str) -> None:
+        super().__init__(f"{channel}: {detail}")
+        self.channel = channel
+        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +33,30 @@ class Feedback(enum.StrEnum):
 
     GRANTED = "granted"  # green LED, short beep
     DENIED = "denied"  # red LED, two beeps
+    FAULT = "fault"  # granted, but the lock did not confirm: blinking amber, long beep
+    HELD_OPEN = "held_open"  # the door is held open too long: blinking red, beeping, until cleared
     IDLE = "idle"
+
+
+class InputRole(enum.StrEnum):
+    """What a door input means to its door."""
+
+    CONTACT = "contact"  # raw level; the door's contact type says which level is open
+    REX = "rex"  # level 1: request-to-exit pressed
+    TAMPER = "tamper"  # level 1: enclosure open
+    AUX = "aux"
+
+
+@dataclass(frozen=True, slots=True)
+class InputEvent:
+    """An input of a door changed level; ``address``/``index`` say where it is wired."""
+
+    channel: str  # the door id
+    kind: InputRole
+    level: int  # 1: active (REX pressed, tamper); the contact's raw level
+    board_clock_ms: int
+    address: int
+    index: int
 
 
 class RelayBank(Protocol):
@@ -37,6 +70,9 @@ class RelayBank(Protocol):
 
     def pulse(self, channel: str, seconds: float) -> None:
         """Energise a relay for ``seconds``, then release it (a new pulse extends the old)."""
+
+    def drive(self, channel: str, on: bool) -> asyncio.Future[None]:
+        """Set a relay now (commands keep their order); the future fails with CommandFailed."""
 
     def add_listener(self, listener: Callable[[str, bool], None]) -> Callable[[], None]:
         """Call ``listener(channel, on)`` on every change; returns a remover."""

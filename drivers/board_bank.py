@@ -41,8 +41,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
 from typing import NamedTuple, Protocol, Self, TypeAlias, TypeVar
 
-from drivers.base import CredentialRead, Feedback
-from drivers.serial_link import DEFAULT_BAUDRATE, BoardLink, PortOpenError
+from drivers import base
+from drivers.base import CredentialRead, Feedback, InputEvent, InputRole
+from drivers.serial_link import DEFAULT_BAUDRATE, BoardLink, PortOpenError, Rs485Options
 from firmware_protocol import (
     MAX_ADDRESS,
     MIN_ADDRESS,
@@ -124,12 +125,8 @@ class HandshakeError(BoardBankError):
     """The board answered, but the handshake could not complete (retried with the policy)."""
 
 
-class CommandFailed(BoardBankError):
+class CommandFailed(BoardBankError, base.CommandFailed):
     """A command was not (known to be) carried out by the board; ``channel`` names its target."""
-
-    def __init__(self, channel: str, detail: str) -> None:
-        super().__init__(f"{channel}: {detail}")
-        self.channel = channel
 
 
 class CommandRefused(CommandFailed):
@@ -154,15 +151,6 @@ class ReconnectPolicy(Protocol):
         """Forget past failures."""
 
 
-class InputRole(enum.StrEnum):
-    """What a board input means to a door."""
-
-    CONTACT = "contact"  # level 1: door open
-    REX = "rex"  # level 1: request-to-exit pressed
-    TAMPER = "tamper"  # level 1: enclosure open
-    AUX = "aux"
-
-
 #: The board's own InputKind for each role (to warn about a wiring/configuration mismatch).
 _ROLE_KINDS: Mapping[InputRole, InputKind] = MappingProxyType(
     {
@@ -178,6 +166,8 @@ _FEEDBACK: Mapping[Feedback, tuple[LedPattern, BeepPattern, int]] = MappingProxy
     {
         Feedback.GRANTED: (LedPattern.SOLID_GREEN, BeepPattern.SHORT, FEEDBACK_DURATION_MS),
         Feedback.DENIED: (LedPattern.SOLID_RED, BeepPattern.DOUBLE, FEEDBACK_DURATION_MS),
+        Feedback.FAULT: (LedPattern.BLINK_AMBER, BeepPattern.LONG, FEEDBACK_DURATION_MS),
+        Feedback.HELD_OPEN: (LedPattern.BLINK_RED, BeepPattern.TRIPLE, 0),  # until cleared
         Feedback.IDLE: (LedPattern.OFF, BeepPattern.NONE, 0),
     }
 )
@@ -237,6 +227,7 @@ class BoardBankConfig:
     readers: Mapping[str, BoardPort] = field(default_factory=dict)
     inputs: Mapping[BoardPort, InputBinding] = field(default_factory=dict)
     baudrate: int = DEFAULT_BAUDRATE
+    rs485: Rs485Options | None = None  # kernel RTS direction control for half-duplex RS-485
 
     def __post_init__(self) -> None:
         if not self.boards:
@@ -329,18 +320,6 @@ class BoardBankConfig:
             inputs=inputs,
             baudrate=baudrate,
         )
-
-
-@dataclass(frozen=True, slots=True)
-class InputEvent:
-    """An input of a door changed level (INPUT_CHANGED), on the board's clock."""
-
-    channel: str  # the door id
-    kind: InputRole
-    level: int  # 1: active (door open, REX pressed, tamper)
-    board_clock_ms: int
-    address: int
-    index: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -557,6 +536,13 @@ class BoardBank:
         message = RelayPulse(port.index, _pulse_ms(seconds))
         self._report(self._submit(port.address, channel, message))
 
+    def drive(self, channel: str, on: bool) -> asyncio.Future[None]:
+        """Queue RELAY_SET; the future settles once the board acknowledged it (CommandFailed)."""
+        port = self._relay_port(channel)
+        future = self._submit(port.address, channel, RelaySet(port.index, on))
+        self._report(future)
+        return future
+
     def add_listener(self, listener: Callable[[str, bool], None]) -> Callable[[], None]:
         """Call ``listener(channel, on)`` on every acknowledged change; returns a remover."""
         self._listeners.append(listener)
@@ -627,7 +613,10 @@ class BoardBank:
         try:
             while True:
                 link = BoardLink(
-                    url, baudrate=self._config.baudrate, read_poll_interval_s=self._read_poll_s
+                    url,
+                    baudrate=self._config.baudrate,
+                    rs485=self._config.rs485,
+                    read_poll_interval_s=self._read_poll_s,
                 )
                 error = await self._run_link(link, policy)
                 if error is None:

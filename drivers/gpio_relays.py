@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
+from drivers.base import CommandFailed
+
 if TYPE_CHECKING:
     from gpiod import Chip, LineRequest  # type: ignore[import-not-found, unused-ignore]
 
@@ -208,6 +210,17 @@ class GpioRelays:
         if timer is not None:
             timer.cancel()
         self._drive(handle, channel, on)
+
+    def drive(self, channel: str, on: bool) -> asyncio.Future[None]:
+        """Set a relay at once; the future is done, or failed with CommandFailed naming the line."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            self.set(channel, on)
+        except GpioError as err:
+            done.set_exception(CommandFailed(channel, str(err)))
+        else:
+            done.set_result(None)
+        return done
 
     def pulse(self, channel: str, seconds: float) -> None:
         """Energise for ``seconds``; a pulse during a pulse restarts the countdown."""

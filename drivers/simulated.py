@@ -34,6 +34,13 @@ class SimulatedRelays:
             timer.cancel()
         self._change(channel, on)
 
+    def drive(self, channel: str, on: bool) -> asyncio.Future[None]:
+        """Set a relay at once; the returned future is already done."""
+        self.set(channel, on)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
     def pulse(self, channel: str, seconds: float) -> None:
         """Energise for ``seconds``; a pulse during a pulse restarts the countdown."""
         self.set(channel, True)

@@ -49,10 +49,10 @@ class Capability(enum.IntFlag):
 
 
 class SafeState(enum.IntEnum):
-    """What a relay does when the gateway goes silent (CONFIGURE; SPEC.md, "Supervision")."""
+    """A relay's level when the gateway goes silent (CONFIGURE; SPEC.md, "Supervision")."""
 
-    FAIL_SECURE = 0  # de-energise: the door locks
-    FAIL_SAFE = 1  # energise: the door unlocks
+    FAIL_SECURE = 0  # de-energise (locks a strike; unlocks a maglock)
+    FAIL_SAFE = 1  # energise (unlocks a strike; locks a maglock)
 
 
 class LedPattern(enum.IntEnum):

@@ -12,16 +12,19 @@ from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from importlib import resources
 
-from drivers.simulated import SimulatedReaders, SimulatedRelays
+from drivers.base import ReaderBank, RelayBank
 from gateway import codec
 from gateway.cache import ApplyResult, Cache
 from gateway.config import Config
+from gateway.credentials import DEFAULT_VERIFIERS, Verifier
 from gateway.door_modes import DoorModeStore
 from gateway.doors import DoorController
 from gateway.entry import EntryService
 from gateway.events import EventLog, new_event
-from gateway.model import EventType
+from gateway.hardware import Hardware, build_hardware
+from gateway.model import CredentialKind, EventType
 from gateway.outbox import Outbox
+from gateway.site_keys import SITE_KEY_FILE, SiteKeyError, load_site_key
 from gateway.web import WebServer, make_app
 
 _LOGGER = logging.getLogger(__name__)
@@ -52,14 +55,16 @@ class Gateway:
         )
         self.events = EventLog(self.outbox)
         self.cache = Cache(state_dir / "cache.db")
-        # Only the simulated backend exists so far; real boards arrive with the door board driver.
-        self.relays = SimulatedRelays()
-        self.readers = SimulatedReaders()
         self.door_modes = DoorModeStore(state_dir / "door_modes.json")
-        self.doors = DoorController(self.cache, self.door_modes, self.relays, self.events, clock)
-        self.entry = EntryService(self.cache, self.doors, self.events, self.readers, clock)
+        self.hardware: Hardware = build_hardware(config)
+        self.doors = DoorController(
+            self.cache, self.door_modes, self.hardware, self.events, clock, config.doors
+        )
+        self.entry = EntryService(
+            self.cache, self.doors, self.events, self.hardware.readers, clock, self._verifiers()
+        )
         self.web = WebServer(
-            make_app(self, simulated=config.hardware.backend == "simulated"),
+            make_app(self, simulated=config.hardware.backend in ("simulated", "virtual")),
             config.web.host,
             config.web.port,
         )
@@ -73,7 +78,7 @@ class Gateway:
         # after a cache reset, never on a gateway wired to real doors.
         seed_demo = (
             self.config.demo.seed
-            and self.config.hardware.backend == "simulated"
+            and self.config.hardware.backend in ("simulated", "virtual")
             and not (state_dir / "cache.db").exists()
         )
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -102,8 +107,9 @@ class Gateway:
                 )
             if seed_demo:
                 await self._seed_demo()
-            # Stopped in reverse: web, readers (in-flight reads finish), doors, then relays.
-            stack.callback(self.relays.close)
+            # Stopped in reverse: web, readers (in-flight reads finish), doors, then hardware.
+            await self.hardware.start()
+            stack.push_async_callback(self.hardware.stop)
             await self.doors.start()
             stack.push_async_callback(self.doors.stop)
             self.entry.start()
@@ -117,6 +123,34 @@ class Gateway:
             )
             self._started = True
             self._stack = stack.pop_all()
+
+    @property
+    def relays(self) -> RelayBank:
+        """The doors' lock relays (once started)."""
+        return self.hardware.relays
+
+    @property
+    def readers(self) -> ReaderBank:
+        """The doors' readers (once started)."""
+        return self.hardware.readers
+
+    def _verifiers(self) -> dict[CredentialKind, Verifier]:
+        """The proof checks: mechatronic keys only with a usable site key, else refused."""
+        verifiers = dict(DEFAULT_VERIFIERS)
+        path = self.config.gateway.state_dir / SITE_KEY_FILE
+        try:
+            key = load_site_key(path, create=self.config.hardware.backend == "virtual")
+        except SiteKeyError as err:
+            _LOGGER.error("mechatronic keys will be refused: %s", err)
+            return verifiers
+        if key is None:
+            _LOGGER.info("no mechatronic site key at %s: mechatronic keys will be refused", path)
+            return verifiers
+        # Imported here: its AES (cryptography's OpenSSL bindings, ~6 MB) only where keys are.
+        from gateway.mechkeys import MechanicalKeyVerifier  # noqa: PLC0415
+
+        verifiers[CredentialKind.MECHATRONIC_KEY] = MechanicalKeyVerifier(key)
+        return verifiers
 
     async def _seed_demo(self) -> None:
         snapshot = demo_snapshot()

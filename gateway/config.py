@@ -15,8 +15,16 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["json", "text"]
-# Only the simulated board exists for now; real backends come with the door board driver.
-HardwareBackend = Literal["simulated"]
+# virtual: door boards simulated in-process behind a pty (the embedded default); board: real door
+# boards on a serial or RS-485 bus; gpio: relays on the Pi's own header; simulated: relays and
+# readers in memory, no serial line (for development).
+HardwareBackend = Literal["virtual", "board", "gpio", "simulated"]
+Wiring = Literal["fail_secure", "fail_safe"]
+ContactType = Literal["normally_closed", "normally_open"]
+Fallback = Literal["locked", "unlocked"]
+#: Board addresses on a bus (firmware_protocol SPEC.md "Header"), and the doors one board drives.
+BOARD_ADDRESSES = (1, 247)
+DOORS_PER_BOARD = 16
 
 # A section-level check returns (key, bad value, what is allowed) for each problem it finds.
 SectionCheck = Callable[[Any], list[tuple[str, object, str]]]
@@ -104,10 +112,84 @@ class WebSection:
 
 
 @dataclass(frozen=True, slots=True)
-class HardwareSection:
-    """``[hardware]``: which door board backend drives the relays and readers."""
+class BoardEntry:
+    """``[[hardware.boards]]``: one door board's bus address and its doors, in wiring order.
 
-    backend: HardwareBackend = "simulated"
+    Door *d* of a board uses its relay *d*, reader *d* and inputs 3d (contact), 3d+1 (REX)
+    and 3d+2 (tamper).
+    """
+
+    address: int = field(metadata={"min": BOARD_ADDRESSES[0], "max": BOARD_ADDRESSES[1]})
+    doors: tuple[str, ...] = field(
+        default=(),
+        metadata={"min_items": 1, "max_items": DOORS_PER_BOARD, "allowed": "door ids"},
+    )
+
+
+def _check_hardware(hw: HardwareSection) -> list[tuple[str, object, str]]:
+    """Cross-field rules: a bus and boards for real boards, unique addresses and doors."""
+    problems: list[tuple[str, object, str]] = []
+    if hw.backend == "board" and not hw.bus:
+        problems.append(("bus", hw.bus, "the serial device or socket:// URL of the door bus"))
+    if hw.backend == "board" and not hw.boards:
+        problems.append(("boards", "[]", "at least one [[hardware.boards]] entry"))
+    if hw.backend not in ("board", "virtual") and hw.boards:
+        problems.append(("boards", "a table", f"no boards with backend {show_value(hw.backend)}"))
+    if hw.backend == "virtual" and hw.bus:
+        problems.append(("bus", hw.bus, '"" (the virtual boards make their own pty)'))
+    if hw.supervision_timeout_ms < 3 * hw.heartbeat_interval_ms:
+        problems.append(
+            (
+                "supervision_timeout_ms",
+                hw.supervision_timeout_ms,
+                f"at least 3 heartbeat intervals ({3 * hw.heartbeat_interval_ms})",
+            )
+        )
+    addresses: set[int] = set()
+    doors: set[str] = set()
+    for i, board in enumerate(hw.boards):
+        if board.address in addresses:
+            problems.append((f"boards[{i}].address", board.address, "an address not used twice"))
+        addresses.add(board.address)
+        for door in board.doors:
+            if door in doors:
+                problems.append((f"boards[{i}].doors", door, "a door on one board only, once"))
+            doors.add(door)
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class HardwareSection:
+    """``[hardware]``: what drives the relays and readers, and the door bus."""
+
+    backend: HardwareBackend = "virtual"
+    bus: str = ""  # board: "/dev/ttyAMA0", "socket://host:port" (ser2net), "rfc2217://..."
+    baudrate: int = field(default=115200, metadata={"min": 1200, "max": 4_000_000})
+    rs485: bool = False  # the kernel toggles RTS around each frame (half-duplex transceivers)
+    poll_interval_ms: float = field(default=5.0, metadata={"min": 1.0, "max": 1000.0})
+    heartbeat_interval_ms: int = field(default=1000, metadata={"min": 100, "max": 10_000})
+    supervision_timeout_ms: int = field(default=3000, metadata={"min": 300, "max": 65_535})
+    gpio_chip: str = "gpiochip0"
+    boards: tuple[BoardEntry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DoorEntry:
+    """``[doors.<door id>]``: how one door is wired and timed on this site (installer's choice).
+
+    The unlock time itself comes with the site data (the door's ``unlock_seconds``).
+    """
+
+    wiring: Wiring = "fail_secure"  # fail_secure: energised unlocks (strike); fail_safe: locks
+    fallback: Fallback = "locked"  # what the board does with the lock when the gateway is silent
+    contact: ContactType = "normally_closed"
+    has_contact: bool = True
+    relock_on_close: bool = True
+    held_open_s: float = field(default=120.0, metadata={"min": 30.0, "max": 600.0})
+    rex_unlocks: bool = True
+    rex_grace_s: float = field(default=10.0, metadata={"min": 0.0, "max": 120.0})
+    gpio_line: str = ""  # gpio backend: the relay's line name on the chip
+    gpio_active_low: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +213,10 @@ class Config:
 
     gateway: GatewaySection = field(default_factory=GatewaySection)
     web: WebSection = field(default_factory=WebSection, metadata={"check": _check_web_remote})
-    hardware: HardwareSection = field(default_factory=HardwareSection)
+    hardware: HardwareSection = field(
+        default_factory=HardwareSection, metadata={"check": _check_hardware}
+    )
+    doors: Mapping[str, DoorEntry] = field(default_factory=dict)
     events: EventsSection = field(default_factory=EventsSection)
     demo: DemoSection = field(default_factory=DemoSection)
     source: Path | None = field(default=None, metadata={"internal": True})
@@ -213,6 +298,90 @@ def _is_section(hint: Any) -> bool:
     return isinstance(hint, type) and dataclasses.is_dataclass(hint)
 
 
+def _is_list(hint: Any) -> bool:
+    """True for ``tuple[X, ...]``: a TOML array (of tables when X is a dataclass)."""
+    return get_origin(hint) is tuple
+
+
+def _is_table_map(hint: Any) -> bool:
+    """True for ``Mapping[str, X]`` with X a dataclass: a table of named tables."""
+    return get_origin(hint) in (Mapping, dict) and _is_section(get_args(hint)[1])
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    """The field's default (from its factory if it has one), or MISSING."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _load_list(
+    raw: Any,
+    hint: Any,
+    meta: Mapping[str, Any],
+    key_path: str,
+    base: Path,
+    errors: list[ConfigError],
+) -> tuple[Any, ...] | None:
+    """A TOML array as a tuple of ``hint``'s item type; None (errors added) if unusable."""
+    item = get_args(hint)[0]
+    low, high = meta.get("min_items", 0), meta.get("max_items")
+    if _is_section(item):
+        noun = f"an array of tables [[{key_path}]]"
+    else:
+        noun = f"a list of {meta.get('allowed') or _describe(item, {})}"
+    bounds = f" ({low} to {high} items)" if high is not None else ""
+    if (
+        not isinstance(raw, list | tuple)
+        or len(raw) < low
+        or (high is not None and len(raw) > high)
+    ):
+        errors.append(ConfigError(key_path, raw, noun + bounds))
+        return None
+    items: list[Any] = []
+    failed = False
+    for i, element in enumerate(raw):
+        path = f"{key_path}[{i}]"
+        if _is_section(item):
+            if not isinstance(element, Mapping):
+                errors.append(ConfigError(path, element, f"a table with keys of [[{key_path}]]"))
+                failed = True
+                continue
+            loaded = _load(item, element, path, base, errors)
+            failed = failed or loaded is None
+            items.append(loaded)
+            continue
+        try:
+            items.append(_convert(element, item, {}, path, base))
+        except ConfigError as err:
+            errors.append(err)
+            failed = True
+    return None if failed else tuple(items)
+
+
+def _load_table_map(
+    raw: Any, hint: Any, key_path: str, base: Path, errors: list[ConfigError]
+) -> dict[str, Any] | None:
+    """A table of named tables (``[doors.front]``) as a dict; None (errors added) if unusable."""
+    item = get_args(hint)[1]
+    if not isinstance(raw, Mapping):
+        errors.append(ConfigError(key_path, raw, f"tables such as [{key_path}.NAME]"))
+        return None
+    loaded: dict[str, Any] = {}
+    failed = False
+    for name, table in raw.items():
+        path = f"{key_path}.{name}"
+        if not isinstance(table, Mapping):
+            keys = ", ".join(g.name for g in dataclasses.fields(item))
+            errors.append(ConfigError(path, table, f"a table [{path}] with keys {keys}"))
+            failed = True
+            continue
+        value = _load(item, table, path, base, errors)
+        failed = failed or value is None
+        loaded[str(name)] = value
+    return None if failed else loaded
+
+
 def _load(
     cls: type[Any], table: Mapping[str, Any], path: str, base: Path, errors: list[ConfigError]
 ) -> Any:
@@ -248,15 +417,34 @@ def _load(
                 errors.extend(ConfigError(f"{key_path}.{k}", v, a) for k, v, a in problems)
             values[f.name] = section
             failed = failed or section is None
+            continue
+        default = _default(f)
+        if f.name not in table and default is dataclasses.MISSING:
+            errors.append(
+                ConfigError(
+                    key_path,
+                    None,
+                    _describe(hint, f.metadata),
+                    f"{key_path}: missing; expected {_describe(hint, f.metadata)}",
+                )
+            )
+            failed = True
+            continue
+        raw = table.get(f.name, default)
+        if _is_list(hint):
+            value: Any = _load_list(raw, hint, f.metadata, key_path, base, errors)
+        elif _is_table_map(hint):
+            value = _load_table_map(raw, hint, key_path, base, errors)
         else:
             # Defaults go through the same conversion, so a default path is resolved too.
             try:
-                values[f.name] = _convert(
-                    table.get(f.name, f.default), hint, f.metadata, key_path, base
-                )
+                value = _convert(raw, hint, f.metadata, key_path, base)
             except ConfigError as err:
                 errors.append(err)
-                failed = True
+                value = None
+        if value is None:
+            failed = True
+        values[f.name] = value
     return None if failed else cls(**values)
 
 
@@ -308,6 +496,10 @@ def _plain(value: object) -> Any:
         }
     if isinstance(value, PurePath):
         return str(value)
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
     return value
 
 

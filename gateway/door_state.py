@@ -11,7 +11,8 @@ Representation: four independent parts rather than one product of states.
 - ``mode`` is the door's mode (``DoorMode``), set by the controller.
 - ``phase`` (``DoorPhase``) is the lock's intended state, derived from the mode and the timed
   unlock: HELD_UNLOCKED in the UNLOCKED and EMERGENCY_OPEN modes, UNLOCKED while a grant's (or a
-  REX press's) unlock time runs in NORMAL mode, LOCKED otherwise (always in LOCKDOWN).
+  REX press's) unlock time runs in NORMAL mode (or a lockdown override grant's, in LOCKDOWN),
+  LOCKED otherwise.
   After every input the relay is driven to match the phase; ``locked`` is the level last
   commanded or found by ``recover()`` (None until then).
 - ``door_open`` is the door's position from its contact (None: unknown, or no contact).
@@ -23,7 +24,7 @@ Decisions where the rules leave room (docs/door-states.md tells site managers th
 - A grant made while the door is held unlocked, or an unlock time running when EMERGENCY_OPEN
   begins, is remembered: back in NORMAL before it ends, the door stays unlocked until it ends
   ("let the last person through"). LOCKDOWN cancels a running unlock time at once, and a grant
-  in LOCKDOWN does nothing.
+  in LOCKDOWN does nothing unless it is an override (the site's lockdown override tag).
 - An opening within a grant's unlock time is never forced, even after an early relock on close
   or a lockdown: the person let in may still be passing. A REX press excuses an opening while
   pressed and for ``rex_grace_s`` after press or release, in every mode (egress hardware lets
@@ -37,7 +38,8 @@ Decisions where the rules leave room (docs/door-states.md tells site managers th
 - A contact report is a change: a door reported open by ``contact()`` while its position was
   unknown is judged like any opening (it may be forced).
 - ``recover()`` adopts what the board reports before changing anything: a lock level differing
-  from the last one reported is emitted (``"by": "recover", "found": true``), then the relay is
+  from the last one known is emitted (at the first recovery, only a lock found unlocked: a door
+  starting locked is not news, nor one found closed) (``"by": "recover", "found": true``), then the relay is
   driven to the phase. A door found open is reported as opened (``"by": "recover"``) but never
   as forced (when it opened is unknown); its held-open time starts at the recovery.
 - The machine obeys the mode it is given; which mode wins (a command's override over a
@@ -114,6 +116,7 @@ _RANGES = {
 }
 _FLAGS = ("relock_on_close", "rex_unlocks", "has_contact")
 _HELD_MODES = (DoorMode.UNLOCKED, DoorMode.EMERGENCY_OPEN)
+_TIMED_MODES = (DoorMode.NORMAL, DoorMode.LOCKDOWN)  # where a timed unlock can run
 
 _E = TypeVar("_E", bound=enum.StrEnum)
 
@@ -258,7 +261,7 @@ class DoorStateMachine:
         """The lock's intended state, derived from the mode and the timed unlock."""
         if self._mode in _HELD_MODES:
             return DoorPhase.HELD_UNLOCKED
-        if self._mode is DoorMode.NORMAL and self._unlock_until is not None:
+        if self._mode in _TIMED_MODES and self._unlock_until is not None:
             return DoorPhase.UNLOCKED
         return DoorPhase.LOCKED
 
@@ -310,7 +313,7 @@ class DoorStateMachine:
     def next_deadline(self) -> float | None:
         """The earliest time at which ``tick()`` has something to do, or None."""
         due = [self._held_at]
-        if self._mode is DoorMode.NORMAL:
+        if self._mode in _TIMED_MODES:
             due.append(self._unlock_until)
         times = [t for t in due if t is not None]
         return min(times) if times else None
@@ -323,11 +326,12 @@ class DoorStateMachine:
         self._expire(now, out)
         return out
 
-    def grant(self, now: float) -> list[Action]:
-        """A granted decision for this door: unlock for ``unlock_s`` (extend if unlocked)."""
+    def grant(self, now: float, *, override: bool = False) -> list[Action]:
+        """A granted decision: unlock for ``unlock_s`` (extend if unlocked); in LOCKDOWN only
+        an ``override`` (the lockdown override tag) unlocks."""
         out: list[Action] = []
         self._expire(now, out)
-        if self._mode is DoorMode.LOCKDOWN:
+        if self._mode is DoorMode.LOCKDOWN and not override:
             return out
         self._start_unlock(now, "grant")
         self._sync(out, "grant")
@@ -402,13 +406,17 @@ class DoorStateMachine:
         out: list[Action] = []
         self._expire(now, out)
         found_locked = self.settings.is_locked(bool(relay_energised))
-        if found_locked is not self._locked:
-            self._locked = found_locked
+        # At the first recovery only a lock found unlocked is news.
+        news = found_locked is not self._locked and not (self._locked is None and found_locked)
+        self._locked = found_locked
+        if news:
             event = EventType.DOOR_LOCKED if found_locked else EventType.DOOR_UNLOCKED
             self._emit(out, event, by="recover", found=True, mode=self._mode.value)
         if self.settings.has_contact and contact_level is not None:
             is_open = self.settings.is_open(contact_level)
-            if is_open is not self._open:
+            if self._open is None and not is_open:
+                self._open = False  # a door found closed at its first report is not news
+            elif is_open is not self._open:
                 if is_open:
                     self._opened(now, out, recovered=True)
                 else:

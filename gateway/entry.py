@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
-from drivers.base import CredentialRead, Feedback, ReaderBank
+from drivers.base import CommandFailed, CredentialRead, Feedback, ReaderBank
 from gateway import access
 from gateway.cache import Cache
 from gateway.credentials import (
@@ -32,6 +32,8 @@ _LOGGER = logging.getLogger(__name__)
 
 #: Longest a reader waits for its event's commit before showing the result anyway.
 EVENT_COMMIT_TIMEOUT_S = 5.0
+#: Longest a grant waits for the lock relay's confirmation before showing a fault.
+RELAY_CONFIRM_TIMEOUT_S = 2.0
 
 
 class EntryService:
@@ -114,8 +116,13 @@ class EntryService:
     async def _conclude(
         self, decision: Decision, presentation: Presentation | None, reader_id: str
     ) -> None:
-        """Open the door if granted, commit the event, then show the result on the reader."""
-        self._doors.grant(decision)
+        """Open the door if granted, commit the event, then show the result on the reader.
+
+        The relay command and the event's commit run together; GRANTED is shown only once the
+        hardware confirmed the unlock (a door that did not unlock shows FAULT, and the door
+        controller records ``door.relay_failed``).
+        """
+        confirm = self._doors.grant(decision)
         event = decision_event(decision, presentation)
         try:
             await asyncio.wait_for(self._events.record(event), EVENT_COMMIT_TIMEOUT_S)
@@ -125,7 +132,13 @@ class EntryService:
             _LOGGER.error(
                 "event %s could not be committed (%r): %s", event.id, err, dict(event.data)
             )
-        self._readers.feedback(reader_id, Feedback.GRANTED if decision.granted else Feedback.DENIED)
+        feedback = Feedback.GRANTED if decision.granted else Feedback.DENIED
+        if confirm is not None and not await _confirmed(confirm):
+            feedback = Feedback.FAULT
+        try:
+            self._readers.feedback(reader_id, feedback)
+        except (LookupError, CommandFailed) as err:  # a door without a reader wired here
+            _LOGGER.debug("reader %s cannot show %s: %s", reader_id, feedback, err)
         shown = (
             "malformed read"
             if presentation is None
@@ -138,3 +151,12 @@ class EntryService:
             decision.door_id,
             decision.reason.value,
         )
+
+
+async def _confirmed(confirm: asyncio.Future[None]) -> bool:
+    """Whether the hardware confirmed a relay command in time (its failure is recorded elsewhere)."""
+    try:
+        await asyncio.wait_for(asyncio.shield(confirm), RELAY_CONFIRM_TIMEOUT_S)
+    except (CommandFailed, TimeoutError):
+        return False
+    return True

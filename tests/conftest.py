@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from drivers.simulated import SimulatedReaders, SimulatedRelays
 from gateway import codec
 from gateway.app import Gateway
 from gateway.config import Config, parse_config
@@ -69,6 +70,8 @@ def config_data(state_dir: Path, port: int, **sections: dict[str, Any]) -> dict[
         "gateway": {"state_dir": str(state_dir), "log_format": "json"},
         "web": {"host": "127.0.0.1", "port": port},
         "demo": {"seed": True},
+        # In-memory relays and readers: tests of the board path ask for "virtual" themselves.
+        "hardware": {"backend": "simulated"},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
@@ -202,3 +205,17 @@ def event_waiter() -> Iterator[Callable[[Gateway], EventWaiter]]:
     for waiter in waiters:
         with contextlib.suppress(ValueError):
             waiter.remove()
+
+
+def sim_readers(gw: Gateway) -> SimulatedReaders:
+    """The gateway's readers, which must be the in-memory ones (backend "simulated")."""
+    readers = gw.readers
+    assert isinstance(readers, SimulatedReaders)
+    return readers
+
+
+def sim_relays(gw: Gateway) -> SimulatedRelays:
+    """The gateway's relays, which must be the in-memory ones (backend "simulated")."""
+    relays = gw.relays
+    assert isinstance(relays, SimulatedRelays)
+    return relays

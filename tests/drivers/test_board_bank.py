@@ -38,6 +38,7 @@ from drivers.virtual_board import (
     TransportStream,
     VirtualBoard,
 )
+from drivers.virtual_bus import BusHub
 from firmware_protocol import (
     BeepPattern,
     FaultCode,
@@ -122,66 +123,6 @@ class Recorder:
             while not predicate():
                 self.changed.clear()
                 await self.changed.wait()
-
-
-class BusHub:
-    """A shared RS-485 bus on one pty master: every board hears every frame, all may write."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._ends: list[BusEnd] = []
-        os.set_blocking(fd, False)
-        asyncio.get_running_loop().add_reader(fd, self._readable)
-
-    def endpoint(self) -> BusEnd:
-        return BusEnd(self)
-
-    def _readable(self) -> None:
-        try:
-            data = os.read(self._fd, 4096)
-        except OSError:
-            return
-        for end in list(self._ends):
-            end.deliver(data)
-
-    def write(self, data: bytes) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._fd, data)
-
-    def join(self, end: BusEnd) -> None:
-        self._ends.append(end)
-
-    def leave(self, end: BusEnd) -> None:
-        with contextlib.suppress(ValueError):
-            self._ends.remove(end)
-
-    def close(self) -> None:
-        asyncio.get_running_loop().remove_reader(self._fd)
-
-
-class BusEnd:
-    """One board's ByteStream on a BusHub."""
-
-    def __init__(self, hub: BusHub) -> None:
-        self._hub = hub
-        self._on_data: Callable[[bytes], None] | None = None
-
-    def open(
-        self, on_data: Callable[[bytes], None], on_lost: Callable[[Exception | None], None]
-    ) -> None:
-        self._on_data = on_data
-        self._hub.join(self)
-
-    def deliver(self, data: bytes) -> None:
-        if self._on_data is not None:
-            self._on_data(data)
-
-    def write(self, data: bytes) -> None:
-        self._hub.write(data)
-
-    def close(self) -> None:
-        self._on_data = None
-        self._hub.leave(self)
 
 
 class RefusingBoard(VirtualBoard):

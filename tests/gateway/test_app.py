@@ -21,6 +21,7 @@ from tests.conftest import (
     config_data,
     outbox_types,
     read_outbox,
+    sim_readers,
 )
 
 
@@ -106,7 +107,7 @@ async def test_stop_records_gateway_stopped_after_every_event(
 
 async def test_stop_finishes_presentations_in_flight(start_gateway: GatewayFactory) -> None:
     gw = await start_gateway()
-    gw.readers.present(CredentialRead("front", "nfc_uid", ADA))  # a task, not yet run
+    sim_readers(gw).present(CredentialRead("front", "nfc_uid", ADA))  # a task, not yet run
 
     await gw.stop()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tomllib
 from pathlib import Path
@@ -12,10 +13,12 @@ from hypothesis import strategies as st
 
 import gateway.config
 from gateway.config import (
+    BoardEntry,
     Config,
     ConfigError,
     ConfigErrors,
     DemoSection,
+    DoorEntry,
     EventsSection,
     GatewaySection,
     HardwareSection,
@@ -27,7 +30,7 @@ from gateway.config import (
 
 EXAMPLE = Path(gateway.config.__file__).parent / "data" / "example.toml"
 DOCS = Path(__file__).parents[2] / "docs" / "configuration.md"
-SECTIONS = "allowed sections: gateway, web, hardware, events, demo"
+SECTIONS = "allowed sections: gateway, web, hardware, doors, events, demo"
 WEB_KEYS = "allowed keys: host, port, allow_remote"
 LEVELS = 'one of "debug", "info", "warning", "error"'
 
@@ -53,7 +56,7 @@ def test_defaults_without_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert load_config(None) == Config(
         gateway=GatewaySection(state_dir=tmp_path / "var", log_level="info", log_format="json"),
         web=WebSection(host="127.0.0.1", port=8080, allow_remote=False),
-        hardware=HardwareSection(backend="simulated"),
+        hardware=HardwareSection(backend="virtual"),
         events=EventsSection(max_rows=200_000, batch_max=256),
         demo=DemoSection(seed=True),
         source=None,
@@ -86,6 +89,112 @@ def test_every_key_is_documented() -> None:
         assert f"[{section}]" in text
         for key in keys:
             assert f"`{section}.{key}`" in text, f"{section}.{key} is not documented"
+    for field in dataclasses.fields(DoorEntry):
+        assert f"`doors.<id>.{field.name}`" in text, f"doors.<id>.{field.name} is not documented"
+
+
+# --- [hardware] boards and [doors] ---------------------------------------------------------
+
+
+def test_a_bus_of_boards_and_door_settings(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+            [hardware]
+            backend = "board"
+            bus = "socket://127.0.0.1:7000"
+            baudrate = 57600
+            rs485 = true
+            [[hardware.boards]]
+            address = 1
+            doors = ["front", "lobby"]
+            [[hardware.boards]]
+            address = 7
+            doors = ["server-room"]
+            [doors.front]
+            wiring = "fail_safe"
+            fallback = "unlocked"
+            held_open_s = 30
+            """,
+        )
+    )
+    assert config.hardware.boards == (
+        BoardEntry(1, ("front", "lobby")),
+        BoardEntry(7, ("server-room",)),
+    )
+    assert config.doors == {
+        "front": DoorEntry(wiring="fail_safe", fallback="unlocked", held_open_s=30.0)
+    }
+    assert parse_config(config_to_dict(config), base_dir=tmp_path) == dataclasses.replace(
+        config, source=None
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[hardware]\nbackend = "board"\n[[hardware.boards]]\naddress = 1\ndoors = ["a"]',
+            'hardware.bus: "" is not allowed; expected the serial device or socket:// URL of the door bus',
+        ),
+        (
+            '[hardware]\nbackend = "board"\nbus = "/dev/ttyUSB0"',
+            'hardware.boards: "[]" is not allowed; expected at least one [[hardware.boards]] entry',
+        ),
+        (
+            '[hardware]\nbus = "/dev/ttyUSB0"',
+            'hardware.bus: "/dev/ttyUSB0" is not allowed; expected "" (the virtual boards make their own pty)',
+        ),
+        (
+            '[[hardware.boards]]\ndoors = ["a"]',
+            "hardware.boards[0].address: missing; expected an integer from 1 to 247",
+        ),
+        (
+            '[[hardware.boards]]\naddress = 248\ndoors = ["a"]',
+            "hardware.boards[0].address: 248 is not allowed; expected an integer from 1 to 247",
+        ),
+        (
+            "[[hardware.boards]]\naddress = 1\ndoors = []",
+            "hardware.boards[0].doors: [] is not allowed; expected a list of door ids (1 to 16 items)",
+        ),
+        (
+            "[[hardware.boards]]\naddress = 1\ndoors = [1]",
+            "hardware.boards[0].doors[0]: 1 is not allowed; expected a string",
+        ),
+        (
+            '[[hardware.boards]]\naddress = 1\ndoors = ["a"]\n'
+            '[[hardware.boards]]\naddress = 1\ndoors = ["b", "a"]',
+            "hardware.boards[1].address: 1 is not allowed; expected an address not used twice\n"
+            'hardware.boards[1].doors: "a" is not allowed; expected a door on one board only, once',
+        ),
+        (
+            "[hardware]\nheartbeat_interval_ms = 2000",
+            "hardware.supervision_timeout_ms: 3000 is not allowed; "
+            "expected at least 3 heartbeat intervals (6000)",
+        ),
+        (
+            "[doors]\nfront = 5",
+            "doors.front: 5 is not allowed; expected a table [doors.front] with keys wiring, "
+            "fallback, contact, has_contact, relock_on_close, held_open_s, rex_unlocks, "
+            "rex_grace_s, gpio_line, gpio_active_low",
+        ),
+        (
+            "[doors.front]\nheld_open_s = 5",
+            "doors.front.held_open_s: 5 is not allowed; expected a number from 30.0 to 600.0",
+        ),
+        (
+            "[doors.front]\nheld_open = 60",
+            "doors.front.held_open: unknown key; allowed keys: wiring, fallback, contact, "
+            "has_contact, relock_on_close, held_open_s, rex_unlocks, rex_grace_s, gpio_line, "
+            "gpio_active_low (did you mean 'held_open_s'?)",
+        ),
+    ],
+)
+def test_bad_boards_and_doors_are_named(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert str(info.value) == message
 
 
 def test_full_valid_file(tmp_path: Path) -> None:
@@ -236,7 +345,17 @@ def test_range_bounds_are_inclusive(tmp_path: Path, section: str, key: str, valu
         ('[gateway]\nlog_level = "verbose"', "gateway.log_level", LEVELS),
         ('[gateway]\nlog_level = "INFO"', "gateway.log_level", LEVELS),
         ('[gateway]\nlog_format = "xml"', "gateway.log_format", 'one of "json", "text"'),
-        ('[hardware]\nbackend = "gpio"', "hardware.backend", '"simulated"'),
+        (
+            '[hardware]\nbackend = "usb"',
+            "hardware.backend",
+            'one of "virtual", "board", "gpio", "simulated"',
+        ),
+        (
+            '[doors.front]\nwiring = "maglock"',
+            "doors.front.wiring",
+            'one of "fail_secure", "fail_safe"',
+        ),
+        ('[doors.front]\nfallback = "open"', "doors.front.fallback", 'one of "locked", "unlocked"'),
     ],
 )
 def test_bad_choice(tmp_path: Path, text: str, key_path: str, allowed: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from drivers.base import CredentialRead
+from drivers.base import CommandFailed, CredentialRead
 from gateway import codec, doors
 from gateway.app import Gateway
 from gateway.doors import ControllerState, desired_mode
@@ -361,18 +361,30 @@ async def test_the_schedule_keeps_running_after_a_relay_fails(
     clock.now = LOBBY_OPEN
     gw = await start_gateway()
     waiter = event_waiter(gw)
-    real_set = gw.relays.set
+    real_drive = gw.relays.drive
     failures = {"left": 1}
 
-    def flaky_set(channel: str, on: bool) -> None:
+    def flaky_drive(channel: str, on: bool) -> asyncio.Future[None]:
         if channel == "lobby" and failures["left"]:
             failures["left"] -= 1
-            raise OSError("relay board did not answer")
-        real_set(channel, on)
+            failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            failed.set_exception(CommandFailed(channel, "relay board did not answer"))
+            return failed
+        return real_drive(channel, on)
 
-    monkeypatch.setattr(gw.relays, "set", flaky_set)
+    monkeypatch.setattr(doors, "RELAY_RETRY_S", 0.01)
+    monkeypatch.setattr(gw.relays, "drive", flaky_drive)
     clock.now = LOBBY_CLOSED
-    # The first pass fails on the lobby; a later pass succeeds and the door locks.
-    await waiter.wait_for("door.locked", door="lobby")
+    # The schedule pass fails on the lobby: reported, then read back and locked by a recovery.
+    [failed] = await waiter.wait_for("door.relay_failed", door="lobby")
+    assert failed.event.data == {
+        "door": "lobby",
+        "energised": False,
+        "by": "mode",
+        "reason": "lobby: relay board did not answer",
+    }
+    # The relay is read back still energised, then locked.
+    await waiter.wait_for("door.unlocked", door="lobby", by="recover", found=True)
+    await waiter.wait_for("door.locked", door="lobby", by="recover")
     assert not gw.relays.is_on("lobby")
     assert gw.doors.state is ControllerState.RUNNING

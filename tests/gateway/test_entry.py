@@ -30,6 +30,8 @@ from tests.conftest import (
     demo_snapshot,
     outbox_types,
     read_outbox,
+    sim_readers,
+    sim_relays,
 )
 
 UNLOCK_S = 0.5
@@ -64,7 +66,7 @@ async def test_granted_read_pulses_commits_then_shows(
         if logged.event.type == "access.granted":
             seen_at_commit.append(
                 {
-                    "shown": gw.readers.shown.get("front"),
+                    "shown": sim_readers(gw).shown.get("front"),
                     "relay": gw.relays.is_on("front"),
                     "row": committed_body(state, logged.event.id),
                 }
@@ -82,7 +84,7 @@ async def test_granted_read_pulses_commits_then_shows(
     assert decision.reason is Reason.GRANTED
     assert decision.user_id == "ada"
     assert gw.relays.is_on("front")
-    assert gw.readers.shown["front"] is Feedback.GRANTED
+    assert sim_readers(gw).shown["front"] is Feedback.GRANTED
     # Durable before visible: when the commit resolved, the row was readable from another
     # connection, the door was already open, and the reader showed nothing yet.
     assert len(seen_at_commit) == 1
@@ -142,7 +144,7 @@ async def test_denied_read_keeps_the_door_shut(
     assert decision.reason.value == reason
     assert not gw.relays.is_on("front")
     assert changes == []
-    assert gw.readers.shown["front"] is Feedback.DENIED
+    assert sim_readers(gw).shown["front"] is Feedback.DENIED
     denied = [e for e in gw.events.recent() if e.event.type == "access.denied"]
     assert len(denied) == 1
     assert denied[0].event.data["reason"] == reason
@@ -190,7 +192,7 @@ async def test_malformed_read_is_denied_as_unknown(
     assert not decision.granted
     assert decision.reason is Reason.UNKNOWN_CREDENTIAL
     assert not gw.relays.is_on("front")
-    assert gw.readers.shown["front"] is Feedback.DENIED
+    assert sim_readers(gw).shown["front"] is Feedback.DENIED
     [denied] = [e for e in gw.events.recent() if e.event.type == "access.denied"]
     assert denied.event.data["reason"] == "unknown_credential"
     assert denied.event.data["credential"] is None
@@ -206,15 +208,15 @@ async def test_reads_from_the_reader_bank_are_handled(
     gw = await start_gateway()
     waiter = event_waiter(gw)
 
-    gw.readers.present(CredentialRead("front", "nfc_uid", ADA))
-    gw.readers.present(CredentialRead("office-3", "nfc_uid", "not even hex"))
+    sim_readers(gw).present(CredentialRead("front", "nfc_uid", ADA))
+    sim_readers(gw).present(CredentialRead("office-3", "nfc_uid", "not even hex"))
 
     [granted] = await waiter.wait_for("access.granted", door="front")
     [denied] = await waiter.wait_for("access.denied", door="office-3")
     assert granted.event.data["user"] == "ada"
     assert denied.event.data["reason"] == "unknown_credential"
     await gw.entry.stop()  # wait for the feedback of both reads
-    assert gw.readers.shown == {"front": Feedback.GRANTED, "office-3": Feedback.DENIED}
+    assert sim_readers(gw).shown == {"front": Feedback.GRANTED, "office-3": Feedback.DENIED}
 
 
 async def test_fifty_concurrent_reads_all_commit_in_order(
@@ -226,7 +228,7 @@ async def test_fifty_concurrent_reads_all_commit_in_order(
     reads = [CredentialRead("front", "nfc_uid", values[i % len(values)]) for i in range(50)]
 
     for read in reads:
-        gw.readers.present(read)
+        sim_readers(gw).present(read)
     granted = await waiter.wait_for("access.granted", count=20)
     denied = await waiter.wait_for("access.denied", count=30)
 
@@ -250,7 +252,7 @@ async def test_read_at_an_unknown_door_is_denied(start_gateway: GatewayFactory) 
 
     assert decision.reason is Reason.UNKNOWN_DOOR
     assert not gw.relays.is_on("garage")
-    assert gw.readers.shown["garage"] is Feedback.DENIED
+    assert sim_readers(gw).shown["garage"] is Feedback.DENIED
 
 
 async def test_unchecked_proof_kinds_never_open(start_gateway: GatewayFactory) -> None:
@@ -271,7 +273,7 @@ async def test_malformed_read_feedback_matches_its_decision(
     decision = await gw.entry.handle(CredentialRead("front", "nfc_uid", "garbage"))
 
     expected = Feedback.GRANTED if decision.granted else Feedback.DENIED
-    assert gw.readers.shown["front"] is expected
+    assert sim_readers(gw).shown["front"] is expected
 
 
 async def test_no_door_opens_after_stop(start_gateway: GatewayFactory) -> None:
@@ -279,10 +281,10 @@ async def test_no_door_opens_after_stop(start_gateway: GatewayFactory) -> None:
     await gw.stop()
 
     with contextlib.suppress(RuntimeError):
-        gw.readers.present(CredentialRead("front", "nfc_uid", ADA))
+        sim_readers(gw).present(CredentialRead("front", "nfc_uid", ADA))
     await gw.entry.stop()  # lets a read that was taken run to its end
     opened = gw.relays.is_on("front")
-    gw.relays.close()
+    sim_relays(gw).close()
 
     assert not opened
     assert outbox_types(gw.config.gateway.state_dir)[-1] == "gateway.stopped"
@@ -300,7 +302,7 @@ async def test_an_event_that_cannot_be_committed_still_answers_the_reader(
     decision = await gw.entry.handle(CredentialRead("front", "nfc_uid", ADA))
 
     assert decision.granted
-    assert gw.readers.shown["front"] is Feedback.GRANTED
+    assert sim_readers(gw).shown["front"] is Feedback.GRANTED
     [record] = [r for r in caplog.records if "could not be committed" in r.getMessage()]
     assert record.levelname == "ERROR"
     assert "card-ada" in record.getMessage()  # the journal keeps who and where...
