@@ -1,13 +1,13 @@
-"""A mechatronic key on a virtual board, over a real pty, to the relay pulse the board acknowledges.
+"""A mechatronic key on a virtual board, over a real pty, through the whole gateway daemon.
 
 Each sample: the virtual board reports KEY_PRESENTED (key id, a fresh challenge, the key's
-answer) → the gateway's BoardBank receives it in the board's next reply slot → the answer is
-verified (AES-CMAC, diversified key) → ``access.decide`` against a cache view → RELAY_PULSE to the
-board → the board's ACK. The time runs from the presentation to that ACK.
+answer) → the running ``Gateway`` (backend "board" on the pty's other end: serial link,
+BoardBank, entry service, AES-CMAC verification, ``access.decide``, door controller) → RELAY_SET
+to the board → the board's ACK, as the gateway sees it (its relay state flips on the ACK). Then
+the door is opened and closed on the board, so the gateway relocks it before the next sample.
 
-Not yet the whole daemon: these are the parts the daemon will wire together (board backend,
-verifier, decision engine), driven directly. A pty moves bytes without the line's speed, so the
-wire floor is computed: the bytes of the four frames of a sample at ``baud`` (10 bits a byte).
+A pty moves bytes without the line's speed, so the wire floor is computed: the bytes of the
+sample's four frames at ``baud`` (10 bits a byte). On a real line expect roughly floor + measured.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import asyncio
 import json
 import os
 import random
+import socket
 import statistics
+import tempfile
 import time
-from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from drivers.base import CredentialRead
-from drivers.board_bank import POLL_INTERVAL_S, BoardBank, BoardBankConfig
 from drivers.pty_pair import PtyPair
 from drivers.virtual_board import BoardConfig, FdStream, VirtualBoard
 from firmware_protocol import (
@@ -31,25 +31,25 @@ from firmware_protocol import (
     Frame,
     KeyPresented,
     MessageType,
-    RelayPulse,
+    RelaySet,
     encode_frame,
     encode_message,
 )
-from gateway import access, codec, credentials
-from gateway.backoff import Backoff
-from gateway.mechkeys import MechanicalKeyVerifier, respond
-from gateway.model import CredentialKind, Presentation
-from gateway.view import CacheView
+from gateway import codec
+from gateway.app import Gateway
+from gateway.config import parse_config
+from gateway.mechkeys import respond
+from gateway.site_keys import SITE_KEY_FILE
 
 SITE_KEY = bytes.fromhex("000102030405060708090A0B0C0D0E0F")
 KEY_ID = bytes.fromhex("0011223344556677")
 ADDRESS = 1
-PULSE_S = 0.2
+DEFAULT_POLL_MS = 5.0
 
 
-def site_view() -> CacheView:
+def bench_site() -> codec.Snapshot:
     """One door needing high assurance, one user allowed there with a mechatronic key."""
-    snapshot = codec.snapshot_from_json(
+    return codec.snapshot_from_json(
         {
             "format": 1,
             "version": 1,
@@ -61,21 +61,35 @@ def site_view() -> CacheView:
             "rules": [{"id": "r1", "name": "Staff", "tags": ["staff"], "doors": ["front"]}],
         }
     )
-    return CacheView.build(snapshot.version, snapshot.site, snapshot.entities)
 
 
 def wire_floor_ms(baud: int) -> float:
     """Milliseconds the line needs for one sample's frames at ``baud`` (8N1: 10 bits a byte)."""
     key = KeyPresented(0, KEY_ID, bytes(16), bytes(16))
-    pulse = RelayPulse(0, int(PULSE_S * 1000))
     frames = [
         Frame(ADDRESS, 1, *encode_message(key)),
         Frame(ADDRESS, 1, *encode_message(Ack())),
-        Frame(ADDRESS, 2, *encode_message(pulse)),
+        Frame(ADDRESS, 2, *encode_message(RelaySet(0, True))),
         Frame(ADDRESS, 2, MessageType.ACK, b""),
     ]
     wire_bytes = sum(len(encode_frame(f)) + 1 for f in frames)  # +1: the leading 0x00 flush
     return wire_bytes * 10 / baud * 1000
+
+
+def free_port() -> int:
+    """A free TCP port on loopback, for the daemon's web app."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def write_site_key(state_dir: Path) -> None:
+    """Install the bench's site key as an installer would (0600)."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(state_dir / SITE_KEY_FILE, os.O_WRONLY | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(SITE_KEY.hex())
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -84,56 +98,66 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def measure(samples: int, baud: int, poll_s: float) -> dict[str, Any]:
-    """Run ``samples`` presentations end to end; the figures as a dict."""
-    view = site_view()
-    verifier = MechanicalKeyVerifier(SITE_KEY)
-    verifiers: dict[CredentialKind, credentials.Verifier] = {
-        **credentials.DEFAULT_VERIFIERS,
-        CredentialKind.MECHATRONIC_KEY: verifier,
-    }
-    reads: asyncio.Queue[CredentialRead] = asyncio.Queue()
+async def measure(samples: int, baud: int, poll_ms: float) -> dict[str, Any]:
+    """Run ``samples`` presentations end to end through a running gateway; the figures."""
     rng = random.Random(1)
-    now = datetime(2026, 12, 1, 10, tzinfo=UTC)
-    with PtyPair() as pty:
+    with tempfile.TemporaryDirectory() as tmp, PtyPair() as pty:
+        state_dir = Path(tmp) / "state"
+        write_site_key(state_dir)
+        config = parse_config(
+            {
+                "gateway": {"state_dir": str(state_dir), "log_level": "warning"},
+                "web": {"port": free_port()},
+                "demo": {"seed": False},
+                "hardware": {
+                    "backend": "board",
+                    "bus": pty.slave_path,
+                    "baudrate": baud,
+                    "poll_interval_ms": poll_ms,
+                    "boards": [{"address": ADDRESS, "doors": ["front"]}],
+                },
+            }
+        )
         board = VirtualBoard(BoardConfig(address=ADDRESS, doors=1))
         await board.start(FdStream(pty.master_fd))
-        config = BoardBankConfig.per_door(pty.slave_path, {ADDRESS: ["front"]}, baudrate=baud)
-        bank = BoardBank(config, backoff=Backoff, poll_interval_s=poll_s)
-        bank.set_handler(reads.put_nowait)
+        gateway = Gateway(config)
+        acked = asyncio.Event()
         try:
-            async with bank:
-                if not bank.status(ADDRESS).online:
-                    raise RuntimeError("the virtual board did not come online")
-                times: list[float] = []
-                granted = 0
-                for _ in range(samples):
-                    # Keys arrive at any moment, not just after the last exchange (when the
-                    # board's reply slot may still be open): wait a random part of a poll cycle.
-                    await asyncio.sleep(rng.uniform(0, 2 * poll_s))
-                    challenge = os.urandom(16)
-                    t0 = time.perf_counter()
-                    await board.present_key(
-                        0, KEY_ID, challenge, respond(SITE_KEY, KEY_ID, challenge)
-                    )
-                    read = await asyncio.wait_for(reads.get(), timeout=5)
-                    shown = Presentation(
-                        "front", CredentialKind(read.kind), read.value.upper(), read.proof
-                    )
-                    identity = credentials.verify(shown, view.credential, verifiers)
-                    decision = access.decide(identity, "front", now, view)
-                    if decision.granted:
-                        await bank.pulse_relay("front", PULSE_S)
-                        granted += 1
-                    times.append((time.perf_counter() - t0) * 1000)
+            await gateway.start()
+            await gateway.cache.apply_snapshot(bench_site())
+            gateway.relays.add_listener(lambda door, on: acked.set() if on else None)
+            granted: list[str] = []
+            gateway.events.add_listener(
+                lambda logged: (
+                    granted.append(logged.event.id)
+                    if logged.event.type == "access.granted"
+                    else None
+                )
+            )
+            times: list[float] = []
+            for _ in range(samples):
+                # Keys arrive at any moment, not just after the last exchange (when the
+                # board's reply slot may still be open): wait a random part of a poll cycle.
+                await asyncio.sleep(rng.uniform(0, 2 * poll_ms / 1000))
+                challenge = os.urandom(16)
+                acked.clear()
+                t0 = time.perf_counter()
+                await board.present_key(0, KEY_ID, challenge, respond(SITE_KEY, KEY_ID, challenge))
+                await asyncio.wait_for(acked.wait(), timeout=5)
+                times.append((time.perf_counter() - t0) * 1000)
+                # Walk through; the gateway relocks on close before the next key.
+                await board.open_door(0)
+                await board.close_door(0)
+                await asyncio.wait_for(board.wait_for(lambda: not board.relay_on(0)), timeout=5)
         finally:
+            await gateway.stop()
             await board.stop()
     floor = wire_floor_ms(baud)
     p99 = percentile(times, 0.99)
     return {
         "samples": samples,
-        "granted": granted,
-        "poll_interval_ms": poll_s * 1000,
+        "granted": len(granted),  # access.granted events the gateway recorded
+        "poll_interval_ms": poll_ms,
         "baud": baud,
         "e2e_p50_ms": round(statistics.median(times), 3),
         "e2e_p99_ms": round(p99, 3),
@@ -150,9 +174,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--poll-ms",
         type=float,
-        default=POLL_INTERVAL_S * 1000,
-        help="how often the gateway addresses the board",
+        default=DEFAULT_POLL_MS,
+        help="how often the gateway addresses the board ([hardware] poll_interval_ms)",
     )
     args = parser.parse_args(argv)
-    print(json.dumps(asyncio.run(measure(args.samples, args.baud, args.poll_ms / 1000))))
+    print(json.dumps(asyncio.run(measure(args.samples, args.baud, args.poll_ms))))
     return 0

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from drivers.gpio_relays import GpioError
 from firmware_protocol.frame import MAX_ADDRESS, MIN_ADDRESS
 from firmware_protocol.messages import MAX_RELAYS
 from gateway import __version__, access, credentials
@@ -64,7 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(config.gateway.log_level, config.gateway.log_format)
     try:
         asyncio.run(run(config))
-    except (WebServerError, DatabaseError, OSError) as err:
+    except (WebServerError, DatabaseError, GpioError, OSError) as err:
         raise CliError(f"cannot start: {err}") from None
     return EXIT_OK
 

@@ -387,6 +387,9 @@ class DoorController:
             code = getattr(event.code, "name", str(event.code)).lower()
             data = {"address": event.address, "code": code, "detail": event.detail}
             self._spawn(new_event(EventType.BOARD_FAULT, at, data))
+            # Whatever went wrong (events dropped from a full queue, a fallback), the board's
+            # report is the truth about its doors now.
+            self._recover_board(event.address)
             return
         assert isinstance(event, BoardStatus)
         if not event.online:
@@ -401,11 +404,13 @@ class DoorController:
             )
             info["serial"] = board.serial_number.hex()
         self._spawn(new_event(EventType.BOARD_ONLINE, at, info))
+        # A board that restarted (or was never reached) is asked, not assumed.
+        self._recover_board(event.address)
+
+    def _recover_board(self, address: int) -> None:
         if self.state is ControllerState.RUNNING:
-            # A board that restarted (or was never reached) is asked, not assumed.
-            doors = self._hardware.board_doors(event.address)
-            task = asyncio.create_task(self.recover(doors), name=f"recover-board-{event.address}")
-            self._track(task)
+            doors = self._hardware.board_doors(address)
+            self._track(asyncio.create_task(self.recover(doors), name=f"recover-board-{address}"))
 
     # -- modes --------------------------------------------------------------------------------
 

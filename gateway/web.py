@@ -13,6 +13,7 @@ from aiohttp import web
 from drivers.base import CredentialRead
 from gateway import access, credentials
 from gateway.explain import decision_to_json, explain
+from gateway.model import Door
 from gateway.outbox import event_to_json
 
 if TYPE_CHECKING:
@@ -97,20 +98,34 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def doors(request: web.Request) -> web.Response:
-    """Every door with its mode and whether its lock is released now."""
+    """Every door: its mode, lock, position and active alarms (null: not known yet)."""
     gw = _gateway(request)
     return web.json_response(
-        [
-            {
-                "id": door.id,
-                "name": door.name,
-                "mode": gw.doors.mode(door.id).value,
-                "unlocked": gw.doors.relay_on(door.id),
-                "min_assurance": door.min_assurance.label,
-            }
-            for door in sorted(gw.cache.view.doors.values(), key=lambda d: d.id)
-        ]
+        [_door_json(gw, door) for door in sorted(gw.cache.view.doors.values(), key=lambda d: d.id)]
     )
+
+
+def _door_json(gw: Gateway, door: Door) -> dict[str, Any]:
+    status = gw.doors.status(door.id)
+    locked = status.locked if status else None
+    alarms = []
+    if status is not None:
+        flags = (
+            ("forced_open", status.forced_open_alarm),
+            ("held_open", status.held_open_alarm),
+            ("tamper", status.tamper_active),
+        )
+        alarms = [name for name, active in flags if active]
+    return {
+        "id": door.id,
+        "name": door.name,
+        "mode": gw.doors.mode(door.id).value,
+        "unlocked": None if locked is None else not locked,
+        "open": status.door_open if status else None,
+        "alarms": alarms,
+        "relay_energised": gw.doors.relay_on(door.id),
+        "min_assurance": door.min_assurance.label,
+    }
 
 
 async def users(request: web.Request) -> web.Response:

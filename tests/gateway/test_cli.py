@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import signal
 import socket
@@ -362,9 +363,9 @@ def health(port: int) -> dict[str, Any] | None:
         return None
 
 
-def start_run(directory: Path) -> Running:
+def start_run(directory: Path, **sections: dict[str, Any]) -> Running:
     """Start ``luckey-gateway run`` and wait (bounded) until its web API answers."""
-    config = write_config(directory)
+    config = write_config(directory, **sections)
     port = load_config(config).web.port
     log = directory / "run.log"
     with log.open("wb") as out:
@@ -535,4 +536,49 @@ def test_run_on_a_port_in_use_is_a_clean_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "[web] port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_on_the_embedded_virtual_boards(tmp_path: Path) -> None:
+    gateway = start_run(tmp_path, hardware={"backend": "virtual"})
+    try:
+        granted = cli(
+            "present",
+            "--config",
+            gateway.config,
+            "--door",
+            "front",
+            "--credential",
+            f"nfc_uid:{ADA}",
+        )
+        assert granted.returncode == 0, granted.stderr
+    finally:
+        status = stop_run(gateway)
+
+    assert status == 0, gateway.log.read_text()
+    types = outbox_types(gateway.state)
+    assert "board.online" in types
+    assert types.index("board.online") < types.index("access.granted")
+    # The board confirmed the unlock, then the gateway left the door locked on stop.
+    assert "door.unlocked" in types
+    assert types[-1] == "gateway.stopped"
+    assert "door.relay_failed" not in types
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("gpiod") is not None, reason="the gpiod package is installed"
+)
+def test_run_on_gpio_without_the_gpiod_package_is_a_clean_error(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n'
+        f"[web]\nport = {pick_free_port()}\n"
+        '[hardware]\nbackend = "gpio"\n'
+        '[doors.front]\ngpio_line = "DOOR1_RELAY"\n'
+    )
+
+    result = cli("run", "--config", config)
+
+    assert result.returncode == 2
+    assert "cannot start: GPIO relays need the gpiod package" in result.stderr
     assert "Traceback" not in result.stderr

@@ -116,6 +116,9 @@ async def test_virtual_doors_report_forced_openings_rex_and_tamper(
     await board.force_open(index)
     [forced] = await waiter.wait_for("door.forced_open", door="lobby")
     assert forced.event.data == {"door": "lobby", "mode": "normal"}
+    status = gw.doors.status("lobby")
+    assert status is not None
+    assert (status.door_open, status.forced_open_alarm) == (True, True)
     await board.close_door(index)
     await waiter.wait_for("door.forced_open", door="lobby", cleared=True)
 
@@ -417,3 +420,23 @@ async def test_over_a_noisy_line_every_grant_and_door_event_happens_exactly_once
     assert not waiter.matching("board.offline")
     # One RELAY_SET on and one off per grant: a retransmission never runs twice.
     assert board.relay_sets == 2 * rounds
+
+
+async def test_a_seventeenth_door_on_the_default_virtual_board_is_reported_not_driven(
+    start_gateway: GatewayFactory, gateway_config: ConfigFactory, event_waiter: Waiter
+) -> None:
+    gw = await start_gateway(gateway_config(hardware={"backend": "virtual"}, demo={"seed": False}))
+    waiter = event_waiter(gw)
+    data = demo_json()
+    data["doors"] = [{"id": f"door-{n:02}", "name": f"Door {n}"} for n in range(1, 18)]
+    data["rules"] = [{"id": "staff", "name": "Staff", "tags": ["staff"], "doors": ["door-17"]}]
+    data["schedules"] = []
+    await gw.cache.apply_snapshot(codec.snapshot_from_json(data))
+
+    await gw.doors.set_mode("door-17", DoorMode.EMERGENCY_OPEN, source="test")
+
+    [failed] = await waiter.wait_for("door.relay_failed", door="door-17")
+    assert "every slot of the virtual board is taken" in failed.event.data["reason"]
+    board, index = virtual_board(gw, "door-16")  # the first sixteen have their slots
+    assert index == 15
+    assert not any(board.relay_on(i) for i in range(16))

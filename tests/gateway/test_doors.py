@@ -388,3 +388,101 @@ async def test_the_schedule_keeps_running_after_a_relay_fails(
     await waiter.wait_for("door.locked", door="lobby", by="recover")
     assert not gw.relays.is_on("lobby")
     assert gw.doors.state is ControllerState.RUNNING
+
+
+# --- lockdown override tag --------------------------------------------------------------------
+
+
+def demo_with(**changes: Any) -> codec.Snapshot:
+    """The demo site at version 2: Bob on the security team, doors changed by ``changes``."""
+    data = demo_json()
+    data["version"] = 2
+    for user in data["users"]:
+        if user["id"] == "bob":
+            user["tags"] = [*user["tags"], "security"]
+    for door in data["doors"]:
+        door.update(changes.get(door["id"], {}))
+    return codec.snapshot_from_json(data)
+
+
+async def test_the_override_tag_opens_a_door_in_lockdown_for_its_unlock_time_only(
+    start_gateway: GatewayFactory,
+    gateway_config: ConfigFactory,
+    event_waiter: Callable[[Gateway], EventWaiter],
+) -> None:
+    gw = await start_gateway(gateway_config(demo={"seed": False}))
+    await gw.cache.apply_snapshot(demo_with(front={"unlock_seconds": 0.5}))
+    waiter = event_waiter(gw)
+    await gw.doors.set_mode("front", DoorMode.LOCKDOWN, source="test")
+
+    assert await present(gw, "front", ADA) is Reason.DOOR_LOCKDOWN  # staff is not enough
+    assert not gw.relays.is_on("front")
+    assert await present(gw, "front", BOB) is Reason.LOCKDOWN_OVERRIDE
+
+    assert gw.relays.is_on("front")
+    [unlocked] = await waiter.wait_for("door.unlocked", door="front", by="grant")
+    assert unlocked.event.data["mode"] == "lockdown"
+    await waiter.wait_for("door.locked", door="front", by="timeout")
+    assert not gw.relays.is_on("front")
+    assert gw.doors.mode("front") is DoorMode.LOCKDOWN
+
+
+# --- first person in --------------------------------------------------------------------------
+
+
+async def test_a_first_person_in_door_waits_for_its_first_grant_of_the_day(
+    start_gateway: GatewayFactory,
+    gateway_config: ConfigFactory,
+    clock: Clock,
+    event_waiter: Callable[[Gateway], EventWaiter],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(doors, "SCHEDULE_TICK_S", 0.01)
+    clock.now = LOBBY_OPEN
+    gw = await start_gateway(gateway_config(demo={"seed": False}))
+    lobby = {"unlock_after_first_grant": True, "unlock_seconds": 0.5}
+    await gw.cache.apply_snapshot(demo_with(lobby=lobby))
+    waiter = event_waiter(gw)
+    # The schedule is open, but nobody has arrived yet.
+    assert gw.doors.mode("lobby") is DoorMode.NORMAL
+    assert gw.doors.mode_at("lobby", LOBBY_OPEN) is DoorMode.NORMAL
+    assert await present(gw, "lobby", UNKNOWN) is Reason.UNKNOWN_CREDENTIAL  # a denial is not it
+    assert gw.doors.mode("lobby") is DoorMode.NORMAL
+
+    assert await present(gw, "lobby", BOB) is Reason.GRANTED
+
+    assert gw.doors.mode("lobby") is DoorMode.UNLOCKED
+    [changed] = waiter.matching("door.mode_changed", door="lobby")
+    assert changed.event.data == {
+        "door": "lobby",
+        "mode": "unlocked",
+        "previous": "normal",
+        "source": "first_grant",
+    }
+    assert gw.relays.is_on("lobby")
+    # The schedule closes: locked; the next morning it waits for someone again.
+    clock.now = LOBBY_CLOSED
+    await waiter.wait_for("door.mode_changed", door="lobby", mode="normal")
+    await waiter.wait_for("door.locked", door="lobby")  # Bob's unlock time ends first
+    clock.now = LOBBY_OPEN + timedelta(days=1)
+    await asyncio.sleep(0.05)  # several schedule passes
+    assert gw.doors.mode("lobby") is DoorMode.NORMAL
+    assert not gw.relays.is_on("lobby")
+
+
+async def test_a_grant_outside_the_schedule_does_not_count_as_the_first_person(
+    start_gateway: GatewayFactory,
+    gateway_config: ConfigFactory,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(doors, "SCHEDULE_TICK_S", 0.01)
+    clock.now = LOBBY_OPEN - timedelta(hours=2)  # 08:00, before the 09:00 opening
+    gw = await start_gateway(gateway_config(demo={"seed": False}))
+    await gw.cache.apply_snapshot(demo_with(lobby={"unlock_after_first_grant": True}))
+    assert await present(gw, "lobby", ADA) is Reason.GRANTED
+
+    clock.now = LOBBY_OPEN
+    await asyncio.sleep(0.05)
+
+    assert gw.doors.mode("lobby") is DoorMode.NORMAL

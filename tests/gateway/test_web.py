@@ -80,35 +80,27 @@ async def test_doors_show_mode_and_relay(api: Api) -> None:
 
     assert status == 200
     assert body == [
-        {
-            "id": "front",
-            "name": "Front door",
-            "mode": "normal",
-            "unlocked": False,
-            "min_assurance": "low",
-        },
-        {
-            "id": "lobby",
-            "name": "Lobby",
-            "mode": "normal",
-            "unlocked": False,
-            "min_assurance": "low",
-        },
-        {
-            "id": "office-3",
-            "name": "Private office 3",
-            "mode": "emergency_open",
-            "unlocked": True,
-            "min_assurance": "medium",
-        },
-        {
-            "id": "server-room",
-            "name": "Server room",
-            "mode": "lockdown",
-            "unlocked": False,
-            "min_assurance": "high",
-        },
+        door_json("front", "Front door", "normal", unlocked=False, min_assurance="low"),
+        door_json("lobby", "Lobby", "normal", unlocked=False, min_assurance="low"),
+        door_json("office-3", "Private office 3", "emergency_open", unlocked=True),
+        door_json("server-room", "Server room", "lockdown", unlocked=False, min_assurance="high"),
     ]
+
+
+def door_json(
+    door: str, name: str, mode: str, *, unlocked: bool, min_assurance: str = "medium"
+) -> dict[str, object]:
+    """A door as /api/doors shows it on simulated hardware (fail-secure: energised = unlocked)."""
+    return {
+        "id": door,
+        "name": name,
+        "mode": mode,
+        "unlocked": unlocked,
+        "open": None,  # simulated relays have no door contacts
+        "alarms": [],
+        "relay_energised": unlocked,
+        "min_assurance": min_assurance,
+    }
 
 
 async def test_users_page_through_the_cache(api: Api) -> None:
