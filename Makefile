@@ -25,6 +25,7 @@ lint: $(READY)
 ## bench: run every benchmark (each prints one JSON object as its last line)
 bench: $(READY)
 	$(VENV)/bin/python -m bench decision
+	$(VENV)/bin/python -m bench e2e
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -16,15 +16,18 @@ How it runs:
   unanswered after every retransmission marks it offline; the worker then retries the handshake
   after the policy's delay, without holding up the other boards' workers. NAK ``NOT_CONFIGURED``
   (the board restarted or fell back) restarts the handshake at once.
-* Requests to the boards of one bus go out one at a time (``_bus``): only one station talks.
+* Only one station talks (SPEC.md, "Bus access"): ``_bus`` is held from a request to a board
+  until that board's reply slot ends. The link shows the bank every frame exchanged with the
+  board (``_ReplySlot``); the slot goes on while the board's last frame carried ``MORE`` (on an
+  ACK/NAK: a frame of its follows now; on its own frame: the next follows the gateway's answer)
+  or while a board frame is still unanswered. It ends when neither holds, or after the session's
+  retransmission timeout (``RETRANSMIT_TIMEOUT_MS``) without a frame either way: a board that
+  announces a frame and stays silent costs one timeout, and is not marked offline for it.
 * ``set``/``pulse``/``feedback`` are synchronous (``RelayBank``/``ReaderBank``): the command is
   queued (bounded) for the board's worker, and a command that is not carried out is reported
   (WARNING and ``on_command_failed``), never taken as done. A relay's state changes when the
   board has acknowledged the command. ``set_relay``/``pulse_relay``/``send_feedback`` await
   the acknowledgement and raise ``CommandFailed``.
-
-Not modelled: the tail of a reply slot (the Session does not expose ``MORE``), so on a real
-multi-drop bus a board's event may follow its ACK while the next board is already addressed.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from firmware_protocol import (
     BoardInfo,
     Configure,
     FaultCode,
+    Flags,
     Frame,
     Heartbeat,
     Hello,
@@ -381,6 +385,49 @@ class BankState(enum.StrEnum):
     STOPPED = "stopped"
 
 
+class _ReplySlot:
+    """One board's reply slot, as the frames exchanged with it show it (SPEC.md, "Bus access")."""
+
+    def __init__(self) -> None:
+        self._announced = False  # the board's last frame carried MORE: another is on its way
+        self._unanswered: int | None = None  # seq of a board frame the gateway has not answered
+        self._last_frame_at = 0.0  # time.monotonic() of the last frame sent or received
+        self._changed = asyncio.Event()
+
+    def open(self) -> None:
+        """A request is about to go out: a new slot, in which the board has announced nothing."""
+        self._announced = False
+        self._unanswered = None
+
+    def observe(self, frame: Frame) -> None:
+        """The link's frame observer: every frame to or from the board."""
+        self._last_frame_at = time.monotonic()
+        if frame.from_board:
+            self._announced = bool(frame.flags & Flags.MORE)
+            if frame.needs_ack:
+                self._unanswered = frame.seq
+        elif not frame.needs_ack and frame.seq == self._unanswered:
+            self._unanswered = None  # our answer is on its way, ahead of any later frame
+        self._changed.set()
+
+    @property
+    def held(self) -> bool:
+        """Whether the board keeps the bus: it announced a frame, or one of its is unanswered."""
+        return self._announced or self._unanswered is not None
+
+    async def wait_end(self, quiet_s: float) -> bool:
+        """Wait until the slot ends; False if it ended by ``quiet_s`` without a frame."""
+        while self.held:
+            remaining = self._last_frame_at + quiet_s - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._changed.wait()
+        return True
+
+
 @dataclass(slots=True)
 class _Command:
     """A command for one board's worker; ``channel`` is the relay or reader it concerns."""
@@ -406,6 +453,7 @@ class _Board:
     commands: collections.deque[_Command] = field(default_factory=collections.deque)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     attempted: bool = False  # the first handshake attempt on this bank is over
+    slot: _ReplySlot = field(default_factory=_ReplySlot)
 
 
 class BoardBank:
@@ -457,7 +505,7 @@ class BoardBank:
         self._read_handler: Callable[[CredentialRead], None] | None = None
         self._input_handler: Callable[[InputEvent], None] | None = None
         self._state = BankState.NEW
-        self._bus = asyncio.Lock()  # one request on the bus at a time
+        self._bus = asyncio.Lock()  # held from a request until the board's reply slot ends
         self._supervisor: asyncio.Task[None] | None = None
         self._first_round = asyncio.Event()
         self._started_at = time.monotonic()
@@ -642,6 +690,7 @@ class BoardBank:
                     ack_timeout_s=self._ack_timeout_s,
                     max_retries=self._max_retries,
                     initial_seq=int.from_bytes(os.urandom(2), "little") % SEQ_MODULO,
+                    observer=board.slot.observe,
                 )
             try:
                 await link.start()
@@ -861,13 +910,27 @@ class BoardBank:
     # -- requests and commands ---------------------------------------------------------------
 
     async def _request(self, board: _Board, message: Message) -> None:
-        """One request to ``board``, alone on the bus; raises the session's errors."""
+        """One request to ``board``, holding the bus through its reply slot; raises the session's errors."""
         link = board.link
         if link is None:
             raise LinkClosed(f"board {board.address}: no link")
         session = link.board(board.address)
         async with self._bus:
-            await session.request(*encode_message(message))
+            board.slot.open()
+            try:
+                await session.request(*encode_message(message))
+            except NakReceived:
+                await self._end_slot(board, session.ack_timeout_s)  # a NAK may announce too
+                raise
+            # AckTimeout needs no wait: the session waited a timeout after its last frame.
+            await self._end_slot(board, session.ack_timeout_s)
+
+    async def _end_slot(self, board: _Board, quiet_s: float) -> None:
+        """Keep the bus until the board has sent what it announced, or stayed quiet ``quiet_s``."""
+        if not await board.slot.wait_end(quiet_s):
+            _LOGGER.debug(
+                "Board %d announced a frame and sent none within %.3f s", board.address, quiet_s
+            )
 
     def _submit(self, address: int, channel: str, message: Message) -> asyncio.Future[None]:
         """Queue ``message`` for the board's worker; the future settles when it is answered."""

@@ -61,16 +61,22 @@ class UnknownLineError(GpioError):
         )
 
 
+class UnknownChannelError(GpioError, LookupError):
+    """No relay is configured under that channel name (a door this gateway does not drive)."""
+
+
 class GpiodUnavailableError(GpioError):
     """The ``gpiod`` package (libgpiod 2.x bindings) is not installed, or is the 1.x one."""
 
 
 @dataclass(frozen=True, slots=True)
 class LineSpec:
-    """One relay's line: its name on the chip, and whether the board energises it on low."""
+    """One relay's line: its name on the chip, whether the board energises it on low, and its
+    level at rest (when the lines are requested and when they are given back)."""
 
     name: str
     active_low: bool = False
+    rest: bool = False  # True: energised at rest (e.g. a maglock that stays locked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +154,7 @@ class GpioRelays:
         return MappingProxyType(self._channels)
 
     def start(self) -> None:
-        """Request every line as an output, inactive (relay off); ``GpioError`` if the chip refuses."""
+        """Request every line as an output and put it at rest; ``GpioError`` if the chip refuses."""
         if self._state is not GpioState.IDLE:
             raise GpioError(f"GPIO relays on {self._lines.chip} are {self._state}, not idle")
         wanted = {spec.name: spec.active_low for spec in self._channels.values()}
@@ -160,19 +166,24 @@ class GpioRelays:
                 wanted,
             ) from err
         self._set_state(GpioState.RUNNING)
+        # Lines come up inactive; a relay that rests energised follows within microseconds,
+        # far quicker than a relay's contacts move.
+        for channel, spec in self._channels.items():
+            if spec.rest:
+                self._drive(self._handle, channel, True)
 
     def close(self) -> None:
-        """Cancel pending releases, drive every line inactive and give the lines back (idempotent)."""
+        """Cancel pending releases, put every line at rest and give the lines back (idempotent)."""
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
         handle, self._handle = self._handle, None
         if self._state is GpioState.RUNNING and handle is not None:
-            for channel in self._channels:
+            for channel, spec in self._channels.items():
                 try:
-                    self._drive(handle, channel, False)
+                    self._drive(handle, channel, spec.rest)
                 except GpioError:
-                    _LOGGER.exception("Relay %s may still be energised", channel)
+                    _LOGGER.exception("Relay %s may not be at rest", channel)
             handle.release()
         self._set_state(GpioState.CLOSED)
 
@@ -260,7 +271,7 @@ class GpioRelays:
         spec = self._channels.get(channel)
         if spec is None:
             known = ", ".join(self._channels) or "(none)"
-            raise GpioError(f"no GPIO relay channel {channel!r}; configured: {known}")
+            raise UnknownChannelError(f"no GPIO relay channel {channel!r}; configured: {known}")
         return spec
 
     def _running(self) -> LineHandle:

@@ -13,6 +13,9 @@ The link runs once: when the port fails every session gets ``connection_lost`` (
 fail with ``LinkClosed``) and the link is ``FAILED``; the owner builds a new link (and new
 sessions) when its reconnect policy says so. Handshake, heartbeats and polling (SPEC.md,
 "Supervision", "Bus access") belong to the layer above, which speaks through ``board(address)``.
+A board may also have a ``FrameObserver``: it sees every frame exchanged with that board (each
+received one before its session does, each sent one once it is queued for writing), so the layer
+above can follow the board's reply slot (the ``MORE`` flag) without reaching into the session.
 
 RS-485: pass ``rs485=Rs485Options(...)`` to have the kernel driver toggle RTS around each
 transmission (``serial.rs485.RS485Settings``); only for a real UART whose driver supports it.
@@ -26,17 +29,18 @@ import enum
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self, TypeAlias
 
 from firmware_protocol import Frame, FrameDecoder, FrameError, encode_frame
 from firmware_protocol.session import FrameHandler, LinkClosed, Session
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
 _LOGGER = logging.getLogger(__name__)
+
+#: Sees every frame exchanged with one board: received (FROM_BOARD set) and queued for sending.
+FrameObserver: TypeAlias = Callable[[Frame], None]
 
 #: SPEC.md, "Transport": 115200 baud 8N1 unless the installer configures another rate.
 DEFAULT_BAUDRATE = 115_200
@@ -118,6 +122,7 @@ class BoardLink:
         self._port: Any = None  # serial.SerialBase; pyserial has no type stubs
         self._decoder = FrameDecoder()
         self._sessions: dict[int, Session] = {}
+        self._observers: dict[int, FrameObserver] = {}
         self._reader: threading.Thread | None = None
         self._reader_done: asyncio.Future[None] | None = None
         self._writer: threading.Thread | None = None
@@ -171,8 +176,9 @@ class BoardLink:
         ack_timeout_s: float | None = None,
         max_retries: int | None = None,
         initial_seq: int = 0,
+        observer: FrameObserver | None = None,
     ) -> Session:
-        """Create the session for ``address`` (started now if the link is open, else on start)."""
+        """Create the session for ``address`` (started when the link opens); ``observer`` sees its frames."""
         if address in self._sessions:
             raise ValueError(f"board {address} already has a session on {self._url}")
         if self._state not in (LinkState.NEW, LinkState.OPENING, LinkState.OPEN):
@@ -187,6 +193,8 @@ class BoardLink:
             initial_seq=initial_seq,
         )
         self._sessions[address] = session
+        if observer is not None:
+            self._observers[address] = observer
         if self._state is LinkState.OPEN:
             await session.start()
         return session
@@ -306,6 +314,7 @@ class BoardLink:
         if self._in_drop_run:
             self._in_drop_run = False
             _LOGGER.info("Board link %s: frames queue for writing again", self._url)
+        self._observe(frame)
 
     def _write_loop(self) -> None:
         """Writer thread: write the queued frames in order until stopped or the port fails."""
@@ -394,7 +403,18 @@ class BoardLink:
             self.stats.unrouted_frames += 1
             _LOGGER.debug("Board link %s: no session takes %s", self._url, frame)
             return
+        self._observe(frame)  # first, so the observer knows the flags of an answer it awaits
         session.frame_received(frame)
+
+    def _observe(self, frame: Frame) -> None:
+        """Show ``frame`` to its board's observer; a failing observer is logged, not fatal."""
+        observer = self._observers.get(frame.address)
+        if observer is None:
+            return
+        try:
+            observer(frame)
+        except Exception:
+            _LOGGER.exception("Board link %s: frame observer failed on %s", self._url, frame)
 
     def _port_failed(self, err: Exception) -> None:
         """The port broke: tell every session once; the reader thread ends on its own."""
@@ -510,6 +530,7 @@ __all__ = [
     "WRITE_TIMEOUT_S",
     "BoardLink",
     "BoardLinkError",
+    "FrameObserver",
     "LinkState",
     "LinkStats",
     "PortOpenError",

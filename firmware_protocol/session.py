@@ -251,6 +251,11 @@ class Session:
         return self._from_board
 
     @property
+    def ack_timeout_s(self) -> float:
+        """How long the session waits for an answer before sending a frame again, in seconds."""
+        return self._ack_timeout_s
+
+    @property
     def next_seq(self) -> int:
         """The seq the next frame sent will carry."""
         return self._next_seq

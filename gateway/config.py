@@ -169,7 +169,7 @@ class HardwareSection:
     poll_interval_ms: float = field(default=5.0, metadata={"min": 1.0, "max": 1000.0})
     heartbeat_interval_ms: int = field(default=1000, metadata={"min": 100, "max": 10_000})
     supervision_timeout_ms: int = field(default=3000, metadata={"min": 300, "max": 65_535})
-    gpio_chip: str = "gpiochip0"
+    gpio_chip: str = "/dev/gpiochip0"
     boards: tuple[BoardEntry, ...] = ()
 
 
@@ -448,6 +448,45 @@ def _load(
     return None if failed else cls(**values)
 
 
+def _check_doors(config: Config) -> list[ConfigError]:
+    """``[doors]`` tables must name doors this gateway drives: a typo would invert a lock."""
+    hw = config.hardware
+    on_boards = {door for board in hw.boards for door in board.doors}
+    errors = []
+    for door_id, entry in config.doors.items():
+        path = f"doors.{door_id}"
+        if hw.boards and door_id not in on_boards:
+            errors.append(
+                ConfigError(
+                    path,
+                    "a table",
+                    f"a door listed in [[hardware.boards]] ({', '.join(sorted(on_boards))})",
+                    f"{path}: no board drives this door; list it in [[hardware.boards]] "
+                    f"(doors there: {', '.join(sorted(on_boards))})",
+                )
+            )
+        if hw.backend == "gpio" and not entry.gpio_line:
+            errors.append(
+                ConfigError(
+                    f"{path}.gpio_line",
+                    "",
+                    'the relay\'s line name (with backend "gpio" every [doors] table needs one)',
+                )
+            )
+        unusual = entry.wiring == "fail_safe" or entry.fallback == "unlocked"
+        if hw.backend == "virtual" and not hw.boards and unusual:
+            errors.append(
+                ConfigError(
+                    path,
+                    "a table",
+                    "a door listed in [[hardware.boards]]",
+                    f"{path}: a fail_safe lock or an unlocked fallback needs the door listed in "
+                    "[[hardware.boards]], so its board is told its fallback level at start",
+                )
+            )
+    return errors
+
+
 def parse_config(
     data: Mapping[str, Any], *, source: Path | None = None, base_dir: Path | None = None
 ) -> Config:
@@ -456,6 +495,8 @@ def parse_config(
         base_dir = source.parent if source is not None else Path.cwd()
     errors: list[ConfigError] = []
     config = _load(Config, data, "", base_dir.absolute(), errors)
+    if isinstance(config, Config):
+        errors.extend(_check_doors(config))
     if len(errors) == 1:
         raise errors[0]
     if errors:

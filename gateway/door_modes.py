@@ -1,7 +1,9 @@
 """Door modes set by command (lockdown, emergency open), durable in their own small file.
 
 Kept apart from the cache so that a corrupt cache being reset never lifts a lockdown, and
-written atomically with an fsync so that an acknowledged command survives a power cut.
+written atomically with an fsync so that an acknowledged command survives a power cut. The same
+file remembers, for first-person-in doors, when the first person of the current open period
+was let in (``first_grants``), so a restart does not relock a door people are already using.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,6 +27,7 @@ class DoorModeStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._writing = asyncio.Lock()  # one writer at a time: they share the temporary file
 
     def load(self, *, repair: bool = True) -> dict[str, DoorMode]:
         """The saved modes; a missing file is none, an unreadable one reported (and, with
@@ -50,9 +54,22 @@ class DoorModeStore:
             self.path.replace(aside)
             return {}
 
-    async def save(self, modes: dict[str, DoorMode]) -> None:
-        """Replace the file with ``modes`` (NORMAL ones left out), durably."""
-        document = {
+    def load_first_grants(self) -> dict[str, datetime]:
+        """When each first-person-in door's current open period got its first grant (none if
+        the file is missing or unreadable: those doors then wait for the next person)."""
+        try:
+            document = json.loads(self.path.read_text(encoding="utf-8"))
+            grants = document.get("first_grants", {})
+            loaded = {str(door): datetime.fromisoformat(at) for door, at in grants.items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            return {}
+        return {door: at for door, at in loaded.items() if at.tzinfo is not None}
+
+    async def save(
+        self, modes: Mapping[str, DoorMode], first_grants: Mapping[str, datetime] | None = None
+    ) -> None:
+        """Replace the file with ``modes`` (NORMAL ones left out) and ``first_grants``, durably."""
+        document: dict[str, object] = {
             "format": FORMAT,
             "modes": {
                 door: mode.value
@@ -60,7 +77,12 @@ class DoorModeStore:
                 if mode is not DoorMode.NORMAL
             },
         }
-        await asyncio.to_thread(self._write, json.dumps(document, indent=2) + "\n")
+        if first_grants:
+            document["first_grants"] = {
+                door: at.isoformat() for door, at in sorted(first_grants.items())
+            }
+        async with self._writing:
+            await asyncio.to_thread(self._write, json.dumps(document, indent=2) + "\n")
 
     def _write(self, text: str) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")

@@ -25,8 +25,9 @@ Decisions where the rules leave room (docs/door-states.md tells site managers th
   begins, is remembered: back in NORMAL before it ends, the door stays unlocked until it ends
   ("let the last person through"). LOCKDOWN cancels a running unlock time at once, and a grant
   in LOCKDOWN does nothing unless it is an override (the site's lockdown override tag).
-- An opening within a grant's unlock time is never forced, even after an early relock on close
-  or a lockdown: the person let in may still be passing. A REX press excuses an opening while
+- An opening within a grant's unlock time is not forced: the person let in may still be
+  passing. After the door closed behind them (relock on close) only ``CLOSE_GRACE_S`` of that
+  remains, and a lockdown ends it at once. A REX press excuses an opening while
   pressed and for ``rex_grace_s`` after press or release, in every mode (egress hardware lets
   people out even in lockdown).
 - Held-open alarms are raised in NORMAL and LOCKDOWN only, for any opening (authorised or

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 from drivers.base import CommandFailed, Feedback, InputEvent, InputRole
@@ -34,6 +35,7 @@ from gateway.door_state import (
 )
 from gateway.door_state import Feedback as ReaderSignal
 from gateway.events import EventLog, new_event
+from gateway.first_in import FirstPersonIn, unlock_schedule_open
 from gateway.hardware import Hardware
 from gateway.model import Decision, Door, DoorMode, Event, EventType, Reason
 from gateway.view import CacheView
@@ -50,6 +52,7 @@ RELAY_RETRY_CAP_S = 60.0
 RELAY_CONFIRM_TIMEOUT_S = 2.0
 
 _SIGNALS = {FeedbackKind.HELD_OPEN_WARNING: Feedback.HELD_OPEN, FeedbackKind.CLEAR: Feedback.IDLE}
+_LOCK_EVENTS = (EventType.DOOR_LOCKED, EventType.DOOR_UNLOCKED)
 
 
 def desired_mode(
@@ -57,26 +60,21 @@ def desired_mode(
     door_id: str,
     override: DoorMode | None,
     now: datetime,
-    first_grant: date | None = None,
+    arrived: bool = False,
 ) -> DoorMode:
     """A door's mode: a command's override, else UNLOCKED while its unlock schedule is open.
 
-    A door that unlocks only after the first person (``unlock_after_first_grant``) needs a grant
-    on the site-local day of ``now`` (``first_grant``) before its schedule holds it unlocked.
+    A first-person-in door (``unlock_after_first_grant``) needs someone let in during the current
+    open period (``arrived``) before its schedule holds it unlocked.
     """
     if override is not None:
         return override
     door = view.doors.get(door_id)
-    if door is None or not _schedule_open(view, door, now):
+    if door is None or not unlock_schedule_open(view, door, now):
         return DoorMode.NORMAL
-    if door.unlock_after_first_grant and first_grant != now.astimezone(view.tz).date():
+    if door.unlock_after_first_grant and not arrived:
         return DoorMode.NORMAL
     return DoorMode.UNLOCKED
-
-
-def _schedule_open(view: CacheView, door: Door, now: datetime) -> bool:
-    schedule = view.compiled.get(door.unlock_schedule_id or "")
-    return schedule is not None and schedule.is_open(now, now.astimezone(view.tz))
 
 
 def door_settings(entry: DoorEntry, door: Door) -> DoorSettings:
@@ -104,13 +102,22 @@ class ControllerState(enum.StrEnum):
 
 @dataclass(eq=False, slots=True)
 class _Door:
-    """One door: its machine and its pending deadline."""
+    """One door: its machine, its pending deadline, and what became of its relay commands.
+
+    The machine takes a relay command as carried out when it is sent; ``pending`` and
+    ``failed`` say whether the hardware has confirmed it, so a grant is never shown as
+    successful on a lock that did not move.
+    """
 
     machine: DoorStateMachine
     timer: asyncio.TimerHandle | None = None
+    pending: asyncio.Future[None] | None = None  # the last relay command's confirmation
+    failed: bool = False  # the last relay command failed: the lock's state is not known
     failures: int = 0  # relay commands failed in a row
-    epoch: int = 0  # counts relay commands and inputs: a report older than them is stale
-    retry: asyncio.TimerHandle | None = None  # a recovery after a failed relay command
+    retry: asyncio.TimerHandle | None = None  # a read-back after a failed relay command
+    # Counted to tell whether a state report is older than what the controller did or saw.
+    relay_epoch: int = 0
+    input_epoch: int = 0
 
 
 class DoorController:
@@ -132,8 +139,12 @@ class DoorController:
         self._clock = clock
         self._entries = dict(settings or {})
         self._overrides: dict[str, DoorMode] = {}
+        self._first_in = FirstPersonIn()
         self._doors: dict[str, _Door] = {}
-        self._first_grant: dict[str, date] = {}  # site-local day of a door's first grant
+        self._unwired: set[str] = set()  # site doors another gateway drives (said once)
+        self._recoveries: dict[int, asyncio.Task[None]] = {}  # one per board at a time
+        self._recover_again: set[int] = set()
+        self._removals: set[asyncio.Task[None]] = set()  # removed doors being locked
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._remove_listeners: list[Callable[[], None]] = []
@@ -147,11 +158,16 @@ class DoorController:
     async def start(self) -> None:
         """Load persisted modes, recover every door from the hardware, follow schedules."""
         self._overrides = self._store.load()
-        self._remove_listeners.append(self._cache.add_listener(self._on_view))
         view = self._cache.view
+        self._first_in = FirstPersonIn(self._store.load_first_grants())
+        self._first_in.keep_if_still_open(view, self._clock())
+        self._remove_listeners.append(self._cache.add_listener(self._on_view))
+        for door_id in self._entries:
+            if door_id not in view.doors:
+                _LOGGER.warning("[doors.%s] is configured but the site has no such door", door_id)
         self._refresh(view, source="start")
         self.state = ControllerState.RUNNING
-        await self.recover(view.doors)
+        await self.recover(self._doors)
         self._ticker = asyncio.create_task(self._tick(), name="door-schedule-ticker")
 
     async def stop(self) -> None:
@@ -171,37 +187,39 @@ class DoorController:
         self._remove_listeners.clear()
         confirms = []
         for door_id, door in self._doors.items():
-            if door.timer is not None:
-                door.timer.cancel()
-            if door.retry is not None:
-                door.retry.cancel()
+            for handle in (door.timer, door.retry):
+                if handle is not None:
+                    handle.cancel()
             locked = self._entries.get(door_id, DoorEntry()).fallback == "locked"
             level = door.machine.settings.relay_level(locked)
-            if door.machine.relay_energised is level:
+            if door.machine.relay_energised is level and not door.failed:
                 continue
-            confirm = self._drive(door_id, level, "stop")
-            if confirm is not None:
-                confirms.append(confirm)
             event = EventType.DOOR_LOCKED if locked else EventType.DOOR_UNLOCKED
             data = {"door": door_id, "by": "stop", "mode": door.machine.mode.value}
-            self._spawn(new_event(event, self._clock(), data))
+            confirm = self._drive(
+                door_id, level, "stop", then=new_event(event, self._clock(), data)
+            )
+            if confirm is not None:
+                confirms.append(confirm)
+        for task in self._removals:
+            task.cancel()  # the stop itself leaves every relay it knows locked or as configured
         await _all_confirmed(confirms)
-        if self._tasks:
+        await asyncio.sleep(0)  # confirmation callbacks record their events
+        while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- what the doors are doing -------------------------------------------------------------
 
     def mode(self, door_id: str) -> DoorMode:
-        """The door's current mode (NORMAL for a door never seen)."""
+        """The door's current mode (for a door not driven here: what it would be now)."""
         door = self._doors.get(door_id)
-        return door.machine.mode if door else DoorMode.NORMAL
+        return door.machine.mode if door else self.mode_at(door_id, self._clock())
 
     def mode_at(self, door_id: str, at: datetime) -> DoorMode:
         """The mode the door would be in at ``at`` (its unlock schedule read at that instant)."""
         view = self._cache.view
-        return desired_mode(
-            view, door_id, self._overrides.get(door_id), at, self._first_grant.get(door_id)
-        )
+        arrived = self._first_in.arrived(door_id)
+        return desired_mode(view, door_id, self._overrides.get(door_id), at, arrived)
 
     def relay_on(self, door_id: str) -> bool:
         """Whether the door's lock relay is energised, as the hardware last confirmed."""
@@ -210,8 +228,17 @@ class DoorController:
         except LookupError:  # a door of the site that is not wired to this gateway
             return False
 
+    def unlocked(self, door_id: str) -> bool | None:
+        """Whether the door's lock is released, as the hardware confirmed (None: not known)."""
+        door = self._doors.get(door_id)
+        if door is None or door.machine.locked is None or door.failed:
+            return None
+        if door.pending is not None and not door.pending.done():
+            return None  # a command on its way: the relay is about to change
+        return not door.machine.settings.is_locked(self.relay_on(door_id))
+
     def status(self, door_id: str) -> DoorStatus | None:
-        """The door's state machine snapshot (None for a door not on the site)."""
+        """The door's state machine snapshot (None for a door not driven here)."""
         door = self._doors.get(door_id)
         return door.machine.status() if door else None
 
@@ -220,16 +247,26 @@ class DoorController:
     def grant(self, decision: Decision) -> asyncio.Future[None] | None:
         """Unlock for a granted decision; the future says whether the hardware confirmed it.
 
-        None when no relay had to move (denied, already unlocked, held by its mode).
+        None when the lock is already confirmed unlocked (held by its mode) or for a denial.
         """
         door = self._doors.get(decision.door_id)
         if not decision.granted or door is None or self.state is not ControllerState.RUNNING:
             return None
-        override = decision.reason is Reason.LOCKDOWN_OVERRIDE
-        if decision.reason is Reason.GRANTED:
-            self._note_first_grant(decision.door_id, decision.at)
-        actions = door.machine.grant(self._now(), override=override)
-        return self._carry_out(decision.door_id, actions, "grant")
+        if decision.reason is Reason.GRANTED and self._first_in.note(
+            self._cache.view, decision.door_id, decision.at
+        ):
+            self._refresh(self._cache.view, source="first_grant")
+            self._save_memory()
+        confirm = None
+        # Emergency open lets everyone through a door held open: no unlock time of its own,
+        # which would otherwise outlast the emergency ("let the last person through").
+        if decision.reason is not Reason.EMERGENCY_OPEN:
+            override = decision.reason is Reason.LOCKDOWN_OVERRIDE
+            actions = door.machine.grant(self._now(), override=override)
+            confirm = self._carry_out(decision.door_id, actions, "grant")
+        if confirm is None:
+            confirm = self._lock_confirmation(decision.door_id, door)
+        return confirm
 
     async def set_mode(self, door_id: str, mode: DoorMode, *, source: str) -> bool:
         """Persist a command's mode for a door (NORMAL clears it) and apply it now.
@@ -243,38 +280,82 @@ class DoorController:
             overrides.pop(door_id, None)
         else:
             overrides[door_id] = mode
-        await self._store.save(overrides)  # durable before it takes effect or is acknowledged
+        # Durable before it takes effect or is acknowledged.
+        await self._store.save(overrides, self._first_in.grants())
         self._overrides = overrides
         confirms = self._refresh(self._cache.view, source=source)
         return await _all_confirmed(confirms)
 
+    def refresh(self) -> None:
+        """Re-read unlock schedules now (they are also re-read every ``SCHEDULE_TICK_S``)."""
+        self._refresh(self._cache.view)
+
     async def recover(self, door_ids: Iterable[str]) -> None:
-        """Ask the hardware what ``door_ids`` are doing and adopt it (doors it cannot reach wait)."""
-        epochs = {d: self._doors[d].epoch for d in door_ids if d in self._doors}
-        reports = await self._hardware.reports(epochs)
-        for door_id, report in reports.items():
-            door = self._doors.get(door_id)
-            if door is None or self.state is not ControllerState.RUNNING:
+        """Ask the hardware what ``door_ids`` are doing and adopt it (doors it cannot reach wait).
+
+        What the controller did or saw after asking wins over the report: a relay command sent
+        (or still unconfirmed) meanwhile makes the report's relay level stale, an input handled
+        meanwhile its door contact and tamper.
+        """
+        asked = {d: self._doors[d] for d in door_ids if d in self._doors}
+        marks = {
+            d: (door.relay_epoch, door.input_epoch, _unconfirmed(door)) for d, door in asked.items()
+        }
+        reports = await self._hardware.reports(asked)
+        for door_id, door in asked.items():
+            report = reports.get(door_id)
+            if self._doors.get(door_id) is not door or self.state is not ControllerState.RUNNING:
                 continue
-            if door.epoch != epochs[door_id]:
-                # A command or an input came after the report was asked for: it knows better.
-                _LOGGER.debug("report for door %s is stale; kept what is known", door_id)
+            if report is None:
+                if door.failed:
+                    self._arm_retry(door_id, door)  # not reachable now: ask again later
                 continue
-            actions = door.machine.recover(
-                self._now(), report.relay_energised, report.contact, report.tamper
+            relay_epoch, input_epoch, was_unconfirmed = marks[door_id]
+            relay_stale = was_unconfirmed or door.relay_epoch != relay_epoch
+            inputs_stale = door.input_epoch != input_epoch
+            machine = door.machine
+            energised = report.relay_energised
+            if relay_stale and machine.relay_energised is not None:
+                energised = machine.relay_energised
+            actions = machine.recover(
+                self._now(),
+                energised,
+                None if inputs_stale else report.contact,
+                machine.tamper_active if inputs_stale else report.tamper,
             )
-            self._carry_out(door_id, actions, "recover")
+            moved = self._carry_out(door_id, actions, "recover")
+            if relay_stale:
+                if door.failed:
+                    self._arm_retry(door_id, door)
+            elif moved is None:  # found as it should be: whatever failed before is over
+                door.failed = False
+                door.failures = 0
 
     # -- carrying out what a machine decided ------------------------------------------------
 
     def _carry_out(
         self, door_id: str, actions: list[Action], cause: str
     ) -> asyncio.Future[None] | None:
-        """Drive relays, record events and signal readers in order; re-arm the door's timer."""
+        """Drive relays, record events and signal readers in order; re-arm the door's timer.
+
+        The lock event that follows a relay command is recorded once the hardware confirmed
+        the command; if it fails, ``door.relay_failed`` is recorded instead.
+        """
         confirm = None
-        for action in actions:
+        actions = list(actions)
+        while actions:
+            action = actions.pop(0)
             if isinstance(action, SetRelay):
-                confirm = self._drive(door_id, action.energised, cause)
+                then = None
+                follower = actions[0] if actions else None
+                if (
+                    isinstance(follower, Emit)
+                    and follower.event_type in _LOCK_EVENTS
+                    and not follower.data.get("found")
+                ):
+                    actions.pop(0)
+                    then = new_event(follower.event_type, self._clock(), follower.data)
+                confirm = self._drive(door_id, action.energised, cause, then=then)
             elif isinstance(action, Emit):
                 self._spawn(new_event(action.event_type, self._clock(), action.data))
             elif isinstance(action, ReaderSignal):
@@ -282,54 +363,80 @@ class DoorController:
         self._arm(door_id)
         return confirm
 
-    def _drive(self, door_id: str, energised: bool, cause: str) -> asyncio.Future[None] | None:
-        """Command the relay; a failure becomes a ``door.relay_failed`` event, never a success."""
+    def _drive(
+        self, door_id: str, energised: bool, cause: str, *, then: Event | None = None
+    ) -> asyncio.Future[None] | None:
+        """Command the relay; ``then`` is recorded once confirmed, a failure is reported."""
         door = self._doors.get(door_id)
-        if door is not None:
-            door.epoch += 1
         try:
             confirm = self._hardware.relays.drive(door_id, energised)
-        except LookupError as err:  # not wired to this gateway: said once per command, loudly
-            _LOGGER.warning("door %s has no relay here: %s", door_id, err)
-            self._relay_failed(door_id, energised, cause, str(err))
+        except LookupError as err:  # not wired to this gateway after all
+            self._relay_failed(door_id, door, energised, cause, str(err))
             return None
-        confirm.add_done_callback(lambda f: self._confirmed(f, door_id, energised, cause))
+        if door is not None:
+            door.relay_epoch += 1
+            door.pending = confirm
+        confirm.add_done_callback(
+            lambda f: self._confirmed(f, door_id, door, energised, cause, then)
+        )
         return confirm
 
     def _confirmed(
-        self, future: asyncio.Future[None], door_id: str, energised: bool, cause: str
+        self,
+        future: asyncio.Future[None],
+        door_id: str,
+        door: _Door | None,
+        energised: bool,
+        cause: str,
+        then: Event | None,
     ) -> None:
-        if future.cancelled():
-            self._relay_failed(door_id, energised, cause, "cancelled")
-        elif (error := future.exception()) is not None:
-            self._relay_failed(door_id, energised, cause, str(error))
-        elif (door := self._doors.get(door_id)) is not None:
-            door.failures = 0
+        error = "cancelled" if future.cancelled() else future.exception()
+        latest = door is not None and door.pending is future
+        if error is None:
+            if then is not None:
+                self._spawn(then)
+            if door is not None and latest:
+                door.failed = False
+                door.failures = 0
+            return
+        if door is not None and latest:
+            door.failed = True
+        self._relay_failed(door_id, door, energised, cause, str(error))
 
-    def _relay_failed(self, door_id: str, energised: bool, cause: str, reason: str) -> None:
-        """Record the failure (the first of a run), then ask the hardware again later."""
-        door = self._doors.get(door_id)
+    def _relay_failed(
+        self, door_id: str, door: _Door | None, energised: bool, cause: str, reason: str
+    ) -> None:
+        """Record the failure (the first of a run), then read the door back later."""
         failures = door.failures + 1 if door is not None else 1
         level = logging.WARNING if failures == 1 else logging.DEBUG
         _LOGGER.log(level, "door %s relay %s (%s) failed: %s", door_id, energised, cause, reason)
         if failures == 1:
             data = {"door": door_id, "energised": energised, "by": cause, "reason": reason}
             self._spawn(new_event(EventType.DOOR_RELAY_FAILED, self._clock(), data))
-        if door is None or self.state is not ControllerState.RUNNING:
+        if door is None or self._doors.get(door_id) is not door:
             return
         door.failures = failures
-        if door.retry is None:
-            # The machine believes the command was carried out; what the relay really does is
-            # read back and corrected by a recovery, sooner after a first failure than later ones.
-            delay = min(RELAY_RETRY_CAP_S, RELAY_RETRY_S * 2 ** (failures - 1))
-            door.retry = asyncio.get_running_loop().call_later(delay, self._retry, door_id)
+        self._arm_retry(door_id, door)
 
-    def _retry(self, door_id: str) -> None:
-        door = self._doors.get(door_id)
-        if door is None or self.state is not ControllerState.RUNNING:
+    def _arm_retry(self, door_id: str, door: _Door) -> None:
+        """Read the door back and correct it later: sooner after a first failure than later ones."""
+        if door.retry is not None or self.state is not ControllerState.RUNNING:
             return
+        delay = min(RELAY_RETRY_CAP_S, RELAY_RETRY_S * 2 ** max(door.failures - 1, 0))
+        door.retry = asyncio.get_running_loop().call_later(delay, self._retry, door_id, door)
+
+    def _retry(self, door_id: str, door: _Door) -> None:
         door.retry = None
-        self._track(asyncio.create_task(self.recover([door_id]), name=f"recover-{door_id}"))
+        if self._doors.get(door_id) is door and self.state is ControllerState.RUNNING:
+            self._track(asyncio.create_task(self.recover([door_id]), name=f"recover-{door_id}"))
+
+    def _lock_confirmation(self, door_id: str, door: _Door) -> asyncio.Future[None] | None:
+        """For a grant that moved no relay: whether the lock really is where the machine says."""
+        if door.failed and door.machine.relay_energised is not None:
+            return self._drive(door_id, door.machine.relay_energised, "grant")
+        if _unconfirmed(door):
+            return door.pending
+        return None
 
     def _signal(self, door_id: str, feedback: Feedback) -> None:
         try:
@@ -369,7 +476,6 @@ class DoorController:
             # input judged before it could call an old opening forced.
             _LOGGER.debug("input %s of %s before its recovery: ignored", event.kind, event.channel)
             return
-        door.epoch += 1
         now = self._now()
         if event.kind is InputRole.CONTACT:
             actions = machine.contact(now, event.level)
@@ -379,6 +485,7 @@ class DoorController:
             actions = machine.tamper(now, bool(event.level))
         else:
             return  # AUX inputs mean nothing to a door yet
+        door.input_epoch += 1
         self._carry_out(event.channel, actions, event.kind.value)
 
     def _on_board(self, event: BoardEvent) -> None:
@@ -408,36 +515,45 @@ class DoorController:
         self._recover_board(event.address)
 
     def _recover_board(self, address: int) -> None:
-        if self.state is ControllerState.RUNNING:
-            doors = self._hardware.board_doors(address)
-            self._track(asyncio.create_task(self.recover(doors), name=f"recover-board-{address}"))
+        """Recover the board's doors: one recovery per board at a time, one more queued."""
+        if self.state is not ControllerState.RUNNING:
+            return
+        if address in self._recoveries:
+            self._recover_again.add(address)
+            return
+        task = asyncio.create_task(self._recover_board_doors(address), name=f"recover-{address}")
+        self._recoveries[address] = task
+        self._track(task)
+
+    async def _recover_board_doors(self, address: int) -> None:
+        try:
+            while True:
+                self._recover_again.discard(address)
+                await self.recover(self._hardware.board_doors(address))
+                if address not in self._recover_again or self.state is not ControllerState.RUNNING:
+                    return
+        finally:
+            self._recoveries.pop(address, None)
 
     # -- modes --------------------------------------------------------------------------------
-
-    def _note_first_grant(self, door_id: str, at: datetime) -> None:
-        view = self._cache.view
-        door = view.doors.get(door_id)
-        if door is None or not door.unlock_after_first_grant or not _schedule_open(view, door, at):
-            return
-        day = at.astimezone(view.tz).date()
-        if self._first_grant.get(door_id) != day:
-            self._first_grant[door_id] = day
-            self._refresh(view, source="first_grant")
 
     def _refresh(self, view: CacheView, *, source: str = "schedule") -> list[asyncio.Future[None]]:
         """Bring every door to its mode; the confirmations of the relay moves it made."""
         now = self._clock()
+        if self._first_in.close_periods(view, now):
+            self._save_memory()
         confirms: list[asyncio.Future[None]] = []
-        new = [d for d in view.doors if d not in self._doors]
         for door_id in [d for d in self._doors if d not in view.doors]:
-            # A door gone from the site must not stay held open: lock it.
-            gone = self._doors.pop(door_id)
-            for handle in (gone.timer, gone.retry):
-                if handle is not None:
-                    handle.cancel()
-            self._drive(door_id, gone.machine.settings.relay_level(True), "removed")
-            _LOGGER.info("door %s removed from the site; locked", door_id)
+            self._remove(door_id)
+        new = []
         for door_id, door in view.doors.items():
+            if door_id not in self._doors:
+                if not self._hardware.wired(door_id):
+                    if door_id not in self._unwired:
+                        self._unwired.add(door_id)
+                        _LOGGER.info("door %s is not wired to this gateway", door_id)
+                    continue
+                new.append(door_id)
             try:
                 confirm = self._refresh_door(view, door, now, source)
             except Exception:  # one door failing must not leave the others unattended
@@ -449,11 +565,45 @@ class DoorController:
             # A door added to the site starts from its relay as last confirmed, so it obeys its
             # mode at once; its board's full report (door contact, tamper) follows.
             for door_id in new:
-                confirm = self._adopt_known_relay(door_id)
+                try:
+                    confirm = self._adopt_known_relay(door_id)
+                except Exception:
+                    _LOGGER.exception("could not start door %s", door_id)
+                    continue
                 if confirm is not None:
                     confirms.append(confirm)
             self._track(asyncio.create_task(self.recover(new), name="recover-new-doors"))
         return confirms
+
+    def _remove(self, door_id: str) -> None:
+        """A door gone from the site must not stay held open: lock it until the lock obeys."""
+        gone = self._doors.pop(door_id)
+        for handle in (gone.timer, gone.retry):
+            if handle is not None:
+                handle.cancel()
+        level = gone.machine.settings.relay_level(True)
+        self._track(
+            asyncio.create_task(self._lock_removed(door_id, level), name=f"remove-{door_id}")
+        )
+        if self._overrides.pop(door_id, None) is not None:
+            self._save_memory()  # a door added again later starts without an old lockdown
+        _LOGGER.info("door %s removed from the site; locking it", door_id)
+
+    async def _lock_removed(self, door_id: str, level: bool) -> None:
+        """Lock a removed door, trying again (backing off) until its relay obeys."""
+        for attempt in itertools.count():
+            try:
+                await asyncio.wait_for(
+                    self._hardware.relays.drive(door_id, level), RELAY_CONFIRM_TIMEOUT_S
+                )
+            except (CommandFailed, LookupError, TimeoutError) as err:
+                if attempt == 0:
+                    self._relay_failed(door_id, None, level, "removed", str(err))
+                await asyncio.sleep(min(RELAY_RETRY_CAP_S, RELAY_RETRY_S * 2**attempt))
+                continue
+            data = {"door": door_id, "by": "removed", "mode": DoorMode.NORMAL.value}
+            self._spawn(new_event(EventType.DOOR_LOCKED, self._clock(), data))
+            return
 
     def _adopt_known_relay(self, door_id: str) -> asyncio.Future[None] | None:
         door = self._doors.get(door_id)
@@ -465,9 +615,8 @@ class DoorController:
     def _refresh_door(
         self, view: CacheView, door: Door, now: datetime, source: str
     ) -> asyncio.Future[None] | None:
-        mode = desired_mode(
-            view, door.id, self._overrides.get(door.id), now, self._first_grant.get(door.id)
-        )
+        arrived = self._first_in.arrived(door.id)
+        mode = desired_mode(view, door.id, self._overrides.get(door.id), now, arrived)
         settings = door_settings(self._entries.get(door.id, DoorEntry()), door)
         state = self._doors.get(door.id)
         confirm = None
@@ -491,6 +640,11 @@ class DoorController:
         }
         self._spawn(new_event(EventType.DOOR_MODE_CHANGED, now, data))
         return confirm
+
+    def _save_memory(self) -> None:
+        """Save modes and first grants in the background (nothing waits on a first grant)."""
+        save = self._store.save(dict(self._overrides), self._first_in.grants())
+        self._track(asyncio.create_task(save, name="save-door-memory"))
 
     def _on_view(self, view: CacheView) -> None:
         self._refresh(view, source="cache")
@@ -521,6 +675,11 @@ class DoorController:
             await self._events.record(event)
         except Exception:  # the outbox logs its own failure; a door event must not kill the loop
             _LOGGER.exception("could not record %s", event)
+
+
+def _unconfirmed(door: _Door) -> bool:
+    """Whether the door's last relay command is still on its way."""
+    return door.pending is not None and not door.pending.done()
 
 
 async def _all_confirmed(confirms: list[asyncio.Future[None]]) -> bool:

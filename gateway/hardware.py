@@ -28,7 +28,7 @@ from drivers.board_bank import (
     BoardSpec,
     CommandFailed,
 )
-from drivers.gpio_relays import GpioRelays, LibgpiodLines, LineSpec
+from drivers.gpio_relays import GpioError, GpioRelays, LibgpiodLines, LineSpec
 from drivers.pty_pair import PtyPair
 from drivers.serial_link import Rs485Options
 from drivers.simulated import SimulatedReaders, SimulatedRelays
@@ -80,6 +80,9 @@ class Hardware(Protocol):
     def board_doors(self, address: int) -> tuple[str, ...]:
         """The doors wired to the board at ``address``."""
 
+    def wired(self, door: str) -> bool:
+        """Whether this gateway drives ``door`` (a site's other doors belong to other gateways)."""
+
     async def start(self) -> None:
         """Bring the hardware up; boards that do not answer are reported, not raised."""
 
@@ -108,25 +111,34 @@ class LocalHardware:
         """No boards on this backend."""
         return ()
 
+    def wired(self, door: str) -> bool:
+        """In memory every door is; on GPIO, the doors with a line."""
+        relays = self.relays
+        return not isinstance(relays, GpioRelays) or door in relays.channels
+
     async def start(self) -> None:
         """Request the GPIO lines (nothing to do in memory)."""
         if isinstance(self.relays, GpioRelays):
             self.relays.start()
 
     async def stop(self) -> None:
-        """Release the lines (relays fall back to off) and pending pulses."""
+        """Put GPIO relays at rest and give the lines back; cancel pending pulses."""
         self.relays.close()
 
     async def reports(self, doors: Iterable[str]) -> dict[str, DoorReport]:
-        """Each door's relay as last driven; there are no inputs."""
+        """Each door's relay (read back from the chip on GPIO); there are no inputs."""
+        relays = self.relays
         reports = {}
         for door in doors:
             try:
-                reports[door] = DoorReport(self.relays.is_on(door))
+                if isinstance(relays, GpioRelays):
+                    reports[door] = DoorReport(relays.read(door))
+                else:
+                    reports[door] = DoorReport(relays.is_on(door))
             except LookupError:
-                continue
-            except Exception as err:  # GpioError: a door without a line is not reported
-                _LOGGER.debug("no relay for door %s: %s", door, err)
+                continue  # not a door this gateway drives
+            except GpioError as err:  # the chip refused: not reported, asked again later
+                _LOGGER.warning("cannot read the relay of door %s: %s", door, err)
         return reports
 
 
@@ -154,6 +166,10 @@ class AutoWiring:
             self._slot_of[door] = slot
             self._door_of[slot] = door
         return slot
+
+    def has_room(self, door: str) -> bool:
+        """Whether ``door`` has a slot or can still take one."""
+        return door in self._slot_of or bool(self._free)
 
     def door(self, slot: str) -> str | None:
         """The door wired to ``slot``, if any."""
@@ -260,6 +276,12 @@ class BoardHardware:
             return channels
         return tuple(d for d in map(self.wiring.door, channels) if d is not None)
 
+    def wired(self, door: str) -> bool:
+        """A door on a configured board, or one that can still take a default virtual slot."""
+        if self.wiring is not None:
+            return self.wiring.has_room(door)
+        return door in self.bank.config.relays
+
     def virtual_door(self, door: str) -> tuple[VirtualBoard, int] | None:
         """The virtual board driving ``door`` and the door's index on it, if simulated here."""
         try:
@@ -337,7 +359,7 @@ def build_hardware(config: Config) -> Hardware:
         return LocalHardware("simulated", SimulatedRelays())
     if hw.backend == "gpio":
         lines = {
-            door: LineSpec(entry.gpio_line, entry.gpio_active_low)
+            door: LineSpec(entry.gpio_line, entry.gpio_active_low, rest=_rest_energised(entry))
             for door, entry in config.doors.items()
             if entry.gpio_line
         }
@@ -378,14 +400,19 @@ def build_hardware(config: Config) -> Hardware:
     )
 
 
+def _rest_energised(entry: DoorEntry) -> bool:
+    """The relay level that leaves the lock as ``fallback`` says, for the door's wiring."""
+    locked = entry.fallback == "locked"
+    # A strike (fail_secure) is unlocked when energised; a maglock (fail_safe) is locked.
+    return locked if entry.wiring == "fail_safe" else not locked
+
+
 def _safe_states(doors: Iterable[str], entries: Mapping[str, DoorEntry]) -> dict[int, SafeState]:
     """Each relay's level without a gateway: the one that leaves its lock as ``fallback`` says."""
     default = DoorEntry()
-    states = {}
-    for index, door in enumerate(doors):
-        entry = entries.get(door, default)
-        locked = entry.fallback == "locked"
-        # A strike (fail_secure) is unlocked when energised; a maglock (fail_safe) is locked.
-        energised = locked if entry.wiring == "fail_safe" else not locked
-        states[index] = SafeState.FAIL_SAFE if energised else SafeState.FAIL_SECURE
-    return states
+    return {
+        index: SafeState.FAIL_SAFE
+        if _rest_energised(entries.get(door, default))
+        else SafeState.FAIL_SECURE
+        for index, door in enumerate(doors)
+    }

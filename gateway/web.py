@@ -107,7 +107,6 @@ async def doors(request: web.Request) -> web.Response:
 
 def _door_json(gw: Gateway, door: Door) -> dict[str, Any]:
     status = gw.doors.status(door.id)
-    locked = status.locked if status else None
     alarms = []
     if status is not None:
         flags = (
@@ -120,7 +119,7 @@ def _door_json(gw: Gateway, door: Door) -> dict[str, Any]:
         "id": door.id,
         "name": door.name,
         "mode": gw.doors.mode(door.id).value,
-        "unlocked": None if locked is None else not locked,
+        "unlocked": gw.doors.unlocked(door.id),  # as the hardware confirmed; null: not known
         "open": status.door_open if status else None,
         "alarms": alarms,
         "relay_energised": gw.doors.relay_on(door.id),

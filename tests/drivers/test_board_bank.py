@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -32,17 +33,22 @@ from drivers.board_bank import (
 )
 from drivers.pty_pair import PtyPair
 from drivers.virtual_board import (
+    EVENT_QUEUE_FRAMES,
     BoardConfig,
     BoardState,
     FdStream,
     TransportStream,
     VirtualBoard,
+    _SlotGate,
 )
 from drivers.virtual_bus import BusHub
 from firmware_protocol import (
+    UNACKNOWLEDGED_TYPES,
     BeepPattern,
     FaultCode,
+    Flags,
     Frame,
+    FrameDecoder,
     Heartbeat,
     LedPattern,
     Message,
@@ -51,20 +57,27 @@ from firmware_protocol import (
     RelayPulse,
     SafeState,
 )
+from firmware_protocol.session import Session
 from gateway.backoff import Backoff
 
 WAIT_S = 3.0
 DOORS: Mapping[int, Sequence[str]] = {5: ("front", "back"), 6: ("lobby", "garage")}
 
 
-def fast_bank(config: BoardBankConfig, rec: Recorder, *, ack_timeout_s: float = 0.03) -> BoardBank:
+def fast_bank(
+    config: BoardBankConfig,
+    rec: Recorder,
+    *,
+    ack_timeout_s: float = 0.03,
+    poll_interval_s: float = 0.02,
+) -> BoardBank:
     """A bank with every timing shrunk for tests."""
     bank = BoardBank(
         config,
         backoff=lambda: Backoff(base_s=0.02, cap_s=0.1),
         on_board_event=rec.board_event,
         on_command_failed=rec.failed,
-        poll_interval_s=0.02,
+        poll_interval_s=poll_interval_s,
         ack_timeout_s=ack_timeout_s,
         max_retries=3,
         read_poll_interval_s=0.02,
@@ -196,13 +209,17 @@ async def pty_rig(
     config: Callable[[str], BoardBankConfig] | None = None,
     start: bool = True,
     ack_timeout_s: float = 0.03,
+    poll_interval_s: float = 0.02,
+    hub_type: type[BusHub] = BusHub,
 ) -> AsyncIterator[Rig]:
     """Boards started, the bank started (unless ``start`` is False); all torn down in reverse."""
     with PtyPair() as pty:
-        hub = BusHub(pty.master_fd) if len(addresses) > 1 else None
+        hub = hub_type(pty.master_fd) if len(addresses) > 1 else None
         rec = Recorder()
         bank_config = (config or (lambda url: door_config(url, addresses)))(pty.slave_path)
-        bank = fast_bank(bank_config, rec, ack_timeout_s=ack_timeout_s)
+        bank = fast_bank(
+            bank_config, rec, ack_timeout_s=ack_timeout_s, poll_interval_s=poll_interval_s
+        )
         rig = Rig(pty, bank, rec, {}, hub)
         try:
             for address in addresses:
@@ -457,6 +474,241 @@ async def test_two_boards_share_one_bus_and_a_silent_one_does_not_block_the_othe
         assert rig.rec.statuses(6)[-1].online
         await rig.bank.pulse_relay("lobby", 0.05)
         assert rig.boards[6].pulse_count(0) == 1
+
+
+# -- reply slots on a shared bus (SPEC.md, "Bus access") -----------------------------------
+
+
+class SpecSlotGate(_SlotGate):
+    """SPEC.md "Bus access" to the letter: MORE where it says, own frames only where announced."""
+
+    # VirtualBoard's own gate never sets MORE and sends its frames within a time window instead.
+
+    def __init__(self, board: VirtualBoard) -> None:
+        super().__init__(board)
+        self._head: Frame | None = None  # the oldest own frame, as it goes (or went) out
+        self._head_sent = False  # its flags are fixed once it was first sent
+        self._announced = False  # a MORE of ours promised the next own frame in this slot
+
+    def open_slot(self, frame: Frame) -> None:
+        """A frame addressed to the board: a new slot; an answer to the head ends the head."""
+        head, self._announced = self._head, False
+        if frame.msg_type in UNACKNOWLEDGED_TYPES and head is not None and head.seq == frame.seq:
+            self._head = None
+            self._announced = bool(head.flags & Flags.MORE)  # the next frame follows at once
+
+    def close_slot(self) -> None:
+        """Fallback or stop: nothing more goes out in this slot."""
+        self._announced = False
+
+    def send_frame(self, frame: Frame) -> None:
+        """FrameTransport: answers go out now (with MORE if a frame of ours follows)."""
+        if frame.msg_type in UNACKNOWLEDGED_TYPES:
+            self._answer(frame)
+        elif self._head is None or self._head.seq != frame.seq:
+            # A new head; a retransmission of the head goes out only in a slot, after an answer.
+            self._head, self._head_sent = frame, False
+            if self._announced:
+                self._announced = False
+                self._send_head()
+
+    def _answer(self, frame: Frame) -> None:
+        board = self._board
+        more = board._may_send_own() and (self._head is not None or board.session.queued > 0)
+        board._write_frame(replace(frame, flags=frame.flags | Flags.MORE) if more else frame)
+        if more and self._head is not None:
+            self._send_head()
+        elif more:
+            self._announced = True  # the session hands the frame over in a moment
+
+    def _send_head(self) -> None:
+        head = self._head
+        assert head is not None
+        if not self._head_sent and self._board.session.queued:
+            head = replace(head, flags=head.flags | Flags.MORE)  # another is queued behind it
+        self._head, self._head_sent = head, True
+        self._board._write_frame(head)
+
+
+class SpecBoard(VirtualBoard):
+    """A virtual board that announces its frames with MORE and sends them only where announced."""
+
+    def __init__(self, config: BoardConfig | None = None) -> None:
+        super().__init__(config)
+        self._gate = SpecSlotGate(self)
+        # The session writes to the gate it was built with: build it again on this one.
+        self._session = Session(
+            self._gate,
+            address=self.config.address,
+            from_board=True,
+            handler=self._handle,
+            ack_timeout_s=self.config.ack_timeout_s,
+            queue_size=EVENT_QUEUE_FRAMES,
+            initial_seq=int.from_bytes(os.urandom(2), "little"),
+        )
+
+
+class FalseMoreBoard(VirtualBoard):
+    """Once ``lying`` is set, announces a frame (MORE) on every answer and never sends one."""
+
+    lying = False
+
+    def _write_frame(self, frame: Frame) -> None:
+        if self.lying and frame.msg_type in UNACKNOWLEDGED_TYPES:
+            frame = replace(frame, flags=frame.flags | Flags.MORE)
+        super()._write_frame(frame)
+
+
+@dataclass(frozen=True)
+class Heard:
+    """One frame on the shared bus, and when (time.monotonic()) it was on the wire."""
+
+    at: float
+    frame: Frame
+
+
+class RecordingHub(BusHub):
+    """A BusHub that decodes every frame on the wire, both ways, in the order they went."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(fd)
+        self.heard: list[Heard] = []
+        self.changed = asyncio.Event()
+        self._from_gateway = FrameDecoder()
+        self._from_boards = FrameDecoder()
+        # Joined before any board, so a gateway frame is heard before a board can react to it.
+        self.endpoint().open(lambda data: self._hear(self._from_gateway, data), lambda _: None)
+
+    def write(self, data: bytes) -> None:
+        """A board's bytes: heard, then put on the wire."""
+        self._hear(self._from_boards, data)
+        super().write(data)
+
+    def _hear(self, decoder: FrameDecoder, data: bytes) -> None:
+        now = time.monotonic()
+        for item in decoder.feed(data):
+            if isinstance(item, Frame):
+                self.heard.append(Heard(now, item))
+                self.changed.set()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds, checked after each frame heard."""
+        async with asyncio.timeout(WAIT_S):
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+def slot_violations(heard: Sequence[Heard], address: int) -> list[Frame]:
+    """Gateway frames heard while board ``address`` had the bus by SPEC.md "Bus access".
+
+    The board has it after a frame of its with MORE until its next frame arrives, and after a
+    frame of its that is answered until the gateway's answer; meanwhile the gateway sends only
+    that answer.
+    """
+    announced = False
+    unanswered: int | None = None
+    violations: list[Frame] = []
+    for frame in (item.frame for item in heard):
+        if frame.from_board:
+            if frame.address == address:
+                announced = bool(frame.flags & Flags.MORE)
+                if frame.needs_ack:
+                    unanswered = frame.seq
+        elif frame.address == address and not frame.needs_ack and frame.seq == unanswered:
+            unanswered = None
+        elif announced or unanswered is not None:
+            violations.append(frame)
+    return violations
+
+
+def more_frames(heard: Sequence[Heard], address: int, *, answers: bool) -> list[Frame]:
+    """Board ``address``'s frames with MORE: its answers, or its own frames."""
+    return [
+        item.frame
+        for item in heard
+        if item.frame.from_board
+        and item.frame.address == address
+        and item.frame.flags & Flags.MORE
+        and item.frame.needs_ack is not answers
+    ]
+
+
+async def test_a_board_keeps_the_bus_until_its_announced_frames_are_answered() -> None:
+    # Polls every millisecond: board 6's worker always waits for the bus, so a slot that ended
+    # early would be taken by it at once. A long timeout: only a hang would end a slot by it.
+    async with pty_rig(
+        (5, 6),
+        board_type=SpecBoard,
+        hub_type=RecordingHub,
+        poll_interval_s=0.001,
+        ack_timeout_s=1.0,
+    ) as rig:
+        hub = rig.hub
+        assert isinstance(hub, RecordingHub)
+        board = rig.boards[5]
+        # Quick input changes: queued at once, they go out in a chain of frames with MORE.
+        await board.press_rex(0)
+        await board.open_door(1)
+        await board.press_rex(1)
+        await board.tamper(0)
+        await board.close_door(1)
+        # The STATE_REPORT queues behind the events: once it is in, every event is.
+        await rig.bank.state(5)
+        got = [(e.channel, e.kind, e.level) for e in rig.rec.inputs]
+        assert got == [
+            ("front", InputRole.REX, 1),
+            ("front", InputRole.REX, 0),
+            ("back", InputRole.CONTACT, 1),
+            ("back", InputRole.REX, 1),
+            ("back", InputRole.REX, 0),
+            ("front", InputRole.TAMPER, 1),
+            ("back", InputRole.CONTACT, 0),
+        ]
+        heard = list(hub.heard)
+        assert more_frames(heard, 5, answers=True), "board 5 never announced a frame"
+        assert len(more_frames(heard, 5, answers=False)) >= 3, "no chain of events"
+        assert slot_violations(heard, 5) == []
+        assert slot_violations(heard, 6) == []
+        assert any(item.frame.address == 6 for item in heard)  # board 6 had its turns too
+        assert rig.bank.status(6).online
+
+
+async def test_a_board_that_announces_a_frame_and_stays_silent_holds_the_bus_one_timeout() -> None:
+    quiet_s = 0.05  # the bank's ack timeout: RETRANSMIT_TIMEOUT_MS
+    async with pty_rig(
+        (5, 6), board_type=FalseMoreBoard, hub_type=RecordingHub, ack_timeout_s=quiet_s
+    ) as rig:
+        hub = rig.hub
+        liar = rig.boards[5]
+        assert isinstance(hub, RecordingHub)
+        assert isinstance(liar, FalseMoreBoard)
+        liar.lying = True
+        start = len(hub.heard)
+        await hub.wait_for(lambda: len(more_frames(hub.heard[start:], 5, answers=True)) >= 5)
+        await rig.bank.pulse_relay("garage", 0.05)  # the other board is still served
+        assert rig.boards[6].pulse_count(1) == 1
+        liar.lying = False
+        heard = hub.heard[start:]
+        gaps = [gap for item in heard if (gap := bus_hold(heard, item)) is not None]
+        assert len(gaps) >= 4
+        # At least one timeout (the slot was held), and nowhere near a hang.
+        assert all(quiet_s * 0.9 <= gap < 1.0 for gap in gaps), gaps
+        assert rig.bank.status(5).online
+        assert [s.online for s in rig.rec.statuses(5)] == [True]
+
+
+def bus_hold(heard: Sequence[Heard], answer: Heard) -> float | None:
+    """Seconds from a board's answer with MORE to the gateway's next new frame (None: none)."""
+    frame = answer.frame
+    if not (frame.from_board and not frame.needs_ack and frame.flags & Flags.MORE):
+        return None
+    for item in heard[heard.index(answer) + 1 :]:
+        later = item.frame
+        if later.from_board or (later.address, later.seq) == (frame.address, frame.seq):
+            continue  # a board's frame, or the answered request sent again
+        return item.at - answer.at
+    return None
 
 
 async def test_an_index_the_board_lacks_keeps_it_offline_with_a_clear_reason() -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from drivers.base import RelayBank
+from drivers.base import CommandFailed, RelayBank
 from drivers.gpio_relays import (
     CONSUMER,
     DEFAULT_CHIP,
@@ -33,6 +33,7 @@ from drivers.gpio_relays import (
     LibgpiodLines,
     LineSpec,
     SimulatedLines,
+    UnknownChannelError,
     UnknownLineError,
     make_gpio_relays,
 )
@@ -385,7 +386,7 @@ def test_close_with_a_failing_line_still_releases_the_others(
     with caplog.at_level(logging.ERROR, logger="drivers.gpio_relays"):
         relays.close()
 
-    assert "Relay front may still be energised" in caplog.text
+    assert "Relay front may not be at rest" in caplog.text
     assert sim.level("GPIO27") == 0
     assert sim.level("GPIO17") == 1
     assert not sim.held("GPIO17")
@@ -499,3 +500,40 @@ def test_unknown_line_error_lists_the_names() -> None:
     assert error.lines == ("RELAY9",)
     assert isinstance(error, GpioError)
     assert "(no named lines)" in str(UnknownLineError("/dev/gpiochip9", ["X"], []))
+
+
+# -- rest levels and unknown channels ---------------------------------------------------------------
+
+
+def test_a_line_that_rests_energised_is_energised_at_start_and_left_so_at_close(
+    sim: SimulatedLines,
+) -> None:
+    relays = GpioRelays(sim, {"front": LineSpec("GPIO17"), "garage": LineSpec("GPIO27", rest=True)})
+
+    relays.start()
+    assert relays.is_on("garage")
+    assert sim.level("GPIO27") == 1
+    assert sim.level("GPIO17") == 0
+    relays.set("garage", False)  # unlocked for a while
+    relays.set("front", True)
+
+    relays.close()
+
+    assert sim.level("GPIO27") == 1  # back at rest: the maglock stays locked
+    assert sim.level("GPIO17") == 0
+    assert not sim.held("GPIO27")
+
+
+async def test_a_door_without_a_line_is_an_unknown_channel_not_a_crash(sim: SimulatedLines) -> None:
+    relays = GpioRelays(sim, {"front": LineSpec("GPIO17")})
+    relays.start()
+    try:
+        with pytest.raises(UnknownChannelError, match="no GPIO relay channel 'lobby'") as info:
+            relays.is_on("lobby")
+        assert isinstance(info.value, LookupError)  # "not a door this gateway drives"
+        with pytest.raises(CommandFailed, match="no GPIO relay channel 'lobby'"):
+            await relays.drive("lobby", True)
+        await relays.drive("front", True)
+        assert sim.level("GPIO17") == 1
+    finally:
+        relays.close()

@@ -258,6 +258,74 @@ async def test_noise_on_the_line_does_not_break_the_link(rig: Rig) -> None:
     assert rig.board.frame_errors >= 1
 
 
+class Observer:
+    """A frame observer that records every frame it is shown; with ``fail``, it then raises."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.frames: list[Frame] = []
+        self.fail = fail
+        self.changed = asyncio.Event()
+
+    def __call__(self, frame: Frame) -> None:
+        self.frames.append(frame)
+        self.changed.set()
+        if self.fail:
+            raise RuntimeError("observer bug")
+
+    def kinds(self) -> list[tuple[MessageType | int, bool]]:
+        """(type, from_board) of every frame seen."""
+        return [(f.msg_type, f.from_board) for f in self.frames]
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds after some frame was seen."""
+        async with asyncio.timeout(WAIT_S):
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@contextlib.asynccontextmanager
+async def observed_link(observer: Observer) -> AsyncIterator[Session]:
+    """A link with ``observer`` on board ``ADDRESS``; nothing is retransmitted (long timeouts)."""
+    with PtyPair() as pty:
+        board = VirtualBoard(BoardConfig(address=ADDRESS, doors=1, ack_timeout_s=10.0))
+        await board.start(FdStream(pty.master_fd))
+        try:
+            link = BoardLink(pty.slave_path)
+            session = await link.add_board(
+                ADDRESS, GatewaySide().handler, ack_timeout_s=10.0, observer=observer
+            )
+            async with link:
+                yield session
+        finally:
+            await board.stop()
+
+
+async def test_a_frame_observer_sees_its_boards_frames_both_ways_answers_first() -> None:
+    seen = Observer()
+    async with observed_link(seen) as session:
+        await session.request(*encode_message(Hello(1, 1000)))
+        # The answer was shown before the request returned: its MORE flag can be acted on.
+        assert seen.kinds()[:2] == [(MessageType.HELLO, False), (MessageType.ACK, True)]
+        assert seen.frames[0].seq == seen.frames[1].seq
+        # The BOARD_INFO that follows, and the gateway's answer to it once it is queued.
+        await seen.wait_for(lambda: len(seen.frames) >= 4)
+        assert seen.kinds()[2:] == [(MessageType.BOARD_INFO, True), (MessageType.ACK, False)]
+        assert seen.frames[2].seq == seen.frames[3].seq
+        assert {f.address for f in seen.frames} == {ADDRESS}
+
+
+async def test_a_failing_frame_observer_is_logged_and_the_link_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen = Observer(fail=True)
+    async with observed_link(seen) as session:
+        await session.request(*encode_message(Hello(1, 1000)))
+        await session.request(*encode_message(Heartbeat(1)))
+    assert seen.kinds()[:2] == [(MessageType.HELLO, False), (MessageType.ACK, True)]
+    assert "frame observer failed" in caplog.text
+
+
 async def test_link_over_socket_url_to_a_board_on_loopback_tcp() -> None:
     board = VirtualBoard(BoardConfig(address=ADDRESS, doors=1))
     streams: list[TransportStream] = []

@@ -135,6 +135,47 @@ def test_a_bus_of_boards_and_door_settings(tmp_path: Path) -> None:
     ("text", "message"),
     [
         (
+            '[hardware]\nbackend = "board"\nbus = "/dev/ttyUSB0"\n'
+            '[[hardware.boards]]\naddress = 1\ndoors = ["front", "lobby"]\n'
+            '[doors.frnt]\nwiring = "fail_safe"',
+            "doors.frnt: no board drives this door; list it in [[hardware.boards]] "
+            "(doors there: front, lobby)",
+        ),
+        (
+            '[hardware]\nbackend = "gpio"\n[doors.front]\nwiring = "fail_safe"',
+            'doors.front.gpio_line: "" is not allowed; expected the relay\'s line name '
+            '(with backend "gpio" every [doors] table needs one)',
+        ),
+        (
+            '[doors.front]\nfallback = "unlocked"',
+            "doors.front: a fail_safe lock or an unlocked fallback needs the door listed in "
+            "[[hardware.boards]], so its board is told its fallback level at start",
+        ),
+    ],
+)
+def test_door_tables_must_name_doors_this_gateway_drives(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert str(info.value) == message
+
+
+def test_door_tables_for_wired_doors_are_accepted(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            '[hardware]\nbackend = "gpio"\n[doors.front]\ngpio_line = "GPIO17"\n'
+            'wiring = "fail_safe"\n',
+        )
+    )
+    assert config.doors["front"].gpio_line == "GPIO17"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
             '[hardware]\nbackend = "board"\n[[hardware.boards]]\naddress = 1\ndoors = ["a"]',
             'hardware.bus: "" is not allowed; expected the serial device or socket:// URL of the door bus',
         ),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.site_keys import SITE_KEY_BYTES, SiteKeyError, load_site_key
+from gateway.site_keys import SITE_KEY_BYTES, SiteKeyError, _write_new, load_site_key
 
 KEY = bytes(range(16))
 
@@ -63,3 +63,13 @@ def test_a_symlink_is_not_followed(tmp_path: Path) -> None:
     os.symlink(target, link)
     with pytest.raises(SiteKeyError, match="cannot read the site key"):
         load_site_key(link)
+
+
+def test_a_key_made_meanwhile_by_another_process_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "mech_site_key"
+    theirs = write(path, KEY.hex())
+
+    _write_new(theirs)  # lost the race: their key stays
+
+    assert load_site_key(path) == KEY
+    assert [p.name for p in tmp_path.iterdir()] == ["mech_site_key"]  # no temporary left
