@@ -23,6 +23,7 @@ How it runs:
   or while a board frame is still unanswered. It ends when neither holds, or after the session's
   retransmission timeout (``RETRANSMIT_TIMEOUT_MS``) without a frame either way: a board that
   announces a frame and stays silent costs one timeout, and is not marked offline for it.
+  Turns on the bus (``BusTurns``) go to waiting commands before idle HEARTBEATs.
 * ``set``/``pulse``/``feedback`` are synchronous (``RelayBank``/``ReaderBank``): the command is
   queued (bounded) for the board's worker, and a command that is not carried out is reported
   (WARNING and ``on_command_failed``), never taken as done. A relay's state changes when the
@@ -39,7 +40,7 @@ import enum
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
 from typing import NamedTuple, Protocol, Self, TypeAlias, TypeVar
@@ -377,6 +378,55 @@ class BoardSnapshot:
         }
 
 
+class BusTurns:
+    """The right to talk on the bus, one request at a time; commands waiting go before polls.
+
+    A relay or reader command must not queue behind every other board's idle HEARTBEAT: on a
+    bus of several boards that would add one exchange per board to an unlock.
+    """
+
+    def __init__(self) -> None:
+        self._held = False
+        self._urgent: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._polls: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    @contextlib.asynccontextmanager
+    async def turn(self, *, poll: bool = False) -> AsyncIterator[None]:
+        """Hold the bus for the body; a ``poll`` waits while any command waits."""
+        await self._acquire(poll)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, poll: bool) -> None:
+        if not self._held:
+            self._held = True
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._polls if poll else self._urgent
+        queue.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed the bus just as it was cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    queue.remove(waiter)
+            raise
+
+    def _release(self) -> None:
+        """Hand the bus to the next waiter (commands first), or free it."""
+        for queue in (self._urgent, self._polls):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)  # still held: it is that waiter's turn now
+                    return
+        self._held = False
+
+
 class BankState(enum.StrEnum):
     """Lifecycle of a ``BoardBank``; it runs once."""
 
@@ -505,7 +555,7 @@ class BoardBank:
         self._read_handler: Callable[[CredentialRead], None] | None = None
         self._input_handler: Callable[[InputEvent], None] | None = None
         self._state = BankState.NEW
-        self._bus = asyncio.Lock()  # held from a request until the board's reply slot ends
+        self._bus = BusTurns()  # held from a request until the board's reply slot ends
         self._supervisor: asyncio.Task[None] | None = None
         self._first_round = asyncio.Event()
         self._started_at = time.monotonic()
@@ -747,7 +797,7 @@ class BoardBank:
                 command = await self._next_command(board)
                 try:
                     if command is None:
-                        await self._request(board, Heartbeat(self._uptime_ms()))
+                        await self._request(board, Heartbeat(self._uptime_ms()), poll=True)
                     else:
                         await self._execute(board, command)
                 except AckTimeout as err:
@@ -909,13 +959,14 @@ class BoardBank:
 
     # -- requests and commands ---------------------------------------------------------------
 
-    async def _request(self, board: _Board, message: Message) -> None:
-        """One request to ``board``, holding the bus through its reply slot; raises the session's errors."""
+    async def _request(self, board: _Board, message: Message, *, poll: bool = False) -> None:
+        """One request to ``board``, holding the bus through its reply slot; raises the session's
+        errors. A ``poll`` (an idle HEARTBEAT) lets every waiting command go first."""
         link = board.link
         if link is None:
             raise LinkClosed(f"board {board.address}: no link")
         session = link.board(board.address)
-        async with self._bus:
+        async with self._bus.turn(poll=poll):
             board.slot.open()
             try:
                 await session.request(*encode_message(message))

@@ -48,6 +48,8 @@ def decide(
     door = view.doors.get(door_id)
     if door is None:
         return Decision(False, Reason.UNKNOWN_DOOR, door_id, now, mode)
+    if isinstance(identity, Refused) and identity.reason is Reason.KEY_BLACKLISTED:
+        return Decision(False, Reason.KEY_BLACKLISTED, door_id, now, mode)  # lost, not enrolled
     if (
         isinstance(identity, Verified)
         and identity.credential is not None

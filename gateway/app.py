@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -21,13 +22,16 @@ from gateway.door_modes import DoorModeStore
 from gateway.doors import DoorController
 from gateway.entry import EntryService
 from gateway.events import EventLog, new_event
-from gateway.hardware import Hardware, build_hardware
-from gateway.model import CredentialKind, EventType
+from gateway.hardware import BoardHardware, Hardware, build_hardware
+from gateway.model import CredentialKind, Decision, EventType
 from gateway.outbox import Outbox
 from gateway.site_keys import SITE_KEY_FILE, SiteKeyError, load_site_key
 from gateway.web import WebServer, make_app
 
 _LOGGER = logging.getLogger(__name__)
+
+#: How long a key presented on a virtual board may take to be decided.
+KEY_DECISION_TIMEOUT_S = 5.0
 
 
 def utc_now() -> datetime:
@@ -56,6 +60,7 @@ class Gateway:
         self.events = EventLog(self.outbox)
         self.cache = Cache(state_dir / "cache.db")
         self.door_modes = DoorModeStore(state_dir / "door_modes.json")
+        self._site_key: bytes | None = None  # a secret: kept for the virtual boards' keys only
         self.hardware: Hardware = build_hardware(config)
         self.doors = DoorController(
             self.cache, self.door_modes, self.hardware, self.events, clock, config.doors
@@ -134,6 +139,31 @@ class Gateway:
         """The doors' readers (once started)."""
         return self.hardware.readers
 
+    def simulates_keys(self, door_id: str) -> bool:
+        """Whether ``present_key`` can present a key at ``door_id`` (a virtual board's door)."""
+        hardware = self.hardware
+        return (
+            self._site_key is not None
+            and isinstance(hardware, BoardHardware)
+            and hardware.virtual_door(door_id) is not None
+        )
+
+    async def present_key(self, door_id: str, key_id: str) -> Decision:
+        """Virtual boards: a genuine mechatronic key (answering under this gateway's site key)
+        at the door's reader, through the board, the bus and the verifier; its decision."""
+        hardware = self.hardware
+        found = hardware.virtual_door(door_id) if isinstance(hardware, BoardHardware) else None
+        if found is None or self._site_key is None:
+            raise LookupError(f"no virtual board with a key reader at door {door_id!r}")
+        from gateway.mechkeys import respond  # noqa: PLC0415 - loaded with the site key already
+
+        board, reader = found
+        key = bytes.fromhex(key_id)
+        decided = self.entry.next_decision(door_id)
+        challenge = os.urandom(16)
+        await board.present_key(reader, key, challenge, respond(self._site_key, key, challenge))
+        return await asyncio.wait_for(decided, KEY_DECISION_TIMEOUT_S)
+
     def _verifiers(self) -> dict[CredentialKind, Verifier]:
         """The proof checks: mechatronic keys only with a usable site key, else refused."""
         verifiers = dict(DEFAULT_VERIFIERS)
@@ -150,6 +180,7 @@ class Gateway:
         from gateway.mechkeys import MechanicalKeyVerifier  # noqa: PLC0415
 
         verifiers[CredentialKind.MECHATRONIC_KEY] = MechanicalKeyVerifier(key)
+        self._site_key = key
         return verifiers
 
     async def _seed_demo(self) -> None:

@@ -16,6 +16,7 @@ from gateway import access
 from gateway.cache import Cache
 from gateway.credentials import (
     DEFAULT_VERIFIERS,
+    Refused,
     Verified,
     Verifier,
     canonical_value,
@@ -25,7 +26,7 @@ from gateway.credentials import (
 )
 from gateway.doors import DoorController
 from gateway.events import EventLog, decision_event
-from gateway.model import AssuranceLevel, CredentialKind, Decision, Presentation
+from gateway.model import AssuranceLevel, CredentialKind, Decision, Presentation, Reason
 from gateway.outbox import OutboxError
 
 _LOGGER = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class EntryService:
         self._verifiers = verifiers
         self._tasks: set[asyncio.Task[Decision]] = set()
         self._accepting = False
+        self._watchers: dict[str, list[asyncio.Future[Decision]]] = {}
 
     def start(self) -> None:
         """Start taking reads from the readers."""
@@ -83,6 +85,12 @@ class EntryService:
             # The outbox failing is the only way here; it has logged why. Say which read it was.
             _LOGGER.error("presentation at %s failed", task.get_name(), exc_info=task.exception())
 
+    def next_decision(self, door_id: str) -> asyncio.Future[Decision]:
+        """The next decision taken at ``door_id`` (for simulators: a key presented on a board)."""
+        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self._watchers.setdefault(door_id, []).append(future)
+        return future
+
     async def handle(self, read: CredentialRead) -> Decision:
         """Decide a raw read; a malformed one is denied as an unknown credential."""
         door_id = read.reader_id  # one reader per door, named after it
@@ -108,6 +116,13 @@ class EntryService:
         """Verify, decide, open if granted, commit the event, then show the result."""
         view = self._cache.view
         identity = verify(presentation, view.credential, self._verifiers)
+        if (
+            isinstance(identity, Verified)
+            and presentation.kind is CredentialKind.MECHATRONIC_KEY
+            and presentation.value in view.site.key_blacklist
+        ):
+            # A genuine lost key, even one no longer enrolled, is named as such.
+            identity = Refused(Reason.KEY_BLACKLISTED, "on the site's blacklist of lost keys")
         door_id = presentation.door_id
         decision = access.decide(identity, door_id, self._clock(), view, self._doors.mode(door_id))
         await self._conclude(decision, presentation, reader_id or door_id)
@@ -123,6 +138,9 @@ class EntryService:
         controller records ``door.relay_failed``).
         """
         confirm = self._doors.grant(decision)
+        for watcher in self._watchers.pop(decision.door_id, []):
+            if not watcher.done():
+                watcher.set_result(decision)
         event = decision_event(decision, presentation)
         try:
             await asyncio.wait_for(self._events.record(event), EVENT_COMMIT_TIMEOUT_S)

@@ -552,12 +552,28 @@ def test_run_on_the_embedded_virtual_boards(tmp_path: Path) -> None:
             f"nfc_uid:{ADA}",
         )
         assert granted.returncode == 0, granted.stderr
+        # Ada's mechatronic key, answering the virtual board's challenge for real: over the
+        # bus, verified under this gateway's site key, high enough for the server room.
+        key = cli(
+            "present",
+            "--config",
+            gateway.config,
+            "--door",
+            "server-room",
+            "--credential",
+            "mech_key:A1A2A3A4A5A6A7A8",
+        )
+        assert key.returncode == 0, key.stderr
+        assert "GRANTED" in key.stdout
     finally:
         status = stop_run(gateway)
 
     assert status == 0, gateway.log.read_text()
     types = outbox_types(gateway.state)
     assert "board.online" in types
+    decisions = [data for _, kind, data in read_outbox(gateway.state) if kind == "access.granted"]
+    assert [d["credential"] for d in decisions] == ["card-ada", "key-ada"]
+    assert decisions[1]["assurance"] == "high"
     assert types.index("board.online") < types.index("access.granted")
     # The board confirmed the unlock, then the gateway left the door locked on stop.
     assert "door.unlocked" in types

@@ -25,7 +25,7 @@ from gateway import codec
 from gateway.app import Gateway
 from gateway.hardware import BoardHardware
 from gateway.mechkeys import respond
-from gateway.model import DoorMode, Reason
+from gateway.model import CredentialKind, DoorMode, Reason
 from gateway.site_keys import SITE_KEY_FILE
 from tests.conftest import (
     ADA,
@@ -43,14 +43,12 @@ Waiter = Callable[[Gateway], EventWaiter]
 
 
 def site_with_keys(unlock_seconds: float | None = None) -> codec.Snapshot:
-    """The demo site plus Ada's mechatronic key, every door's unlock time optionally changed."""
+    """The demo site (Ada has a mechatronic key) at version 2, unlock times optionally changed."""
     data = demo_json()
     data["version"] = 2
+    assert {"id": "key-ada", "user": "ada", "kind": "mech_key", "value": ADA_KEY, "assurance": "high"} in data["credentials"]  # fmt: skip
     for door in data["doors"]:
         door["unlock_seconds"] = unlock_seconds or door["unlock_seconds"]
-    data["credentials"].append(
-        {"id": "key-ada", "user": "ada", "kind": "mech_key", "value": ADA_KEY, "assurance": "high"}
-    )
     return codec.snapshot_from_json(data)
 
 
@@ -459,3 +457,18 @@ async def test_site_doors_on_no_board_of_this_gateway_are_left_alone(
     assert gw.doors.status("server-room") is None
     assert gw.doors.status("front") is not None
     assert not waiter.matching("door.relay_failed")
+
+
+async def test_a_lost_key_on_the_blacklist_is_named_even_once_no_longer_enrolled(
+    start_gateway: GatewayFactory, gateway_config: ConfigFactory
+) -> None:
+    gw = await start_gateway(gateway_config(hardware={"backend": "virtual"}))
+    lost = "5EC0FFEE00000001"  # the demo site's blacklist; no credential holds it
+    assert gw.cache.view.credential(CredentialKind.MECHATRONIC_KEY, lost) is None
+    await gw.doors.set_mode("server-room", DoorMode.EMERGENCY_OPEN, source="test")
+
+    decision = await gw.present_key("server-room", lost)
+
+    assert decision.reason is Reason.KEY_BLACKLISTED  # wins even over emergency open
+    assert not decision.granted
+    assert (await gw.present_key("server-room", ADA_KEY)).reason is Reason.EMERGENCY_OPEN
