@@ -11,15 +11,19 @@ CONFIGURE (supervision timeout, safe states); RELAY_SET, RELAY_PULSE (ends on it
 retransmission is never carried out twice, the Session guarantees it); READER_FEEDBACK (kept per
 reader, the LED goes off after its duration); STATE_REQUEST → STATE_REPORT on its own monotonic
 clock; broadcast HEARTBEAT/RELAY_SET/RELAY_PULSE/READER_FEEDBACK, an identical broadcast carried
-out once; the supervision timer and fallback; events queued in order and sent only in reply
-slots; an event queue of ``EVENT_QUEUE_FRAMES`` with EVENT_QUEUE_OVERFLOW.
+out once; the supervision timer and fallback; an event queue of ``EVENT_QUEUE_FRAMES`` with
+EVENT_QUEUE_OVERFLOW.
 
-Simplified on a point-to-point link ("Bus access"):
+Bus access as SPEC.md says it, on a shared bus as on a point-to-point link (``_SlotGate``): the
+board answers a frame addressed to it at once, with ``MORE`` when it may send frames of its own
+and has one queued, and then sends its head; when the gateway answers a head that carried
+``MORE``, the next frame follows. An own frame carries ``MORE`` if another was queued behind it
+when it was first sent, and is resent byte for byte (``MORE`` as first sent) after each answer
+of the board's that announces it, until the gateway answers it; never on a timer, never
+unannounced.
 
-* A reply slot opens on every valid frame addressed to the board and lasts ``REPLY_SLOT_S``;
-  the board sends its answer and then its head in it (and its next frame when the gateway acks
-  the head within the slot). ``MORE`` is never set: the Session does not expose it, and on a
-  point-to-point link no other station waits for the slot to end.
+Simplified:
+
 * The reply starts as soon as the event loop gets to it, not within 0.5..10 ms.
 * Events wait in the Session's FIFO queue, so a BOARD_INFO queues behind events already waiting
   (instead of right behind the frame in flight) and does not replace an earlier one; an
@@ -36,20 +40,20 @@ import logging
 import os
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Protocol, Self
 
 from firmware_protocol import (
     BROADCAST_ADDRESS,
     PROTOCOL_VERSION,
-    UNACKNOWLEDGED_TYPES,
     BeepPattern,
     BoardFault,
     BoardInfo,
     Capability,
     Configure,
     FaultCode,
+    Flags,
     Frame,
     FrameDecoder,
     FrameError,
@@ -78,9 +82,6 @@ from firmware_protocol.session import Session
 
 _LOGGER = logging.getLogger(__name__)
 
-#: How long a reply slot stays open after a frame addressed to the board, in seconds (the
-#: gateway's RETRANSMIT_TIMEOUT_MS, SPEC.md "Timing").
-REPLY_SLOT_S = 0.05
 #: Frames the board's event queue holds (SPEC.md, "Board events": at least 16).
 EVENT_QUEUE_FRAMES = 16
 #: Physics mode: from relay on (unlocked) to door contact open, in seconds.
@@ -296,8 +297,6 @@ class BoardConfig:
     physics: bool = False  # doors open after their relay unlocks and close later on their own
     physics_open_delay_s: float = PHYSICS_OPEN_DELAY_S
     physics_open_time_s: float = PHYSICS_OPEN_TIME_S
-    reply_slot_s: float = REPLY_SLOT_S
-    ack_timeout_s: float | None = None  # the board Session's retransmission timer
 
     @property
     def relay_count(self) -> int:
@@ -332,44 +331,64 @@ class _Reader:
 
 
 class _SlotGate:
-    """The board Session's FrameTransport: answers go out at once, own frames only in a slot."""
+    """The board Session's FrameTransport: what the board sends where, by SPEC.md "Bus access"."""
 
     def __init__(self, board: VirtualBoard) -> None:
         self._board = board
-        self._held: Frame | None = None  # the newest own frame waiting for a slot
-        self._slot_until = 0.0
+        self._head: Frame | None = None  # the oldest own frame, as it goes (or went) out
+        self._head_sent = False  # its flags are fixed once it was first sent
+        self._announced = False  # a MORE of ours promised the next own frame in this slot
 
     def open_slot(self, frame: Frame) -> None:
-        """A valid frame addressed to the board arrived."""
-        held = self._held
-        if frame.msg_type in UNACKNOWLEDGED_TYPES and held is not None and held.seq == frame.seq:
-            self._held = None  # the head is answered: it must not go out again
-        self._slot_until = time.monotonic() + self._board.config.reply_slot_s
-        if frame.msg_type in UNACKNOWLEDGED_TYPES:
-            self._flush()  # an answer to our head: the next head may follow in this slot
+        """A valid frame addressed to the board: a new slot; an answer to the head ends the head."""
+        head, self._announced = self._head, False
+        if frame.needs_ack or head is None or head.seq != frame.seq:
+            return  # an answer to anything but the head is ignored (SPEC.md, "Board events")
+        self._head = None
+        # The head announced the next frame: it follows in this slot once the Session hands it
+        # over (the Session sees this answer right after the gate).
+        self._announced = bool(head.flags & Flags.MORE)
 
     def close_slot(self) -> None:
-        """The slot is over (fallback, stop)."""
-        self._slot_until = 0.0
+        """Fallback: no own frame goes out until the next slot that allows it."""
+        self._announced = False
 
     def send_frame(self, frame: Frame) -> None:
-        """FrameTransport: write an answer now; hold an own frame until it may go out."""
-        if frame.msg_type in UNACKNOWLEDGED_TYPES:
-            self._board._write_frame(frame)
-            self._flush()
-            return
-        self._held = frame
-        self._flush()
+        """FrameTransport: an answer goes out now; an own frame becomes the head, sent when due."""
+        if not frame.needs_ack:
+            self._answer(frame)
+        elif self._head is None or self._head.seq != frame.seq:
+            self._new_head(frame)
+        # Otherwise the Session's timer offers the head again: a board resends it only in a
+        # reply slot, after an answer of its that announces it (SPEC.md, "Retransmission").
 
-    def _flush(self) -> None:
-        held = self._held
-        if held is None or not self._board._may_send_own():
+    def _new_head(self, frame: Frame) -> None:
+        """The Session hands over its next frame: it goes out now only if already announced."""
+        self._head, self._head_sent = frame, False
+        if self._announced:
+            self._announced = False
+            self._send_head()
+
+    def _answer(self, frame: Frame) -> None:
+        """Send an ACK/NAK, with MORE and the head behind it if the board has a frame to send."""
+        board = self._board
+        more = board._may_send_own() and (self._head is not None or board.session.queued > 0)
+        board._write_frame(replace(frame, flags=frame.flags | Flags.MORE) if more else frame)
+        if not more:
             return
-        if time.monotonic() > self._slot_until:
-            return
-        self._held = None
-        self._slot_until = 0.0  # one own frame per slot; the gateway's ack opens the next
-        self._board._write_frame(held)
+        if self._head is not None:
+            self._send_head()
+        else:
+            self._announced = True  # the Session hands its next frame over in a moment
+
+    def _send_head(self) -> None:
+        """Send the head; its first sending fixes MORE (another frame queued behind it)."""
+        head = self._head
+        assert head is not None
+        if not self._head_sent and self._board.session.queued:
+            head = replace(head, flags=head.flags | Flags.MORE)
+        self._head, self._head_sent = head, True
+        self._board._write_frame(head)
 
 
 class VirtualBoard:
@@ -395,7 +414,6 @@ class VirtualBoard:
             address=cfg.address,
             from_board=True,
             handler=self._handle,
-            ack_timeout_s=cfg.ack_timeout_s,
             queue_size=EVENT_QUEUE_FRAMES,
             initial_seq=int.from_bytes(os.urandom(2), "little"),
         )
@@ -850,7 +868,6 @@ __all__ = [
     "INPUTS_PER_DOOR",
     "PHYSICS_OPEN_DELAY_S",
     "PHYSICS_OPEN_TIME_S",
-    "REPLY_SLOT_S",
     "BoardConfig",
     "BoardState",
     "ByteStream",

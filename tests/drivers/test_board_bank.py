@@ -33,13 +33,11 @@ from drivers.board_bank import (
 )
 from drivers.pty_pair import PtyPair
 from drivers.virtual_board import (
-    EVENT_QUEUE_FRAMES,
     BoardConfig,
     BoardState,
     FdStream,
     TransportStream,
     VirtualBoard,
-    _SlotGate,
 )
 from drivers.virtual_bus import BusHub
 from firmware_protocol import (
@@ -57,7 +55,6 @@ from firmware_protocol import (
     RelayPulse,
     SafeState,
 )
-from firmware_protocol.session import Session
 from gateway.backoff import Backoff
 
 WAIT_S = 3.0
@@ -479,75 +476,6 @@ async def test_two_boards_share_one_bus_and_a_silent_one_does_not_block_the_othe
 # -- reply slots on a shared bus (SPEC.md, "Bus access") -----------------------------------
 
 
-class SpecSlotGate(_SlotGate):
-    """SPEC.md "Bus access" to the letter: MORE where it says, own frames only where announced."""
-
-    # VirtualBoard's own gate never sets MORE and sends its frames within a time window instead.
-
-    def __init__(self, board: VirtualBoard) -> None:
-        super().__init__(board)
-        self._head: Frame | None = None  # the oldest own frame, as it goes (or went) out
-        self._head_sent = False  # its flags are fixed once it was first sent
-        self._announced = False  # a MORE of ours promised the next own frame in this slot
-
-    def open_slot(self, frame: Frame) -> None:
-        """A frame addressed to the board: a new slot; an answer to the head ends the head."""
-        head, self._announced = self._head, False
-        if frame.msg_type in UNACKNOWLEDGED_TYPES and head is not None and head.seq == frame.seq:
-            self._head = None
-            self._announced = bool(head.flags & Flags.MORE)  # the next frame follows at once
-
-    def close_slot(self) -> None:
-        """Fallback or stop: nothing more goes out in this slot."""
-        self._announced = False
-
-    def send_frame(self, frame: Frame) -> None:
-        """FrameTransport: answers go out now (with MORE if a frame of ours follows)."""
-        if frame.msg_type in UNACKNOWLEDGED_TYPES:
-            self._answer(frame)
-        elif self._head is None or self._head.seq != frame.seq:
-            # A new head; a retransmission of the head goes out only in a slot, after an answer.
-            self._head, self._head_sent = frame, False
-            if self._announced:
-                self._announced = False
-                self._send_head()
-
-    def _answer(self, frame: Frame) -> None:
-        board = self._board
-        more = board._may_send_own() and (self._head is not None or board.session.queued > 0)
-        board._write_frame(replace(frame, flags=frame.flags | Flags.MORE) if more else frame)
-        if more and self._head is not None:
-            self._send_head()
-        elif more:
-            self._announced = True  # the session hands the frame over in a moment
-
-    def _send_head(self) -> None:
-        head = self._head
-        assert head is not None
-        if not self._head_sent and self._board.session.queued:
-            head = replace(head, flags=head.flags | Flags.MORE)  # another is queued behind it
-        self._head, self._head_sent = head, True
-        self._board._write_frame(head)
-
-
-class SpecBoard(VirtualBoard):
-    """A virtual board that announces its frames with MORE and sends them only where announced."""
-
-    def __init__(self, config: BoardConfig | None = None) -> None:
-        super().__init__(config)
-        self._gate = SpecSlotGate(self)
-        # The session writes to the gate it was built with: build it again on this one.
-        self._session = Session(
-            self._gate,
-            address=self.config.address,
-            from_board=True,
-            handler=self._handle,
-            ack_timeout_s=self.config.ack_timeout_s,
-            queue_size=EVENT_QUEUE_FRAMES,
-            initial_seq=int.from_bytes(os.urandom(2), "little"),
-        )
-
-
 class FalseMoreBoard(VirtualBoard):
     """Once ``lying`` is set, announces a frame (MORE) on every answer and never sends one."""
 
@@ -634,44 +562,83 @@ def more_frames(heard: Sequence[Heard], address: int, *, answers: bool) -> list[
     ]
 
 
-async def test_a_board_keeps_the_bus_until_its_announced_frames_are_answered() -> None:
-    # Polls every millisecond: board 6's worker always waits for the bus, so a slot that ended
-    # early would be taken by it at once. A long timeout: only a hang would end a slot by it.
+def unslotted_frames(heard: Sequence[Heard], address: int) -> list[Frame]:
+    """Board ``address``'s frames heard outside its reply slots by SPEC.md "Bus access".
+
+    A gateway frame to the board that needs an answer lets the board answer it; the board's
+    answer with MORE, or the gateway's answer to the board's own frame with MORE, lets it send
+    one frame of its own. Any other gateway frame ends that.
+    """
+    answer_to: int | None = None  # the seq of the gateway frame the board may answer
+    own_due = False  # the board announced its next own frame
+    last_own: Frame | None = None
+    violations: list[Frame] = []
+    for frame in (item.frame for item in heard):
+        if not frame.from_board:
+            to_board = frame.address == address
+            answer_to = frame.seq if to_board and frame.needs_ack else None
+            own_due = (
+                to_board
+                and not frame.needs_ack
+                and last_own is not None
+                and last_own.seq == frame.seq
+                and bool(last_own.flags & Flags.MORE)
+            )
+        elif frame.address != address:
+            continue
+        elif not frame.needs_ack:
+            allowed, answer_to = frame.seq == answer_to, None
+            own_due = allowed and bool(frame.flags & Flags.MORE)
+            if not allowed:
+                violations.append(frame)
+        else:
+            if not own_due:
+                violations.append(frame)
+            own_due, last_own = False, frame
+    return violations
+
+
+async def burst(board: VirtualBoard) -> None:
+    """Thirteen input changes at once: with a STATE_REPORT, fewer than the event queue holds."""
+    await board.press_rex(0)
+    await board.open_door(1)
+    await board.press_rex(1)
+    await board.tamper(0)
+    await board.open_door(0)
+    await board.close_door(1)
+    await board.tamper(0, False)
+    await board.press_rex(0)
+    await board.close_door(0)
+    await board.tamper(1)
+
+
+BURST_INPUTS = [
+    (1, 1), (1, 0), (3, 1), (4, 1), (4, 0), (2, 1), (0, 1), (3, 0), (2, 0), (1, 1), (1, 0),
+    (0, 0), (5, 1),
+]  # fmt: skip
+
+
+async def test_two_boards_bursting_send_only_in_their_slots_and_every_event_arrives_once() -> None:
+    # Polls every millisecond: each worker always waits for the bus, so a slot that ended early
+    # would be taken by the other board at once. A long timeout: only a hang would end a slot.
     async with pty_rig(
-        (5, 6),
-        board_type=SpecBoard,
-        hub_type=RecordingHub,
-        poll_interval_s=0.001,
-        ack_timeout_s=1.0,
+        (5, 6), hub_type=RecordingHub, poll_interval_s=0.001, ack_timeout_s=1.0
     ) as rig:
         hub = rig.hub
         assert isinstance(hub, RecordingHub)
-        board = rig.boards[5]
-        # Quick input changes: queued at once, they go out in a chain of frames with MORE.
-        await board.press_rex(0)
-        await board.open_door(1)
-        await board.press_rex(1)
-        await board.tamper(0)
-        await board.close_door(1)
-        # The STATE_REPORT queues behind the events: once it is in, every event is.
-        await rig.bank.state(5)
-        got = [(e.channel, e.kind, e.level) for e in rig.rec.inputs]
-        assert got == [
-            ("front", InputRole.REX, 1),
-            ("front", InputRole.REX, 0),
-            ("back", InputRole.CONTACT, 1),
-            ("back", InputRole.REX, 1),
-            ("back", InputRole.REX, 0),
-            ("front", InputRole.TAMPER, 1),
-            ("back", InputRole.CONTACT, 0),
-        ]
+        # Both boards' changes queue at once and go out in chains of frames with MORE.
+        await asyncio.gather(burst(rig.boards[5]), burst(rig.boards[6]))
+        # A STATE_REPORT queues behind a board's events: once it is in, every event is.
+        await asyncio.gather(rig.bank.state(5), rig.bank.state(6))
         heard = list(hub.heard)
-        assert more_frames(heard, 5, answers=True), "board 5 never announced a frame"
-        assert len(more_frames(heard, 5, answers=False)) >= 3, "no chain of events"
-        assert slot_violations(heard, 5) == []
-        assert slot_violations(heard, 6) == []
-        assert any(item.frame.address == 6 for item in heard)  # board 6 had its turns too
-        assert rig.bank.status(6).online
+        for address in (5, 6):
+            got = [(e.index, e.level) for e in rig.rec.inputs if e.address == address]
+            assert got == BURST_INPUTS, address  # each once, in order
+            assert more_frames(heard, address, answers=True), f"{address} never announced"
+            assert len(more_frames(heard, address, answers=False)) >= 3, f"{address}: no chain"
+            assert slot_violations(heard, address) == []
+            assert unslotted_frames(heard, address) == []
+            assert [s.online for s in rig.rec.statuses(address)] == [True]
 
 
 async def test_a_board_that_announces_a_frame_and_stays_silent_holds_the_bus_one_timeout() -> None:

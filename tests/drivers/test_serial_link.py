@@ -286,9 +286,12 @@ class Observer:
 
 @contextlib.asynccontextmanager
 async def observed_link(observer: Observer) -> AsyncIterator[Session]:
-    """A link with ``observer`` on board ``ADDRESS``; nothing is retransmitted (long timeouts)."""
+    """A link with ``observer`` on board ``ADDRESS``; nothing is retransmitted.
+
+    The gateway's timeout is long; the board resends a frame only in a reply slot.
+    """
     with PtyPair() as pty:
-        board = VirtualBoard(BoardConfig(address=ADDRESS, doors=1, ack_timeout_s=10.0))
+        board = VirtualBoard(BoardConfig(address=ADDRESS, doors=1))
         await board.start(FdStream(pty.master_fd))
         try:
             link = BoardLink(pty.slave_path)

@@ -3,25 +3,42 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from collections.abc import AsyncIterator
 
 import pytest
 
-from drivers.virtual_board import BoardConfig, BoardState
+from drivers.pty_pair import PtyPair
+from drivers.virtual_board import BoardConfig, BoardState, VirtualBoard
 from firmware_protocol import (
     BROADCAST_ADDRESS,
+    SEQ_MODULO,
     BoardFault,
+    Configure,
     FaultCode,
+    Flags,
     Frame,
+    Heartbeat,
     Hello,
     InputChanged,
+    Message,
+    MessageType,
     NakCode,
     RelayPulse,
     RelaySet,
     SafeState,
+    decode_message,
+    encode_frame,
     encode_message,
 )
 from firmware_protocol.session import NakReceived
+from tests.drivers.test_board_bank import (
+    RecordingHub,
+    drain,
+    slot_violations,
+    unslotted_frames,
+)
 from tests.drivers.test_serial_link import ADDRESS, WAIT_S, Rig, pty_rig
 
 
@@ -107,3 +124,165 @@ async def test_physics_opens_the_door_after_unlock_and_closes_it() -> None:
         changes = [(m.input_index, m.level) for m in rig.gw.messages if isinstance(m, InputChanged)]
         assert changes == [(0, 1), (0, 0)]
         assert not rig.board.door_open(0)
+
+
+# -- reply slots, frame by frame (SPEC.md, "Bus access") -----------------------------------
+
+#: Long enough that the board stays supervised through a test that polls only when it chooses.
+LONG_SUPERVISION_MS = 60_000
+
+
+class RawGateway:
+    """Gateway frames written straight onto the pty: nothing is retransmitted or sent unasked."""
+
+    def __init__(self, pty: PtyPair, hub: RecordingHub) -> None:
+        self._fd = pty.slave_fd
+        self._hub = hub
+        self._taken = 0  # frames of hub.heard already looked at
+        self._seq = 1000
+
+    def send(self, frame: Frame) -> None:
+        """Write one frame, with the leading delimiter."""
+        os.write(self._fd, b"\x00" + encode_frame(frame))
+
+    def frame(self, message: Message, address: int = ADDRESS) -> Frame:
+        """``message`` as the gateway's next new frame to ``address``."""
+        self._seq += 1
+        return Frame(address, self._seq, *encode_message(message))
+
+    async def exchange(
+        self, message: Message, *, answer: MessageType | None = MessageType.ACK
+    ) -> list[Frame]:
+        """Send ``message`` and serve the board's reply slot; the board's frames in it, in order.
+
+        Each own frame of the board gets ``answer`` (a NAK says BUSY); with None it gets none,
+        and the slot ends at it.
+        """
+        self.send(self.frame(message))
+        frames = [await self.board_frame()]
+        while frames[-1].flags & Flags.MORE:
+            frames.append(await self.board_frame())
+            if answer is None:
+                break
+            payload = b"" if answer is MessageType.ACK else bytes([NakCode.BUSY])
+            self.send(Frame(ADDRESS, frames[-1].seq, answer, payload))
+        return frames
+
+    async def board_frame(self) -> Frame:
+        """The next board frame on the bus."""
+        heard = self._hub.heard
+        await self._hub.wait_for(lambda: any(h.frame.from_board for h in heard[self._taken :]))
+        index = next(i for i in range(self._taken, len(heard)) if heard[i].frame.from_board)
+        self._taken = index + 1
+        return heard[index].frame
+
+    async def handshake(self) -> None:
+        """HELLO (BOARD_INFO follows in its slot) and CONFIGURE with one relay."""
+        await self.exchange(Hello(1, 1000))
+        await self.exchange(Configure(LONG_SUPERVISION_MS, (SafeState.FAIL_SECURE,)))
+
+
+@contextlib.asynccontextmanager
+async def raw_rig() -> AsyncIterator[tuple[VirtualBoard, RawGateway, RecordingHub]]:
+    """A one-door board on a recorded bus, and a raw gateway on the pty's other end."""
+    loop = asyncio.get_running_loop()
+    with PtyPair() as pty:
+        hub = RecordingHub(pty.master_fd)
+        board = VirtualBoard(BoardConfig(address=ADDRESS, doors=1))
+        loop.add_reader(pty.slave_fd, drain, pty.slave_fd)  # the trace is read from the hub
+        try:
+            await board.start(hub.endpoint())
+            yield board, RawGateway(pty, hub), hub
+        finally:
+            loop.remove_reader(pty.slave_fd)
+            await board.stop()
+            hub.close()
+
+
+def shape(frames: list[Frame]) -> list[tuple[MessageType | int, bool]]:
+    """Each frame's type and whether it carries MORE."""
+    return [(f.msg_type, bool(f.flags & Flags.MORE)) for f in frames]
+
+
+def changes(frames: list[Frame]) -> list[tuple[int, int]]:
+    """(input, level) of each INPUT_CHANGED among ``frames``."""
+    messages = [decode_message(f) for f in frames if f.msg_type == MessageType.INPUT_CHANGED]
+    return [(m.input_index, m.level) for m in messages if isinstance(m, InputChanged)]
+
+
+ACK, MORE_EVENT = (MessageType.ACK, False), (MessageType.INPUT_CHANGED, True)
+ANNOUNCING_ACK, LAST_EVENT = (MessageType.ACK, True), (MessageType.INPUT_CHANGED, False)
+
+
+async def test_queued_events_go_out_only_in_a_reply_slot_chained_with_more() -> None:
+    async with raw_rig() as (board, gw, hub):
+        await gw.handshake()
+        await board.press_rex(0)
+        await board.open_door(0)
+        # A broadcast opens no slot: the board carries it out and keeps its events.
+        mark = len(hub.heard)
+        gw.send(gw.frame(Heartbeat(7), BROADCAST_ADDRESS))
+        await hub.wait_for(lambda: len(hub.heard) > mark)  # heard, so delivered to the board
+        assert board.gateway_uptime_ms == 7
+
+        slot = await gw.exchange(Heartbeat(8))
+        assert shape(slot) == [ANNOUNCING_ACK, MORE_EVENT, MORE_EVENT, LAST_EVENT]
+        assert changes(slot) == [(1, 1), (1, 0), (0, 1)]
+        assert shape(await gw.exchange(Heartbeat(9))) == [ACK]  # nothing left
+        trace = [(h.frame.msg_type, h.frame.from_board) for h in hub.heard[mark:]]
+        gateway_ack, board_event = (MessageType.ACK, False), (MessageType.INPUT_CHANGED, True)
+        assert trace == [
+            (MessageType.HEARTBEAT, False),  # the broadcast: no answer, no event
+            (MessageType.HEARTBEAT, False),
+            (MessageType.ACK, True),
+            *[board_event, gateway_ack] * 3,  # each once, each after the one before is answered
+            (MessageType.HEARTBEAT, False),
+            (MessageType.ACK, True),
+        ]
+        assert unslotted_frames(hub.heard, ADDRESS) == []
+        assert slot_violations(hub.heard, ADDRESS) == []
+
+
+@pytest.mark.parametrize("answer", [MessageType.ACK, MessageType.NAK])
+async def test_an_unanswered_head_is_resent_byte_for_byte_in_the_next_slot(
+    answer: MessageType,
+) -> None:
+    async with raw_rig() as (board, gw, hub):
+        await gw.handshake()
+        await board.open_door(0)
+        first = await gw.exchange(Heartbeat(1), answer=None)  # the gateway misses the event
+        assert shape(first) == [ANNOUNCING_ACK, LAST_EVENT]
+        await board.close_door(0)  # queued behind the unanswered head
+        again = await gw.exchange(Heartbeat(2), answer=None)
+        # Byte for byte: no MORE now either, though another frame is queued behind it.
+        assert shape(again) == [ANNOUNCING_ACK, LAST_EVENT]
+        assert encode_frame(again[1]) == encode_frame(first[1])
+        # An answer that is not for the head is ignored, and opens no way for a frame.
+        gw.send(Frame(ADDRESS, (first[1].seq - 1) % SEQ_MODULO, MessageType.ACK))
+        done = await gw.exchange(Heartbeat(3), answer=answer)
+        assert shape(done) == [ANNOUNCING_ACK, LAST_EVENT]
+        assert done[1] == first[1]
+        # The head carried no MORE: its answer ended the slot, the next event waits for one.
+        later = await gw.exchange(Heartbeat(4), answer=answer)
+        assert shape(later) == [ANNOUNCING_ACK, LAST_EVENT]
+        assert changes(later) == [(0, 0)]
+        assert shape(await gw.exchange(Heartbeat(5))) == [ACK]
+        assert unslotted_frames(hub.heard, ADDRESS) == []
+
+
+async def test_a_board_that_may_not_send_keeps_its_events_until_hello() -> None:
+    async with raw_rig() as (board, gw, hub):
+        await board.press_rex(0)
+        # UNCONFIGURED: the refusal announces nothing, though events are queued.
+        refused = await gw.exchange(Heartbeat(1))
+        assert shape(refused) == [(MessageType.NAK, False)]
+        slot = await gw.exchange(Hello(1, 1000))
+        assert shape(slot) == [
+            ANNOUNCING_ACK,
+            MORE_EVENT,
+            MORE_EVENT,
+            (MessageType.BOARD_INFO, False),
+        ]
+        assert changes(slot) == [(1, 1), (1, 0)]
+        assert board.state is BoardState.IDENTIFIED
+        assert unslotted_frames(hub.heard, ADDRESS) == []
