@@ -11,23 +11,25 @@ CONFIGURE (supervision timeout, safe states); RELAY_SET, RELAY_PULSE (ends on it
 retransmission is never carried out twice, the Session guarantees it); READER_FEEDBACK (kept per
 reader, the LED goes off after its duration); STATE_REQUEST → STATE_REPORT on its own monotonic
 clock; broadcast HEARTBEAT/RELAY_SET/RELAY_PULSE/READER_FEEDBACK, an identical broadcast carried
-out once; the supervision timer and fallback; an event queue of ``EVENT_QUEUE_FRAMES`` with
-EVENT_QUEUE_OVERFLOW.
+out once; the supervision timer and fallback; an event queue of ``EVENT_QUEUE_FRAMES`` that
+discards events when full and queues one EVENT_QUEUE_OVERFLOW as soon as there is room again;
+a KEY_PRESENTED still unanswered ``KEY_EVENT_MAX_AGE_S`` after the presentation is withdrawn
+from the queue (``Session.withdraw``), even if it was sent already, and never sent again
+(SPEC.md, "Board events").
 
 Bus access as SPEC.md says it, on a shared bus as on a point-to-point link (``_SlotGate``): the
 board answers a frame addressed to it at once, with ``MORE`` when it may send frames of its own
 and has one queued, and then sends its head; when the gateway answers a head that carried
 ``MORE``, the next frame follows. An own frame carries ``MORE`` if another was queued behind it
 when it was first sent, and is resent byte for byte (``MORE`` as first sent) after each answer
-of the board's that announces it, until the gateway answers it; never on a timer, never
-unannounced.
+of the board's that announces it, until the gateway answers it (or it is withdrawn); never on a
+timer, never unannounced.
 
 Simplified:
 
 * The reply starts as soon as the event loop gets to it, not within 0.5..10 ms.
 * Events wait in the Session's FIFO queue, so a BOARD_INFO queues behind events already waiting
-  (instead of right behind the frame in flight) and does not replace an earlier one; an
-  unanswered KEY_PRESENTED is not dropped after ``KEY_EVENT_MAX_AGE_MS``.
+  (instead of right behind the frame in flight) and does not replace an earlier one.
 * No debounce, no wiring inversion; beep patterns are remembered, not timed.
 """
 
@@ -82,8 +84,12 @@ from firmware_protocol.session import Session
 
 _LOGGER = logging.getLogger(__name__)
 
-#: Frames the board's event queue holds (SPEC.md, "Board events": at least 16).
+#: Frames the board's event queue holds, the one in flight included (SPEC.md, "Board events":
+#: at least 16).
 EVENT_QUEUE_FRAMES = 16
+#: A KEY_PRESENTED unanswered this long after the presentation is withdrawn, in seconds
+#: (SPEC.md, "Timing": KEY_EVENT_MAX_AGE_MS). Read at each presentation, so tests may shrink it.
+KEY_EVENT_MAX_AGE_S = 3.0
 #: Physics mode: from relay on (unlocked) to door contact open, in seconds.
 PHYSICS_OPEN_DELAY_S = 0.05
 #: Physics mode: how long a door the physics opened stays open, in seconds.
@@ -353,6 +359,16 @@ class _SlotGate:
         """Fallback: no own frame goes out until the next slot that allows it."""
         self._announced = False
 
+    def frame_withdrawn(self) -> None:
+        """The Session withdrew a frame: forget it if it was the head, and a MORE now unkept."""
+        session = self._board.session
+        flight = session.in_flight
+        if self._head is not None and (flight is None or flight.seq != self._head.seq):
+            # Never resent; the Session hands over its next frame, the new head, when it has one.
+            self._head, self._head_sent = None, False
+        if self._head is None and not session.queued:
+            self._announced = False  # nothing left to follow (SPEC.md: it stays silent)
+
     def send_frame(self, frame: Frame) -> None:
         """FrameTransport: an answer goes out now; an own frame becomes the head, sent when due."""
         if not frame.needs_ack:
@@ -365,6 +381,7 @@ class _SlotGate:
     def _new_head(self, frame: Frame) -> None:
         """The Session hands over its next frame: it goes out now only if already announced."""
         self._head, self._head_sent = frame, False
+        self._board._made_room()  # it left the Session's queue
         if self._announced:
             self._announced = False
             self._send_head()
@@ -414,6 +431,8 @@ class VirtualBoard:
             address=cfg.address,
             from_board=True,
             handler=self._handle,
+            # One more than ``_queue_full`` lets wait: the overflow fault and the event behind it
+            # always fit, so ``send`` never waits.
             queue_size=EVENT_QUEUE_FRAMES,
             initial_seq=int.from_bytes(os.urandom(2), "little"),
         )
@@ -421,13 +440,15 @@ class VirtualBoard:
         self._supervision_timeout_s: float | None = None  # set by the first CONFIGURE
         self._supervision: asyncio.TimerHandle | None = None
         self._last_broadcast: Frame | None = None
-        self._overflowed = False
+        self._overflowed = False  # events were discarded: an EVENT_QUEUE_OVERFLOW is owed
+        self._key_timers: set[asyncio.TimerHandle] = set()
         self._physics: dict[int, asyncio.TimerHandle] = {}
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.frame_errors = 0
         self.gateway_uptime_ms: int | None = None
         self.supervision_losses = 0
+        self.keys_expired = 0  # KEY_PRESENTED events withdrawn unanswered
 
     async def __aenter__(self) -> Self:
         return self
@@ -481,11 +502,12 @@ class VirtualBoard:
         await self._session.close()
 
     def _cancel_timers(self) -> None:
-        for handle in (self._supervision, *self._physics.values()):
+        for handle in (self._supervision, *self._physics.values(), *self._key_timers):
             if handle is not None:
                 handle.cancel()
         self._supervision = None
         self._physics.clear()
+        self._key_timers.clear()
         for relay in self._relays:
             if relay.pulse is not None:
                 relay.pulse.cancel()
@@ -590,7 +612,9 @@ class VirtualBoard:
         if not 0 <= reader < len(self._readers):
             raise IndexError(f"no reader {reader}")
         event = KeyPresented(reader, key_id, challenge or os.urandom(16), response)
-        await self._queue(event)
+        sent = await self._queue(event)
+        if sent is not None:
+            self._expire_later(sent)
         return event
 
     async def fault(self, code: FaultCode, detail: str = "") -> None:
@@ -610,20 +634,67 @@ class VirtualBoard:
         self._notify()
         await self._queue(InputChanged(self.clock_ms, index, item.kind, level))
 
-    async def _queue(self, message: Message) -> None:
-        """Queue an event for the gateway (dropped, with an overflow fault later, when full)."""
+    async def _queue(self, message: Message) -> asyncio.Future[None] | None:
+        """Queue an event for the gateway: its outcome, or None if it was discarded (queue full)."""
         if self._run_state is not RunState.RUNNING:
-            return
-        if self._session.queued >= EVENT_QUEUE_FRAMES - 1:
-            self._overflowed = True
-            _LOGGER.warning(
-                "Virtual board %d: event queue full, dropped %s", self.config.address, message
+            return None
+        if self._queue_full():
+            # The first discard is news, the rest of the burst is not.
+            level = logging.DEBUG if self._overflowed else logging.WARNING
+            _LOGGER.log(
+                level,
+                "Virtual board %d: event queue full, dropped %s",
+                self.config.address,
+                message,
             )
-            return
+            self._overflowed = True
+            return None
+        await self._queue_overflow_fault()  # owed, and not queued yet: it comes first
+        return await self._session.send(*encode_message(message))
+
+    def _queue_full(self) -> bool:
+        """Whether the event queue is full: all but the frame in flight wait in the Session."""
+        return self._session.queued >= EVENT_QUEUE_FRAMES - 1
+
+    def _made_room(self) -> None:
+        """A frame left the event queue: an overflow fault owed goes in now ("Board events")."""
         if self._overflowed:
-            self._overflowed = False
-            await self._session.send(*encode_message(BoardFault(FaultCode.EVENT_QUEUE_OVERFLOW)))
-        await self._session.send(*encode_message(message))
+            self._spawn(self._queue_overflow_fault(), "overflow-fault")
+
+    async def _queue_overflow_fault(self) -> None:
+        """Queue the one EVENT_QUEUE_OVERFLOW owed since events were discarded, if there is room."""
+        if not self._overflowed or self._run_state is not RunState.RUNNING or self._queue_full():
+            return
+        self._overflowed = False
+        await self._session.send(*encode_message(BoardFault(FaultCode.EVENT_QUEUE_OVERFLOW)))
+
+    def _expire_later(self, sent: asyncio.Future[None]) -> None:
+        """Withdraw the KEY_PRESENTED ``sent`` if it is still unanswered when it is too old."""
+        loop = asyncio.get_running_loop()
+        max_age_s = KEY_EVENT_MAX_AGE_S
+        timer = loop.call_later(max_age_s, self._expire_key, sent, max_age_s)
+        self._key_timers.add(timer)
+        # Once its outcome is settled (answered, refused, withdrawn) the timer is done with.
+        sent.add_done_callback(lambda _: self._forget_key_timer(timer))
+
+    def _forget_key_timer(self, timer: asyncio.TimerHandle) -> None:
+        """Stop and drop an expiry timer (it may have fired already)."""
+        timer.cancel()
+        self._key_timers.discard(timer)
+
+    def _expire_key(self, sent: asyncio.Future[None], max_age_s: float) -> None:
+        """A key presentation nobody answered in time: a door must not open for someone gone."""
+        if not self._session.withdraw(sent):
+            return  # answered meanwhile
+        self.keys_expired += 1
+        _LOGGER.info(
+            "Virtual board %d: key presentation unanswered after %.1f s, withdrawn",
+            self.config.address,
+            max_age_s,
+        )
+        self._gate.frame_withdrawn()
+        self._made_room()
+        self._notify()
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -804,7 +875,7 @@ class VirtualBoard:
             self._show(ReaderFeedback(index, LedPattern.OFF, BeepPattern.NONE, 0))
         self._set_state(BoardState.FALLBACK)
         self._gate.close_slot()
-        self._spawn(self._queue(BoardFault(FaultCode.SUPERVISION_LOST)), "supervision-fault")
+        self._spawn(self.fault(FaultCode.SUPERVISION_LOST), "supervision-fault")
 
     def _schedule_physics(self, door: int) -> None:
         if self.door_open(door) or door in self._physics:
@@ -866,6 +937,7 @@ class VirtualBoard:
 __all__ = [
     "EVENT_QUEUE_FRAMES",
     "INPUTS_PER_DOOR",
+    "KEY_EVENT_MAX_AGE_S",
     "PHYSICS_OPEN_DELAY_S",
     "PHYSICS_OPEN_TIME_S",
     "BoardConfig",

@@ -14,8 +14,8 @@ The rules (SPEC.md, "Session"):
 * The sender numbers its frames with its own uint16 counter (wrapping at ``SEQ_MODULO``),
   registers the pending future for the seq before writing, and sends the identical frame again
   every ``ack_timeout_s`` until it is answered. A *request* gives up after ``max_retries``
-  retransmissions (``AckTimeout``); an *event* is retransmitted until it is answered or the
-  session closes, so it is never lost while the link lives.
+  retransmissions (``AckTimeout``); an *event* is retransmitted until it is answered, withdrawn
+  by its sender, or the session closes, so it is never lost while the link lives and wanted.
 * The receiver remembers the last frame it accepted from its peer and the answer it gave: the
   identical frame again is answered again with the same answer and is not delivered again, so
   a retransmitted relay pulse is never carried out twice. A new frame is delivered once; the
@@ -40,9 +40,14 @@ Choices this module makes:
   and the peer's retransmission brings it again.
 * **Echo and strays are ignored.** A frame for another address, or with our own FROM_BOARD
   direction (an RS-485 transceiver hears itself), is dropped.
+* **Withdrawal** (``withdraw``): the sender may take back an event it no longer wants sent (a
+  board drops a key presentation nobody answered in time, SPEC.md "Board events"). A queued
+  event leaves the queue; the frame in flight is simply not sent again, and a late answer to it
+  is stale. Either way its future fails with ``Withdrawn``, and the next frame takes the next seq
+  as usual: to the receiver a withdrawn frame is one it never got, or one whose answer was lost.
 * **Link loss fails everything with ``LinkClosed``**: the caller of every request in flight or
-  queued, and every ``send()`` waiting for room; unanswered events are dropped (their number is
-  logged) and a handler still running is cancelled.
+  queued, every ``send()`` waiting for room, and the future of every unanswered event (their
+  number is logged); a handler still running is cancelled.
 """
 
 from __future__ import annotations
@@ -120,6 +125,16 @@ class LinkClosed(SessionError):
     """The session is not running (not started, closed, or its link is gone)."""
 
 
+class Withdrawn(SessionError):
+    """The sender withdrew the frame unanswered; if it was sent, the peer may have carried it out."""
+
+    def __init__(self, msg_type: MessageType | int, frame: Frame | None) -> None:
+        sent = "never sent" if frame is None else f"seq {frame.seq}, sent"
+        super().__init__(f"{_type_name(msg_type)} withdrawn unanswered ({sent})")
+        self.msg_type = msg_type
+        self.frame = frame  # as last sent; None if it never left the queue
+
+
 class FrameTransport(Protocol):
     """Where a session writes frames: the wire layer, or a fake in tests."""
 
@@ -147,11 +162,12 @@ class SessionState(enum.StrEnum):
 
 @dataclass(slots=True)
 class _Outgoing:
-    """A frame waiting to be sent; a request's caller waits on ``future``, an event has none."""
+    """A frame waiting to be sent, and the future its outcome settles (a request's caller waits)."""
 
     msg_type: MessageType | int
     payload: bytes
-    future: asyncio.Future[None] | None
+    future: asyncio.Future[None]
+    event: bool  # retransmitted until answered, never given up (a request is, after max_retries)
 
 
 @dataclass(slots=True)
@@ -265,6 +281,12 @@ class Session:
         """Frames waiting to be sent, not counting the one in flight."""
         return len(self._outbox)
 
+    @property
+    def in_flight(self) -> Frame | None:
+        """The frame sent and waiting for its answer (None: none is)."""
+        flight = self._in_flight
+        return None if flight is None or flight.answer.done() else flight.frame
+
     def _set_state(self, state: SessionState) -> None:
         """The one place the state changes."""
         _LOGGER.debug("Session %s: %s -> %s", self._label, self._state, state)
@@ -296,18 +318,48 @@ class Session:
 
     async def request(self, msg_type: MessageType | int, payload: bytes = b"") -> None:
         """Send a frame and wait for its ACK; raises NakReceived, AckTimeout or LinkClosed."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._enqueue(self._outgoing(msg_type, payload, future))
+        item = self._outgoing(msg_type, payload, event=False)
+        await self._enqueue(item)
         # Cancelling the caller cancels the future: the sender then stops retransmitting.
-        await future
+        await item.future
 
-    async def send(self, msg_type: MessageType | int, payload: bytes = b"") -> None:
+    async def send(self, msg_type: MessageType | int, payload: bytes = b"") -> asyncio.Future[None]:
         """Queue an event, sent in order and retransmitted until answered; waits for room.
 
-        Returns once queued. A NAK to an event is logged and the next event goes out; a session
-        closed before the event is answered drops it. Raises ``LinkClosed``.
+        Returns once queued, with the event's outcome, which nobody needs to await: None once
+        ACKed, or ``NakReceived`` (also logged; the next event goes out), ``Withdrawn``, or
+        ``LinkClosed`` when the session closed first. Raises ``LinkClosed``.
         """
-        await self._enqueue(self._outgoing(msg_type, payload, None))
+        item = self._outgoing(msg_type, payload, event=True)
+        # The session reports what befalls an event itself: an outcome nobody looks at is fine.
+        item.future.add_done_callback(_outcome_seen)
+        await self._enqueue(item)
+        return item.future
+
+    def withdraw(self, sent: asyncio.Future[None]) -> bool:
+        """Stop sending the event ``sent`` is the outcome of, unless answered; True if withdrawn.
+
+        A queued event leaves the queue; one in flight is not sent again and a late answer to it
+        is ignored. ``sent`` fails with ``Withdrawn``. Already answered, refused, withdrawn, or
+        dropped at close: a no-op.
+        """
+        if sent.done():
+            return False
+        flight = self._in_flight
+        if flight is not None and flight.item.future is sent:
+            if flight.answer.done():
+                return False  # answered; the sender task settles it in a moment
+            self._in_flight = None  # from now on an answer to it is stale
+            sent.set_exception(Withdrawn(flight.item.msg_type, flight.frame))
+        else:
+            item = next((item for item in self._outbox if item.future is sent), None)
+            if item is None:
+                return False  # not an event of this session's
+            self._outbox.remove(item)
+            self._room.set()
+            sent.set_exception(Withdrawn(item.msg_type, None))
+        _LOGGER.debug("Session %s: %s", self._label, sent.exception())
+        return True
 
     def frame_received(self, frame: Frame) -> None:
         """Take one decoded frame from the wire layer (it routes frames by address)."""
@@ -334,15 +386,14 @@ class Session:
         self._inbox.append(frame)
         self._inbox_ready.set()
 
-    def _outgoing(
-        self, msg_type: MessageType | int, payload: bytes, future: asyncio.Future[None] | None
-    ) -> _Outgoing:
+    def _outgoing(self, msg_type: MessageType | int, payload: bytes, *, event: bool) -> _Outgoing:
         """A queue item, checked here so that a bad frame fails its caller, not the sender task."""
         if msg_type in UNACKNOWLEDGED_TYPES:
             raise ValueError("ACK and NAK are sent by the session itself")
         if len(payload) > MAX_PAYLOAD:
             raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
-        return _Outgoing(msg_type, bytes(payload), future)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        return _Outgoing(msg_type, bytes(payload), future, event)
 
     async def _enqueue(self, item: _Outgoing) -> None:
         """Append ``item`` to the send queue, waiting while it is full."""
@@ -377,8 +428,8 @@ class Session:
                 await self._outbox_ready.wait()
             item = self._outbox.popleft()
             self._room.set()
-            if item.future is not None and item.future.done():
-                continue  # its caller was cancelled while it waited
+            if item.future.done():
+                continue  # cancelled (a request's caller gave up) while it waited
             await self._transmit(item)
 
     async def _transmit(self, item: _Outgoing) -> None:
@@ -386,9 +437,8 @@ class Session:
         frame = Frame(self._address, self._take_seq(), item.msg_type, item.payload, self._flags)
         answer: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
         self._in_flight = _InFlight(item, frame, answer)  # registered before the first write
-        waiting: set[asyncio.Future[Frame] | asyncio.Future[None]] = {answer}
-        if item.future is not None:
-            waiting.add(item.future)  # done early only if its caller was cancelled
+        # The item's future is done early only if its caller was cancelled or it was withdrawn.
+        waiting: set[asyncio.Future[Frame] | asyncio.Future[None]] = {answer, item.future}
         retransmissions = 0
         try:
             while True:
@@ -396,9 +446,9 @@ class Session:
                 await asyncio.wait(
                     waiting, timeout=self._ack_timeout_s, return_when=asyncio.FIRST_COMPLETED
                 )
-                if answer.done() or (item.future is not None and item.future.done()):
+                if answer.done() or item.future.done():
                     break
-                if item.future is not None and retransmissions >= self._max_retries:
+                if not item.event and retransmissions >= self._max_retries:
                     item.future.set_exception(AckTimeout(frame, retransmissions))
                     return
                 retransmissions += 1
@@ -412,17 +462,17 @@ class Session:
         finally:
             self._in_flight = None
         if not answer.done():
-            return  # the request's caller was cancelled
+            return  # the request's caller was cancelled, or the frame withdrawn
         reply = answer.result()
+        if item.future.done():
+            return  # cancelled as the answer came
         if reply.msg_type == MessageType.ACK:
-            if item.future is not None and not item.future.done():
-                item.future.set_result(None)
+            item.future.set_result(None)
             return
         error = NakReceived(_nak_code(reply.payload), frame)
-        if item.future is None:
+        if item.event:
             _LOGGER.warning("Session %s: event not carried out: %s", self._label, error)
-        elif not item.future.done():
-            item.future.set_exception(error)
+        item.future.set_exception(error)
 
     def _answer_received(self, frame: Frame) -> None:
         """Resolve the frame in flight with this ACK or NAK, if it answers it."""
@@ -486,12 +536,13 @@ class Session:
             items.insert(0, flight.item)
         events = 0
         for item in items:
-            if item.future is None:
+            if item.future.done():
+                continue  # cancelled (a request's caller gave up)
+            if item.event:
                 events += 1
-            elif not item.future.done():
-                error = LinkClosed(f"session {self._label}: {reason}")
-                error.__cause__ = cause
-                item.future.set_exception(error)
+            error = LinkClosed(f"session {self._label}: {reason}")
+            error.__cause__ = cause
+            item.future.set_exception(error)
         if events:
             _LOGGER.warning(
                 "Session %s: %s; %d unanswered events dropped", self._label, reason, events
@@ -514,6 +565,12 @@ class Session:
             self._shutdown(
                 f"task {task.get_name()} ended", exc if isinstance(exc, Exception) else None
             )
+
+
+def _outcome_seen(future: asyncio.Future[None]) -> None:
+    """Mark an event's failure as retrieved: asyncio would log one that nobody awaited."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _nak_code(payload: bytes) -> NakCode | int | None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
+from drivers import virtual_board
 from drivers.base import CredentialRead, Feedback
 from drivers.board_bank import (
     BankState,
@@ -33,6 +34,7 @@ from drivers.board_bank import (
 )
 from drivers.pty_pair import PtyPair
 from drivers.virtual_board import (
+    EVENT_QUEUE_FRAMES,
     BoardConfig,
     BoardState,
     FdStream,
@@ -398,6 +400,46 @@ async def test_board_faults_reach_the_board_event_callback(rig: Rig) -> None:
     )
     faults = [e for e in rig.rec.board_events if isinstance(e, BoardFaultEvent)]
     assert faults == [BoardFaultEvent(5, FaultCode.READER_BUS, "reader 1 silent")]
+
+
+async def test_an_expired_key_is_never_read_and_the_events_behind_it_arrive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(virtual_board, "KEY_EVENT_MAX_AGE_S", 0.2)
+    async with pty_rig(start=False) as rig:
+        board = rig.boards[5]
+        # UNCONFIGURED: the board may not send its own frames, so nobody collects the key.
+        await board.present_key(0, b"WALKEDAW")
+        await board.open_door(1)
+        async with asyncio.timeout(WAIT_S):
+            await board.wait_for(lambda: board.keys_expired == 1)
+        await rig.bank.start()
+        await rig.rec.wait_for(lambda: bool(rig.rec.inputs))
+        assert [(e.channel, e.kind, e.level) for e in rig.rec.inputs] == [
+            ("back", InputRole.CONTACT, 1)
+        ]
+        monkeypatch.setattr(virtual_board, "KEY_EVENT_MAX_AGE_S", 600.0)  # never waited out
+        await board.present_key(1, b"STAYING!")
+        await rig.rec.wait_for(lambda: bool(rig.rec.reads))
+        assert [(r.reader_id, r.value) for r in rig.rec.reads] == [
+            ("back", b"STAYING!".hex().upper())
+        ]
+        assert board.keys_expired == 1
+
+
+async def test_an_overflowing_board_reports_one_fault_once_its_queue_has_room(rig: Rig) -> None:
+    board = rig.boards[5]
+    for _ in range(EVENT_QUEUE_FRAMES):  # 32 changes, and no turn of the loop for a poll between
+        await board.press_rex(0)
+    assert board.session.queued == EVENT_QUEUE_FRAMES - 1  # full: the rest was discarded
+    await rig.rec.wait_for(
+        lambda: any(isinstance(e, BoardFaultEvent) for e in rig.rec.board_events)
+    )
+    await rig.bank.state(5)  # a STATE_REPORT queues behind everything before it
+    faults = [e for e in rig.rec.board_events if isinstance(e, BoardFaultEvent)]
+    assert faults == [BoardFaultEvent(5, FaultCode.EVENT_QUEUE_OVERFLOW, "")]
+    got = [(e.index, e.level) for e in rig.rec.inputs]
+    assert got == [(1, 1), (1, 0)] * (EVENT_QUEUE_FRAMES // 2 - 1) + [(1, 1)]
 
 
 async def test_silent_board_goes_offline_and_comes_back_after_a_new_handshake(rig: Rig) -> None:

@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from drivers import virtual_board
 from drivers.pty_pair import PtyPair
-from drivers.virtual_board import BoardConfig, BoardState, VirtualBoard
+from drivers.virtual_board import EVENT_QUEUE_FRAMES, BoardConfig, BoardState, VirtualBoard
 from firmware_protocol import (
     BROADCAST_ADDRESS,
     SEQ_MODULO,
@@ -28,6 +29,8 @@ from firmware_protocol import (
     RelayPulse,
     RelaySet,
     SafeState,
+    StateReport,
+    StateRequest,
     decode_message,
     encode_frame,
     encode_message,
@@ -286,3 +289,125 @@ async def test_a_board_that_may_not_send_keeps_its_events_until_hello() -> None:
         assert changes(slot) == [(1, 1), (1, 0)]
         assert board.state is BoardState.IDENTIFIED
         assert unslotted_frames(hub.heard, ADDRESS) == []
+
+
+# -- what leaves the event queue unasked (SPEC.md, "Board events") --------------------------
+
+#: The key age in these tests: far above what the board needs to send a key in a slot that
+#: comes at once, so that a loaded machine does not lose the race to the expiry.
+SHORT_KEY_AGE_S = 0.5
+#: A key age no test waits out: a key presented with it is always collected in time.
+LONG_KEY_AGE_S = 600.0
+KEY, ANNOUNCING_KEY = (MessageType.KEY_PRESENTED, False), (MessageType.KEY_PRESENTED, True)
+
+
+async def expired(board: VirtualBoard, count: int) -> None:
+    """Return once ``count`` key presentations have expired on ``board``."""
+    async with asyncio.timeout(WAIT_S + SHORT_KEY_AGE_S):
+        await board.wait_for(lambda: board.keys_expired >= count)
+
+
+async def handed_over(board: VirtualBoard) -> None:
+    """Let the board's Session take its oldest queued frame in flight (no time passes)."""
+    for _ in range(100):
+        if board.session.in_flight is not None:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the board's Session took no frame in flight")
+
+
+def keys_heard(hub: RecordingHub) -> list[Frame]:
+    """Every KEY_PRESENTED the board put on the bus, retransmissions included."""
+    return [h.frame for h in hub.heard if h.frame.msg_type == MessageType.KEY_PRESENTED]
+
+
+async def test_a_key_not_collected_in_time_is_never_sent_and_one_collected_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with raw_rig() as (board, gw, hub):
+        await gw.handshake()
+        monkeypatch.setattr(virtual_board, "KEY_EVENT_MAX_AGE_S", SHORT_KEY_AGE_S)
+        await board.present_key(0, b"WALKEDAW")  # and nobody gives the board a slot
+        await expired(board, 1)
+        assert shape(await gw.exchange(Heartbeat(1))) == [ACK]  # nothing left to send
+
+        monkeypatch.setattr(virtual_board, "KEY_EVENT_MAX_AGE_S", LONG_KEY_AGE_S)
+        collected = await board.present_key(0, b"STAYING!")
+        slot = await gw.exchange(Heartbeat(2))
+        assert shape(slot) == [ANNOUNCING_ACK, KEY]
+        assert decode_message(slot[1]) == collected
+        assert keys_heard(hub) == [slot[1]]
+        assert board.keys_expired == 1
+        assert unslotted_frames(hub.heard, ADDRESS) == []
+
+
+async def test_a_key_sent_but_unanswered_in_time_is_not_resent_and_the_next_frame_follows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with raw_rig() as (board, gw, hub):
+        await gw.handshake()
+        monkeypatch.setattr(virtual_board, "KEY_EVENT_MAX_AGE_S", SHORT_KEY_AGE_S)
+        await board.present_key(0, b"WALKEDAW")
+        await board.open_door(0)  # queued behind the key
+        missed = await gw.exchange(Heartbeat(1), answer=None)  # the gateway misses the key
+        assert shape(missed) == [ANNOUNCING_ACK, ANNOUNCING_KEY]
+        key = missed[1]
+        await expired(board, 1)
+        # A late answer to the key answers nothing now: ignored, and nothing follows it.
+        gw.send(Frame(ADDRESS, key.seq, MessageType.ACK))
+        slot = await gw.exchange(Heartbeat(2))
+        assert shape(slot) == [ANNOUNCING_ACK, LAST_EVENT]
+        assert changes(slot) == [(0, 1)]
+        assert slot[1].seq == (key.seq + 1) % SEQ_MODULO  # the next seq, as after any frame
+        assert shape(await gw.exchange(Heartbeat(3))) == [ACK]
+        assert keys_heard(hub) == [key]  # sent once, never again
+        assert unslotted_frames(hub.heard, ADDRESS) == []
+
+
+async def test_an_expired_key_does_not_hold_up_the_events_behind_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with raw_rig() as (board, gw, hub):
+        await gw.handshake()
+        monkeypatch.setattr(virtual_board, "KEY_EVENT_MAX_AGE_S", SHORT_KEY_AGE_S)
+        await board.present_key(0, b"WALKEDAW")  # the head, waiting for a slot
+        await board.open_door(0)
+        await board.close_door(0)
+        await expired(board, 1)
+        slot = await gw.exchange(Heartbeat(1))
+        assert shape(slot) == [ANNOUNCING_ACK, MORE_EVENT, LAST_EVENT]
+        assert changes(slot) == [(0, 1), (0, 0)]
+        assert keys_heard(hub) == []
+        assert unslotted_frames(hub.heard, ADDRESS) == []
+
+
+async def test_a_full_queue_discards_events_and_queues_one_overflow_fault_once_there_is_room() -> (
+    None
+):
+    async with raw_rig() as (board, gw, hub):
+        await gw.handshake()
+        await board.open_door(0)
+        await handed_over(board)  # in flight: the queue's first frame
+        for _ in range(7):
+            await board.press_rex(0)
+        await board.close_door(0)
+        assert board.session.queued == EVENT_QUEUE_FRAMES - 1  # full
+        await board.tamper(0)  # discarded
+        await board.press_rex(0)  # discarded, both changes
+        # Nothing else happens on the board: room, made by the poll, is what queues the fault.
+        slot = await gw.exchange(Heartbeat(1))
+        assert changes(slot) == [(0, 1), *[(1, 1), (1, 0)] * 7, (0, 0)]
+        assert shape(slot) == [
+            ANNOUNCING_ACK,
+            *[MORE_EVENT] * EVENT_QUEUE_FRAMES,
+            (MessageType.BOARD_FAULT, False),
+        ]
+        assert decode_message(slot[-1]) == BoardFault(FaultCode.EVENT_QUEUE_OVERFLOW)
+        # Once. The gateway asks for the state it missed: the tamper input is active.
+        report = await gw.exchange(StateRequest())
+        assert shape(report) == [ANNOUNCING_ACK, (MessageType.STATE_REPORT, False)]
+        state = decode_message(report[1])
+        assert isinstance(state, StateReport)
+        assert [i.level for i in state.inputs] == [0, 0, 1]
+        assert unslotted_frames(hub.heard, ADDRESS) == []
+        assert slot_violations(hub.heard, ADDRESS) == []

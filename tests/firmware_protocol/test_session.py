@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from firmware_protocol.session import (
     Session,
     SessionError,
     SessionState,
+    Withdrawn,
 )
 
 ADDRESS = 7
@@ -461,7 +463,7 @@ async def test_sessions_not_running_refuse_sends() -> None:
 
 
 def test_session_errors_belong_to_the_package_tree() -> None:
-    for error in (SessionError, NakReceived, AckTimeout, LinkClosed):
+    for error in (SessionError, NakReceived, AckTimeout, LinkClosed, Withdrawn):
         assert issubclass(error, ProtocolError)
 
 
@@ -631,6 +633,128 @@ async def test_refuses_to_send_acks_or_oversized_payloads() -> None:
             await gateway.request(MessageType.ACK)
         with pytest.raises(ValueError, match="exceeds"):
             await gateway.send(MessageType.STATE_REPORT, bytes(241))
+
+
+async def test_an_events_outcome_settles_the_future_send_returns() -> None:
+    link = Link()
+    gateway_handler = Handler(
+        answer=lambda frame: NakCode.BUSY if frame.payload == b"\x01" else None
+    )
+    gateway, board = make_pair(link, Handler(), gateway_handler)
+    async with gateway, board:
+        acked = await board.send(MessageType.INPUT_CHANGED, b"\x00")
+        refused = await board.send(MessageType.INPUT_CHANGED, b"\x01")
+        await acked  # ACKed: settled without an error
+        with pytest.raises(NakReceived) as info:
+            await refused
+        assert info.value.code is NakCode.BUSY
+        link.dead = True
+        dropped = await board.send(MessageType.INPUT_CHANGED, b"\x02")
+    with pytest.raises(LinkClosed):
+        await dropped
+
+
+async def test_a_failed_event_nobody_awaits_is_not_reported_as_unretrieved() -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda loop, context: reported.append(context))
+    try:
+        link = Link()
+        link.dead = True
+        gateway, board = make_pair(link, Handler())
+        async with gateway, board:
+            await board.send(MessageType.INPUT_CHANGED, b"\x00")  # in flight when closed
+            await board.send(MessageType.INPUT_CHANGED, b"\x01")  # queued when closed
+        await asyncio.sleep(0)  # the futures' callbacks run
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert reported == []
+
+
+# -- withdrawal ----------------------------------------------------------------------------
+
+
+async def test_a_queued_event_withdrawn_leaves_the_queue_and_takes_no_seq() -> None:
+    link = Link()
+    link.dead = True  # the first event stays in flight, the others queued
+    gateway_handler = Handler()
+    gateway, board = make_pair(link, Handler(), gateway_handler, queue_size=2)
+    async with gateway, board:
+        head = await board.send(MessageType.INPUT_CHANGED, b"\x00")
+        await opened(link.when(lambda frame: frame.from_board))
+        withdrawn = await board.send(MessageType.KEY_PRESENTED, b"\x01")
+        await board.send(MessageType.INPUT_CHANGED, b"\x02")
+        blocked = asyncio.create_task(board.send(MessageType.INPUT_CHANGED, b"\x03"))
+        await until(lambda: board.queued == 2)
+        await asyncio.sleep(0)
+        assert not blocked.done()  # the queue is full
+
+        assert board.withdraw(withdrawn)
+        assert board.queued == 1  # at once, and its room goes to the send that waited for it
+        with pytest.raises(Withdrawn) as info:
+            await withdrawn
+        assert info.value.frame is None
+        assert info.value.msg_type == MessageType.KEY_PRESENTED
+        async with asyncio.timeout(GATE_TIMEOUT_S):
+            last = await blocked
+        assert not head.done()  # the frame in flight goes on
+
+        link.dead = False
+        await asyncio.wait_for(last, GATE_TIMEOUT_S)
+    assert gateway_handler.payloads == [b"\x00", b"\x02", b"\x03"]
+    assert gateway_handler.seqs == [0, 1, 2]
+    assert b"\x01" not in {frame.payload for frame in link.written}
+
+
+async def test_the_event_in_flight_withdrawn_is_not_sent_again_and_a_late_answer_is_stale() -> None:
+    link = Link()
+    link.dead = True  # the gateway never hears it
+    gateway_handler = Handler()
+    gateway, board = make_pair(link, Handler(), gateway_handler)
+    async with gateway, board:
+        key = await board.send(MessageType.KEY_PRESENTED, b"\x01")
+        await opened(link.when(lambda frame: frame.from_board, count=2))  # sent, and again
+        first = Frame(ADDRESS, 0, MessageType.KEY_PRESENTED, b"\x01", Flags.FROM_BOARD)
+        flying = board.in_flight
+        assert flying == first
+
+        assert board.withdraw(key)
+        assert board.in_flight is None
+        written = len(link.written)
+        with pytest.raises(Withdrawn) as info:
+            await key
+        assert info.value.frame == first
+        assert not board.withdraw(key)  # once is enough
+        board.frame_received(Frame(ADDRESS, 0, MessageType.ACK))  # late: answers nothing now
+
+        link.dead = False
+        event = await board.send(MessageType.INPUT_CHANGED, b"\x02")
+        await asyncio.wait_for(event, GATE_TIMEOUT_S)  # ACKed: settled without an error
+    assert {f.msg_type for f in link.written[written:] if f.from_board} == {
+        MessageType.INPUT_CHANGED
+    }
+    assert gateway_handler.seqs == [1]  # the next seq, as after any frame
+    assert gateway_handler.payloads == [b"\x02"]
+
+
+async def test_withdrawing_an_answered_event_changes_nothing() -> None:
+    tap = Tap()
+    async with Session(
+        tap, address=ADDRESS, from_board=True, handler=Handler(), ack_timeout_s=3600
+    ) as board:
+        event = await board.send(MessageType.KEY_PRESENTED, b"\x01")
+        await until(lambda: bool(tap.frames))
+        board.frame_received(Frame(ADDRESS, tap.frames[0].seq, MessageType.ACK))
+        assert board.in_flight is None  # answered, though its outcome is not settled yet
+        assert not event.done()
+        assert not board.withdraw(event)
+        await asyncio.wait_for(event, GATE_TIMEOUT_S)  # ACKed: settled without an error
+        assert not board.withdraw(event)  # settled: still nothing to withdraw
+        stranger: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        assert not board.withdraw(stranger)  # not this session's
+        assert not stranger.done()
+    assert tap.frames == [Frame(ADDRESS, 0, MessageType.KEY_PRESENTED, b"\x01", Flags.FROM_BOARD)]
 
 
 @settings(max_examples=10, deadline=None)
