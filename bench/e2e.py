@@ -7,7 +7,9 @@ to the board → the board's ACK, as the gateway sees it (its relay state flips 
 the door is opened and closed on the board, so the gateway relocks it before the next sample.
 
 A pty moves bytes without the line's speed, so the wire floor is computed: the bytes of the
-sample's four frames at ``baud`` (10 bits a byte). On a real line expect roughly floor + measured.
+sample's six frames (the poll that opens the board's reply slot and its ACK, KEY_PRESENTED and
+its ACK, RELAY_SET and its ACK) at ``baud``, 10 bits a byte. The wait for the poll itself is
+not in the floor: it depends on the poll interval, not on the line. On a real line expect roughly floor + measured.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from drivers.pty_pair import PtyPair
 from drivers.virtual_board import BoardConfig, FdStream, VirtualBoard
 from firmware_protocol import (
     Ack,
+    Flags,
     Frame,
+    Heartbeat,
     KeyPresented,
     MessageType,
     RelaySet,
@@ -67,6 +71,9 @@ def wire_floor_ms(baud: int) -> float:
     """Milliseconds the line needs for one sample's frames at ``baud`` (8N1: 10 bits a byte)."""
     key = KeyPresented(0, KEY_ID, bytes(16), bytes(16))
     frames = [
+        # The poll that opens the board's reply slot, and its ACK announcing the key (MORE).
+        Frame(ADDRESS, 7, *encode_message(Heartbeat(0))),
+        Frame(ADDRESS, 7, MessageType.ACK, b"", flags=Flags.FROM_BOARD | Flags.MORE),
         Frame(ADDRESS, 1, *encode_message(key)),
         Frame(ADDRESS, 1, *encode_message(Ack())),
         Frame(ADDRESS, 2, *encode_message(RelaySet(0, True))),
