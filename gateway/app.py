@@ -12,6 +12,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from importlib import resources
+from typing import TYPE_CHECKING
 
 from drivers.base import ReaderBank, RelayBank
 from gateway import codec
@@ -27,6 +28,9 @@ from gateway.model import CredentialKind, Decision, EventType
 from gateway.outbox import Outbox
 from gateway.site_keys import SITE_KEY_FILE, SiteKeyError, load_site_key
 from gateway.web import WebServer, make_app
+
+if TYPE_CHECKING:
+    from gateway.cloud import CloudService
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -68,6 +72,7 @@ class Gateway:
         self.entry = EntryService(
             self.cache, self.doors, self.events, self.hardware.readers, clock, self._verifiers()
         )
+        self.cloud = self._cloud_service() if config.cloud.enabled else None
         self.web = WebServer(
             make_app(self, simulated=config.hardware.backend in ("simulated", "virtual")),
             config.web.host,
@@ -117,6 +122,9 @@ class Gateway:
             stack.push_async_callback(self.hardware.stop)
             await self.doors.start()
             stack.push_async_callback(self.doors.stop)
+            if self.cloud is not None:
+                await self.cloud.start()
+                stack.push_async_callback(self.cloud.stop)
             self.entry.start()
             stack.push_async_callback(self.entry.stop)
             stack.push_async_callback(self.web.stop)
@@ -138,6 +146,20 @@ class Gateway:
     def readers(self) -> ReaderBank:
         """The doors' readers (once started)."""
         return self.hardware.readers
+
+    def _cloud_service(self) -> CloudService:
+        """The cloud link; imported here so a gateway without one does not load MQTT at all."""
+        from gateway.cloud import CloudService  # noqa: PLC0415
+
+        return CloudService(
+            self.config.cloud,
+            cache=self.cache,
+            events=self.events,
+            outbox=self.outbox,
+            doors=self.doors,
+            state_dir=self.config.gateway.state_dir,
+            clock=self.clock,
+        )
 
     def simulates_keys(self, door_id: str) -> bool:
         """Whether ``present_key`` can present a key at ``door_id`` (a virtual board's door)."""

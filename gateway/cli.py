@@ -25,6 +25,7 @@ from gateway.door_modes import DoorModeStore
 from gateway.doors import desired_mode
 from gateway.explain import decision_to_json, explain
 from gateway.logs import setup_logging
+from gateway.signing import KeyFileError
 from gateway.sqlite import DatabaseError
 from gateway.view import CacheView
 from gateway.web import WebServerError, user_summary
@@ -65,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(config.gateway.log_level, config.gateway.log_format)
     try:
         asyncio.run(run(config))
-    except (WebServerError, DatabaseError, GpioError, OSError) as err:
+    except (WebServerError, DatabaseError, GpioError, KeyFileError, OSError) as err:
         raise CliError(f"cannot start: {err}") from None
     return EXIT_OK
 

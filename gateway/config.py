@@ -7,6 +7,7 @@ import datetime
 import difflib
 import ipaddress
 import json
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -200,6 +201,43 @@ class EventsSection:
     batch_max: int = field(default=256, metadata={"min": 1, "max": 10_000})
 
 
+_GATEWAY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _check_cloud(cloud: CloudSection) -> list[tuple[str, object, str]]:
+    """A cloud link needs this gateway's id, a broker and an https snapshot endpoint."""
+    if not cloud.enabled:
+        return []
+    problems: list[tuple[str, object, str]] = []
+    if not _GATEWAY_ID.fullmatch(cloud.gateway_id):
+        problems.append(
+            ("gateway_id", cloud.gateway_id, "1 to 64 of A-Z a-z 0-9 _ - (the certificate's CN)")
+        )
+    if not cloud.mqtt_host:
+        problems.append(("mqtt_host", cloud.mqtt_host, "the MQTT broker's host name or address"))
+    if not cloud.api_url.startswith("https://"):
+        problems.append(("api_url", cloud.api_url, "an https:// URL (the snapshot endpoint)"))
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class CloudSection:
+    """``[cloud]``: the link to the cloud (docs/cloud-contract.md); off until provisioned."""
+
+    enabled: bool = False
+    gateway_id: str = ""
+    mqtt_host: str = ""
+    mqtt_port: int = field(default=8883, metadata={"min": 1, "max": 65535})
+    api_url: str = ""
+    ca_file: Path = Path("cloud/ca.pem")
+    cert_file: Path = Path("cloud/gateway.pem")
+    key_file: Path = Path("cloud/gateway.key")
+    signing_key_file: Path = Path("cloud/cloud-signing.pub")
+    keepalive_s: int = field(default=30, metadata={"min": 5, "max": 3600})
+    session_expiry_s: int = field(default=604_800, metadata={"min": 60, "max": 2_592_000})
+    snapshot_interval_s: int = field(default=3600, metadata={"min": 60, "max": 86_400})
+
+
 @dataclass(frozen=True, slots=True)
 class DemoSection:
     """``[demo]``: the demo site for a first run."""
@@ -218,6 +256,7 @@ class Config:
     )
     doors: Mapping[str, DoorEntry] = field(default_factory=dict)
     events: EventsSection = field(default_factory=EventsSection)
+    cloud: CloudSection = field(default_factory=CloudSection, metadata={"check": _check_cloud})
     demo: DemoSection = field(default_factory=DemoSection)
     source: Path | None = field(default=None, metadata={"internal": True})
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+from gateway.files import write_atomically
 from gateway.model import DoorMode
 
 _LOGGER = logging.getLogger(__name__)
@@ -82,20 +82,5 @@ class DoorModeStore:
                 door: at.isoformat() for door, at in sorted(first_grants.items())
             }
         async with self._writing:
-            await asyncio.to_thread(self._write, json.dumps(document, indent=2) + "\n")
-
-    def _write(self, text: str) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, text.encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        tmp.replace(self.path)
-        # The rename is durable only once the directory entry is on disk too.
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            text = json.dumps(document, indent=2) + "\n"
+            await asyncio.to_thread(write_atomically, self.path, text)

@@ -327,15 +327,18 @@ class DoorStateMachine:
         self._expire(now, out)
         return out
 
-    def grant(self, now: float, *, override: bool = False) -> list[Action]:
-        """A granted decision: unlock for ``unlock_s`` (extend if unlocked); in LOCKDOWN only
-        an ``override`` (the lockdown override tag) unlocks."""
+    def grant(
+        self, now: float, *, override: bool = False, seconds: float | None = None, by: str = "grant"
+    ) -> list[Action]:
+        """A granted decision: unlock for ``unlock_s`` (or ``seconds``; extend if unlocked); in
+        LOCKDOWN only an ``override`` (the lockdown override tag) unlocks. ``by`` names the cause
+        in the events (``grant``, or ``command`` for a remote unlock)."""
         out: list[Action] = []
         self._expire(now, out)
         if self._mode is DoorMode.LOCKDOWN and not override:
             return out
-        self._start_unlock(now, "grant")
-        self._sync(out, "grant")
+        self._start_unlock(now, by, seconds)
+        self._sync(out, by)
         return out
 
     def rex(self, now: float, pressed: bool) -> list[Action]:
@@ -443,8 +446,8 @@ class DoorStateMachine:
         event = EventType.DOOR_LOCKED if want_locked else EventType.DOOR_UNLOCKED
         self._emit(out, event, by=by, mode=self._mode.value)
 
-    def _start_unlock(self, now: float, by: str) -> None:
-        end = now + self.settings.unlock_s
+    def _start_unlock(self, now: float, by: str, seconds: float | None = None) -> None:
+        end = now + (self.settings.unlock_s if seconds is None else seconds)
         self._unlock_until = end if self._unlock_until is None else max(self._unlock_until, end)
         if self._authorised_until is None or end >= self._authorised_until:
             self._authorised_until = end

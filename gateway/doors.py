@@ -268,13 +268,28 @@ class DoorController:
             confirm = self._lock_confirmation(decision.door_id, door)
         return confirm
 
+    async def unlock(self, door_id: str, seconds: float | None, *, source: str) -> bool:
+        """A remote unlock: the door unlocks for ``seconds`` (its own unlock time if None), as
+        for a grant but never in lockdown. True once the hardware confirmed it (or it already was).
+        """
+        door = self._doors.get(door_id)
+        if door is None or self.state is not ControllerState.RUNNING:
+            return False
+        if door.machine.mode is DoorMode.LOCKDOWN:
+            return False
+        actions = door.machine.grant(self._now(), seconds=seconds, by="command")
+        confirm = self._carry_out(door_id, actions, "command")
+        if confirm is None:
+            confirm = self._lock_confirmation(door_id, door)
+        _LOGGER.info("door %s unlocked by %s", door_id, source)
+        return await _all_confirmed([confirm] if confirm is not None else [])
+
     async def set_mode(self, door_id: str, mode: DoorMode, *, source: str) -> bool:
-        """Persist a command's mode for a door (NORMAL clears it) and apply it now.
+        """Persist a command's mode for a door (NORMAL clears it) and apply it now; UNLOCKED
+        holds it unlocked whatever its schedule (a remote "held" unlock).
 
         Returns once the hardware confirmed the relay moves it caused: True if all did.
         """
-        if mode is DoorMode.UNLOCKED:
-            raise ValueError("unlocked is set by the door's unlock schedule, not by command")
         overrides = dict(self._overrides)
         if mode is DoorMode.NORMAL:
             overrides.pop(door_id, None)

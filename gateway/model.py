@@ -307,6 +307,9 @@ class EventType(enum.StrEnum):
     CACHE_UPDATED = "cache.updated"
     CACHE_REJECTED = "cache.rejected"
     EVENTS_DROPPED = "events.dropped"
+    COMMAND_RESULT = "command.result"
+    CLOUD_REJECTED = "cloud.rejected"
+    UPLINK_REFUSED = "uplink.refused"
 
 
 class EventPriority(enum.IntEnum):
@@ -339,6 +342,9 @@ EVENT_PRIORITY: Mapping[EventType, EventPriority] = {
     EventType.CACHE_RESET: EventPriority.SECURITY,
     EventType.CACHE_REJECTED: EventPriority.SECURITY,
     EventType.EVENTS_DROPPED: EventPriority.SECURITY,
+    EventType.COMMAND_RESULT: EventPriority.SECURITY,
+    EventType.CLOUD_REJECTED: EventPriority.SECURITY,
+    EventType.UPLINK_REFUSED: EventPriority.SECURITY,
 }
 
 

@@ -13,6 +13,7 @@ is always at exactly one known schema version.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
@@ -115,7 +116,14 @@ async def open_database(
 @asynccontextmanager
 async def transaction(conn: aiosqlite.Connection) -> AsyncIterator[aiosqlite.Connection]:
     """Run the block in ``BEGIN IMMEDIATE``; commit on success, roll back and re-raise on error."""
-    await _run(conn, "BEGIN IMMEDIATE")
+    try:
+        await _run(conn, "BEGIN IMMEDIATE")
+    except BaseException:
+        # Cancelled while waiting, the BEGIN may still run in the database thread: undo it, or
+        # every later transaction on this connection would fail ("within a transaction").
+        with contextlib.suppress(sqlite3.Error):
+            await conn.rollback()
+        raise
     try:
         yield conn
         await _run(conn, "COMMIT")

@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
-# Debian packages the gateway or its tests use at run time.
-DEBIAN_PACKAGES=(python3-venv)
+# Debian packages the gateway or its tests use at run time (mosquitto: the MQTT broker that
+# tests/cloud start themselves on loopback ports; its own service is not needed).
+DEBIAN_PACKAGES=(python3-venv mosquitto)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

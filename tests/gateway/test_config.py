@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import gateway.config
 from gateway.config import (
     BoardEntry,
+    CloudSection,
     Config,
     ConfigError,
     ConfigErrors,
@@ -30,7 +31,7 @@ from gateway.config import (
 
 EXAMPLE = Path(gateway.config.__file__).parent / "data" / "example.toml"
 DOCS = Path(__file__).parents[2] / "docs" / "configuration.md"
-SECTIONS = "allowed sections: gateway, web, hardware, doors, events, demo"
+SECTIONS = "allowed sections: gateway, web, hardware, doors, events, cloud, demo"
 WEB_KEYS = "allowed keys: host, port, allow_remote"
 LEVELS = 'one of "debug", "info", "warning", "error"'
 
@@ -58,8 +59,19 @@ def test_defaults_without_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         web=WebSection(host="127.0.0.1", port=8080, allow_remote=False),
         hardware=HardwareSection(backend="virtual"),
         events=EventsSection(max_rows=200_000, batch_max=256),
+        cloud=cloud_files(tmp_path),
         demo=DemoSection(seed=True),
         source=None,
+    )
+
+
+def cloud_files(base: Path) -> CloudSection:
+    """The default [cloud] section, its files resolved against ``base``."""
+    return CloudSection(
+        ca_file=base / "cloud/ca.pem",
+        cert_file=base / "cloud/gateway.pem",
+        key_file=base / "cloud/gateway.key",
+        signing_key_file=base / "cloud/cloud-signing.pub",
     )
 
 
@@ -159,6 +171,20 @@ def test_door_tables_must_name_doors_this_gateway_drives(
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text))
     assert str(info.value) == message
+
+
+def test_an_enabled_cloud_link_needs_its_identity_broker_and_https_endpoint(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigErrors) as info:
+        load_config(write(tmp_path, '[cloud]\nenabled = true\napi_url = "http://cloud.example"\n'))
+    assert str(info.value).splitlines() == [
+        'cloud.gateway_id: "" is not allowed; expected 1 to 64 of A-Z a-z 0-9 _ - '
+        "(the certificate's CN)",
+        'cloud.mqtt_host: "" is not allowed; expected the MQTT broker\'s host name or address',
+        'cloud.api_url: "http://cloud.example" is not allowed; expected an https:// URL '
+        "(the snapshot endpoint)",
+    ]
 
 
 def test_door_tables_for_wired_doors_are_accepted(tmp_path: Path) -> None:
@@ -264,6 +290,7 @@ def test_full_valid_file(tmp_path: Path) -> None:
         web=WebSection("0.0.0.0", 443, allow_remote=True),
         hardware=HardwareSection("simulated"),
         events=EventsSection(1000, 10000),
+        cloud=cloud_files(path.parent),
         demo=DemoSection(seed=False),
         source=path,
     )

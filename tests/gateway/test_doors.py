@@ -275,23 +275,40 @@ async def test_lockdown_overrides_an_open_unlock_schedule(
     assert gw.relays.is_on("lobby")
 
 
-async def test_unlocked_cannot_be_commanded(
-    start_gateway: GatewayFactory, gateway_config: ConfigFactory
+async def test_a_held_unlock_by_command_lasts_until_normal_and_survives_a_restart(
+    start_gateway: GatewayFactory, gateway_config: ConfigFactory, clock: Clock
 ) -> None:
+    clock.now = LOBBY_CLOSED  # no schedule holds anything open
     config = gateway_config()
     gw = await start_gateway(config)
 
-    with pytest.raises(ValueError, match="schedule"):
-        await gw.doors.set_mode("front", DoorMode.UNLOCKED, source="test")
+    assert await gw.doors.set_mode("front", DoorMode.UNLOCKED, source="command")
 
-    assert gw.doors.mode("front") is DoorMode.NORMAL
-    assert not gw.relays.is_on("front")
-    assert gw.door_modes.load() == {}
+    assert gw.relays.is_on("front")
+    assert gw.door_modes.load() == {"front": DoorMode.UNLOCKED}
     await gw.stop()
-    assert mode_events(gw) == []
+    again = await start_gateway(config)
+    assert again.doors.mode("front") is DoorMode.UNLOCKED
+    assert again.relays.is_on("front")
+    assert await again.doors.set_mode("front", DoorMode.NORMAL, source="command")
+    assert not again.relays.is_on("front")
 
 
-# --- desired_mode, the pure part ------------------------------------------------------------
+async def test_a_remote_momentary_unlock_runs_its_own_time_but_never_in_lockdown(
+    start_gateway: GatewayFactory, event_waiter: Callable[[Gateway], EventWaiter]
+) -> None:
+    gw = await start_gateway()
+    waiter = event_waiter(gw)
+
+    assert await gw.doors.unlock("front", 0.5, source="command c-1")
+
+    assert gw.relays.is_on("front")
+    [unlocked] = await waiter.wait_for("door.unlocked", door="front")
+    assert unlocked.event.data == {"door": "front", "by": "command", "mode": "normal"}
+    await waiter.wait_for("door.locked", door="front", by="timeout")
+    await gw.doors.set_mode("front", DoorMode.LOCKDOWN, source="test")
+    assert not await gw.doors.unlock("front", None, source="command c-2")
+    assert not gw.relays.is_on("front")
 
 
 def test_desired_mode_prefers_the_override() -> None:

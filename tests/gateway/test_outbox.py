@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway import outbox as outbox_module
+from gateway.events import new_event
 from gateway.model import Event, EventPriority, EventType
 from gateway.outbox import (
     Outbox,
@@ -484,3 +485,21 @@ def test_event_json_round_trips(
     assert back == event
     assert back.at.utcoffset() == timedelta(0)
     assert event_to_json(back) == text
+
+
+async def test_a_transaction_cancelled_at_its_begin_leaves_the_connection_usable(
+    tmp_path: Path,
+) -> None:
+    outbox = Outbox(tmp_path / "outbox.db", max_rows=1000)
+    await outbox.start()
+    try:
+        await outbox.append(new_event(EventType.GATEWAY_STARTED, BASE, {}))
+        for _ in range(20):  # cancel acks at every point, the BEGIN included
+            task = asyncio.create_task(outbox.ack([1]))
+            await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        seq = await outbox.append(new_event(EventType.GATEWAY_STOPPED, BASE, {}))
+        assert seq > 0  # writes still work: no transaction was left open
+    finally:
+        await outbox.stop()

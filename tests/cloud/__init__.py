@@ -1,0 +1,1 @@
+"""Tests of the gateway's cloud link against a real Mosquitto broker."""
