@@ -26,6 +26,9 @@ lint: $(READY)
 bench: $(READY)
 	$(VENV)/bin/python -m bench decision
 	$(VENV)/bin/python -m bench e2e
+	$(VENV)/bin/python -m bench delta
+	$(VENV)/bin/python -m bench outbox
+	$(VENV)/bin/python -m bench snapshot
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

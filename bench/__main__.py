@@ -6,7 +6,13 @@ import importlib
 import sys
 
 # Imported only when chosen: a benchmark's process holds nothing another one needs (RSS figures).
-BENCHMARKS = {"decision": "bench.decision", "e2e": "bench.e2e"}
+BENCHMARKS = {
+    "decision": "bench.decision",
+    "e2e": "bench.e2e",
+    "delta": "bench.delta",
+    "outbox": "bench.outbox",
+    "snapshot": "bench.snapshot",
+}
 
 
 def main() -> int:
