@@ -43,8 +43,13 @@ def decide(
     now: datetime,
     view: CacheView,
     mode: DoorMode = DoorMode.NORMAL,
+    offline_for: timedelta | None = None,
 ) -> Decision:
-    """Decide a presentation at ``door_id`` at the aware instant ``now`` against ``view``."""
+    """Decide a presentation at ``door_id`` at the aware instant ``now`` against ``view``.
+
+    ``offline_for``: how long the gateway has been without its cloud link (None: connected, or
+    no cloud); the site's offline policy may refuse some credential kinds after a long outage.
+    """
     door = view.doors.get(door_id)
     if door is None:
         return Decision(False, Reason.UNKNOWN_DOOR, door_id, now, mode)
@@ -59,7 +64,7 @@ def decide(
         assurance = min(identity.assurance, key.assurance)
         return _about(key, assurance, False, Reason.KEY_BLACKLISTED, now, mode, door)
     if mode is DoorMode.LOCKDOWN:
-        return _lockdown(identity, door, now, view)
+        return _lockdown(identity, door, now, view, offline_for)
     if mode is DoorMode.EMERGENCY_OPEN:
         return Decision(True, Reason.EMERGENCY_OPEN, door_id, now, mode)
     if isinstance(identity, Refused):
@@ -72,7 +77,7 @@ def decide(
 
     # A proof never lifts a credential above the level it was enrolled at.
     assurance = min(identity.assurance, credential.assurance)
-    user = _holder(credential, assurance, door, now, view)
+    user = _holder(credential, assurance, door, now, view, offline_for)
     if isinstance(user, Reason):
         return _about(credential, assurance, False, user, now, mode, door)
     granting, closest = _rules(user, door_id, now, view)
@@ -114,14 +119,20 @@ def _blacklisted(credential: Credential, site: Site) -> bool:
     )
 
 
-def _lockdown(identity: Verified | Refused, door: Door, now: datetime, view: CacheView) -> Decision:
+def _lockdown(
+    identity: Verified | Refused,
+    door: Door,
+    now: datetime,
+    view: CacheView,
+    offline_for: timedelta | None,
+) -> Decision:
     """In lockdown only a fully valid holder of the site's override tag passes."""
     mode = DoorMode.LOCKDOWN
     tag = view.site.lockdown_override_tag
     if tag is not None and isinstance(identity, Verified) and identity.credential is not None:
         credential = identity.credential
         assurance = min(identity.assurance, credential.assurance)
-        user = _holder(credential, assurance, door, now, view)
+        user = _holder(credential, assurance, door, now, view, offline_for)
         if not isinstance(user, Reason) and tag in user.tags:
             return _about(credential, assurance, True, Reason.LOCKDOWN_OVERRIDE, now, mode, door)
     # Everyone else, whatever is wrong with their credential: "why not?" is "lockdown".
@@ -129,12 +140,19 @@ def _lockdown(identity: Verified | Refused, door: Door, now: datetime, view: Cac
 
 
 def _holder(
-    credential: Credential, assurance: AssuranceLevel, door: Door, now: datetime, view: CacheView
+    credential: Credential,
+    assurance: AssuranceLevel,
+    door: Door,
+    now: datetime,
+    view: CacheView,
+    offline_for: timedelta | None,
 ) -> User | Reason:
     """The credential's user if the credential, the user and ``assurance`` pass; else why not."""
     reason = _credential_refusal(credential, now)
     if reason is not None:
         return reason
+    if _offline_too_long(credential, view.site, offline_for):
+        return Reason.OFFLINE_TOO_LONG
     user = view.users.get(credential.user_id)
     if user is None:
         return Reason.UNKNOWN_USER
@@ -160,6 +178,16 @@ def _credential_refusal(credential: Credential, now: datetime) -> Reason | None:
     ):
         return Reason.KEY_REVALIDATION_DUE
     return None
+
+
+def _offline_too_long(credential: Credential, site: Site, offline_for: timedelta | None) -> bool:
+    """True when the site's offline policy stops this credential's kind after the outage so far."""
+    return (
+        offline_for is not None
+        and site.max_offline_days is not None
+        and credential.kind in site.offline_limited_kinds
+        and offline_for > timedelta(days=site.max_offline_days)
+    )
 
 
 def _user_refusal(user: User, now: datetime) -> Reason | None:

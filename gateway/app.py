@@ -10,7 +10,7 @@ import os
 import signal
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import TYPE_CHECKING
 
@@ -70,7 +70,13 @@ class Gateway:
             self.cache, self.door_modes, self.hardware, self.events, clock, config.doors
         )
         self.entry = EntryService(
-            self.cache, self.doors, self.events, self.hardware.readers, clock, self._verifiers()
+            self.cache,
+            self.doors,
+            self.events,
+            self.hardware.readers,
+            clock,
+            self._verifiers(),
+            offline_for=self._offline_for,
         )
         self.cloud = self._cloud_service() if config.cloud.enabled else None
         self.web = WebServer(
@@ -146,6 +152,10 @@ class Gateway:
     def readers(self) -> ReaderBank:
         """The doors' readers (once started)."""
         return self.hardware.readers
+
+    def _offline_for(self, now: datetime) -> timedelta | None:
+        """How long the cloud link has been down (None: up, or no cloud configured)."""
+        return None if self.cloud is None else self.cloud.offline_for(now)
 
     def _cloud_service(self) -> CloudService:
         """The cloud link; imported here so a gateway without one does not load MQTT at all."""

@@ -14,7 +14,7 @@ import logging
 import random
 import ssl
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,9 @@ SIGNATURE_PROPERTY = "luckey-sig"
 SNAPSHOT_JITTER = 0.1
 #: Messages from the cloud waiting to be handled; the broker holds the rest (QoS 1, no PUBACK).
 INBOX_SIZE = 256
+#: While connected, "last in touch with the cloud" is saved this often (seconds): the offline age
+#: after a power cut is at most this much too short.
+IN_TOUCH_SAVE_S = 60.0
 
 
 def tls_context(cloud: CloudSection) -> ssl.SSLContext:
@@ -88,6 +91,27 @@ class DoneCommands:
         await asyncio.to_thread(write_atomically, self._path, text)
 
 
+class LinkMemory:
+    """When the gateway was last in touch with its cloud, kept across restarts (the offline
+    policy counts an outage from there: a power cycle must not reset it)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def load(self) -> datetime | None:
+        """The last time in touch (None: never, or unreadable)."""
+        try:
+            at = datetime.fromisoformat(json.loads(self._path.read_text("utf-8"))["in_touch_at"])
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        return at if at.tzinfo is not None else None
+
+    async def save(self, at: datetime) -> None:
+        """Remember ``at`` durably."""
+        text = json.dumps({"in_touch_at": at.isoformat()})
+        await asyncio.to_thread(write_atomically, self._path, text)
+
+
 class CloudService:
     """The gateway's side of the cloud contract, started and stopped with the gateway."""
 
@@ -112,7 +136,9 @@ class CloudService:
         self._topics = topics(cloud.gateway_id)
         self._public_key = load_public_key(cloud.signing_key_file)
         context = tls_context(cloud)
-        self._offline_since: datetime | None = clock()
+        self._memory = LinkMemory(state_dir / "cloud_link.json")
+        # Until the first connection: offline since the last time in touch (or since now).
+        self._offline_since: datetime | None = self._memory.load() or clock()
         self.link = MqttLink(
             MqttSettings(
                 host=cloud.mqtt_host,
@@ -152,7 +178,8 @@ class CloudService:
         )
         self._done = DoneCommands(state_dir / "commands_done.json")
         self._inbox: asyncio.Queue[Incoming] = asyncio.Queue(INBOX_SIZE)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._workers: list[asyncio.Task[None]] = []  # run until stop
+        self._spawned: set[asyncio.Task[Any]] = set()  # short jobs, finished at stop
         self._rng = random.Random()  # noqa: S311 - spreads pulls in time, guards no secret
 
     @property
@@ -160,22 +187,31 @@ class CloudService:
         """Since when the gateway has had no cloud link (None while connected)."""
         return self._offline_since
 
+    def offline_for(self, now: datetime) -> timedelta | None:
+        """How long the link has been down at ``now`` (None while connected)."""
+        since = self._offline_since
+        return None if since is None else max(now - since, timedelta(0))
+
     async def start(self) -> None:
         """Connect (in the background), start the uplink and the snapshot schedule."""
         self._done.load()
         await self.link.start()
         await self.uplink.start()
-        self._tasks = [
+        self._workers = [
             asyncio.create_task(self._handle_inbox(), name="cloud-inbox"),
             asyncio.create_task(self._pull_on_schedule(), name="snapshot-schedule"),
+            asyncio.create_task(self._remember_touch(), name="cloud-in-touch"),
         ]
 
     async def stop(self) -> None:
         """Say "offline" while still connected (a clean disconnect drops the will), then stop."""
-        for task in self._tasks:
+        for task in self._workers:
             task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks)
+        if self._workers:
+            await asyncio.wait(self._workers)
+        # Short jobs (events to record, a pull after a gap) finish; they are bounded.
+        if self._spawned:
+            await asyncio.wait(list(self._spawned), timeout=5.0)
         await self.uplink.stop()
         if self.link.connected:
             try:
@@ -193,12 +229,27 @@ class CloudService:
     def _on_connected(self, session_present: bool) -> None:
         self.link.subscribe(self._topics.delta, qos=1)
         self.link.subscribe(self._topics.cmd, qos=1)
+        now = self._clock()
+        offline = self.offline_for(now)
         self._offline_since = None
-        asyncio.get_running_loop().create_task(self._publish_status(LinkState.ONLINE))
+        self._spawn(self._publish_status(LinkState.ONLINE))
+        self._spawn(self._memory.save(now))
+        data = {"state": "online", "offline_s": round(offline.total_seconds(), 3) if offline else 0}
+        self._spawn(self._events.record(new_event(EventType.CLOUD_LINK, now, data)))
 
     def _on_disconnected(self, why: str) -> None:
-        self._offline_since = self._clock()
+        now = self._clock()
+        self._offline_since = now
         _LOGGER.warning("cloud link lost: %s", why)
+        self._spawn(self._memory.save(now))
+        data = {"state": "offline", "reason": why}
+        self._spawn(self._events.record(new_event(EventType.CLOUD_LINK, now, data)))
+
+    async def _remember_touch(self) -> None:
+        while True:
+            await asyncio.sleep(IN_TOUCH_SAVE_S)
+            if self._offline_since is None:
+                await self._memory.save(self._clock())
 
     def _status(self, state: LinkState, *, pending: int, since: datetime | None) -> bytes:
         return status_payload(
@@ -342,6 +393,7 @@ class CloudService:
             await self.snapshots.pull("schedule")
 
     def _spawn(self, coro: Any) -> None:
+        """Run a short job as a task; stop() waits (bounded) for it to finish."""
         task = asyncio.create_task(coro)
-        self._tasks.append(task)
-        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)

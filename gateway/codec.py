@@ -202,7 +202,12 @@ def hhmm(minutes: int) -> str:
 
 def site_from_json(value: Any, path: str = "site") -> Site:
     """Parse a site; the timezone must be a known IANA name, blacklisted keys mech_key values."""
-    obj = _obj(value, path, ("id", "name", "timezone"), ("key_blacklist", "lockdown_override_tag"))
+    obj = _obj(
+        value,
+        path,
+        ("id", "name", "timezone"),
+        ("key_blacklist", "lockdown_override_tag", "max_offline_days", "offline_limited_kinds"),
+    )
     tz_name = obj["timezone"]
     try:
         if not isinstance(tz_name, str):
@@ -222,6 +227,36 @@ def site_from_json(value: Any, path: str = "site") -> Site:
         lockdown_override_tag=None
         if override is None
         else _id(override, _join(path, "lockdown_override_tag")),
+        max_offline_days=_max_offline_days(
+            obj.get("max_offline_days"), _join(path, "max_offline_days")
+        ),
+        offline_limited_kinds=_kinds(
+            obj.get("offline_limited_kinds", []), _join(path, "offline_limited_kinds")
+        ),
+    )
+
+
+#: The longest outage a site's offline policy may allow (as commercial controllers do).
+MAX_OFFLINE_DAYS = 30
+
+
+def _max_offline_days(value: Any, path: str) -> int | None:
+    """None (no limit) or 1..30 days."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_OFFLINE_DAYS:
+        raise FormatError(
+            path, f"{value!r} is not allowed; expected an integer from 1 to {MAX_OFFLINE_DAYS}"
+        )
+    return value
+
+
+def _kinds(value: Any, path: str) -> frozenset[CredentialKind]:
+    """Credential kind names, each known."""
+    allowed = [k.value for k in CredentialKind]
+    return frozenset(
+        _choice(raw, f"{path}[{i}]", CredentialKind, allowed)
+        for i, raw in enumerate(_list(value, path))
     )
 
 
@@ -246,6 +281,8 @@ def site_to_json(site: Site) -> dict[str, Any]:
         "timezone": site.timezone,
         "key_blacklist": sorted(site.key_blacklist),
         "lockdown_override_tag": site.lockdown_override_tag,
+        "max_offline_days": site.max_offline_days,
+        "offline_limited_kinds": sorted(k.value for k in site.offline_limited_kinds),
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from drivers.base import CommandFailed, CredentialRead, Feedback, ReaderBank
 from gateway import access
@@ -48,8 +48,11 @@ class EntryService:
         readers: ReaderBank,
         clock: Callable[[], datetime],
         verifiers: Mapping[CredentialKind, Verifier] = DEFAULT_VERIFIERS,
+        offline_for: Callable[[datetime], timedelta | None] = lambda now: None,
     ) -> None:
+        """``offline_for(now)``: how long the cloud link has been down (None: up, or no cloud)."""
         self._cache = cache
+        self._offline_for = offline_for
         self._doors = doors
         self._events = events
         self._readers = readers
@@ -124,7 +127,9 @@ class EntryService:
             # A genuine lost key, even one no longer enrolled, is named as such.
             identity = Refused(Reason.KEY_BLACKLISTED, "on the site's blacklist of lost keys")
         door_id = presentation.door_id
-        decision = access.decide(identity, door_id, self._clock(), view, self._doors.mode(door_id))
+        now = self._clock()
+        mode = self._doors.mode(door_id)
+        decision = access.decide(identity, door_id, now, view, mode, self._offline_for(now))
         await self._conclude(decision, presentation, reader_id or door_id)
         return decision
 

@@ -23,6 +23,9 @@ _TEXT = {
     Reason.CREDENTIAL_EXPIRED: "credential {credential} expired at {credential_until}",
     Reason.KEY_REVALIDATION_DUE: "mechatronic key {credential} must be revalidated at an online "
     "reader every {revalidation_days} days; {revalidated}",
+    Reason.OFFLINE_TOO_LONG: "the gateway has been without its cloud for longer than the site "
+    "allows for this kind of credential ({max_offline_days} days); it works again once the gateway "
+    "is back in touch",
     Reason.UNKNOWN_USER: "credential {credential} belongs to a user who is not in the cache",
     Reason.USER_DISABLED: "{user} is {user_status}",
     Reason.USER_NOT_YET_VALID: "{user} has access only from {user_from}",
@@ -93,6 +96,7 @@ def facts(
         "revalidation_days": credential.revalidation_days if credential else "?",
         "revalidated": _revalidated(credential),
         "override_tag": view.site.lockdown_override_tag or "?",
+        "max_offline_days": view.site.max_offline_days or "?",
         "lockdown_passes": _lockdown_passes(view),
         "rule": f'"{rule.name}" ({rule.id})' if rule else "?",
         "rule_from": rule.valid_from if rule else "?",

@@ -101,6 +101,10 @@ class Site:
     timezone: str
     key_blacklist: frozenset[str] = frozenset()
     lockdown_override_tag: str | None = None
+    # Offline policy: after this many days without the cloud, credentials of these kinds stop
+    # working (e.g. phone keys, which the cloud can revoke at once when it is reachable).
+    max_offline_days: int | None = None
+    offline_limited_kinds: frozenset[CredentialKind] = frozenset()
 
     @property
     def tz(self) -> ZoneInfo:
@@ -240,6 +244,7 @@ class Reason(enum.StrEnum):
     CREDENTIAL_NOT_YET_VALID = "credential_not_yet_valid"
     CREDENTIAL_EXPIRED = "credential_expired"
     KEY_REVALIDATION_DUE = "key_revalidation_due"
+    OFFLINE_TOO_LONG = "offline_too_long"  # this kind stops working after a long cloud outage
     UNKNOWN_USER = "unknown_user"
     USER_DISABLED = "user_disabled"
     USER_NOT_YET_VALID = "user_not_yet_valid"
@@ -310,6 +315,7 @@ class EventType(enum.StrEnum):
     COMMAND_RESULT = "command.result"
     CLOUD_REJECTED = "cloud.rejected"
     UPLINK_REFUSED = "uplink.refused"
+    CLOUD_LINK = "cloud.link"  # the link to the cloud came up or went down
 
 
 class EventPriority(enum.IntEnum):
@@ -345,6 +351,7 @@ EVENT_PRIORITY: Mapping[EventType, EventPriority] = {
     EventType.COMMAND_RESULT: EventPriority.SECURITY,
     EventType.CLOUD_REJECTED: EventPriority.SECURITY,
     EventType.UPLINK_REFUSED: EventPriority.SECURITY,
+    EventType.CLOUD_LINK: EventPriority.NOTABLE,
 }
 
 

@@ -290,3 +290,39 @@ async def test_commands_sent_while_the_gateway_is_away_run_when_it_returns(
     [result] = await waiter.wait_for("command.result", command="c-9", within_s=WAIT_S)
     assert result.event.data["status"] == "done"
     assert again.doors.mode("front") is DoorMode.EMERGENCY_OPEN
+
+
+# --- offline policy ------------------------------------------------------------------------------
+
+
+async def test_after_a_long_outage_limited_kinds_stop_until_the_cloud_is_back(
+    connected: Callable[[], Any], cloud: FakeCloud, broker: Broker, tmp_path: Path
+) -> None:
+    site = demo_json()
+    site["site"] |= {"max_offline_days": 1, "offline_limited_kinds": ["nfc_uid"]}
+    cloud.set_snapshot(GATEWAY, site)
+    gw = await connected()
+    assert await present(gw, ADA) is Reason.GRANTED
+    await gw.stop()
+    # The gateway was last in touch two days ago (kept across restarts), and the broker is down.
+    two_days_ago = datetime.now(UTC) - timedelta(days=2)
+    (tmp_path / "state" / "cloud_link.json").write_text(
+        json.dumps({"in_touch_at": two_days_ago.isoformat()})
+    )
+    await asyncio.to_thread(broker.stop)
+
+    again = Gateway(gw.config)
+    await again.start()
+    try:
+        assert again.cloud is not None
+        assert again.cloud.offline_since == two_days_ago
+        assert await present(again, ADA) is Reason.OFFLINE_TOO_LONG
+        waiter = EventWaiter(again)
+
+        await asyncio.to_thread(broker.start)
+
+        [back] = await waiter.wait_for("cloud.link", state="online", within_s=30)
+        assert back.event.data["offline_s"] >= 2 * 86400
+        assert await present(again, ADA) is Reason.GRANTED
+    finally:
+        await again.stop()

@@ -994,3 +994,60 @@ def test_a_proof_never_lifts_a_credential_above_its_enrolled_level() -> None:
     decision = run(builder, credential="c2", door="vault", assurance=AssuranceLevel.HIGH)
     assert (decision.granted, decision.reason) == (False, Reason.ASSURANCE_TOO_LOW)
     assert decision.assurance is AssuranceLevel.MEDIUM
+
+
+# --- offline policy ------------------------------------------------------------------------------
+
+
+def offline_site_view(max_days: int | None, kinds: frozenset[CredentialKind]) -> CacheView:
+    card = Credential("c1", "u1", CredentialKind.NFC_UID, "04A1B2C3", AssuranceLevel.LOW)
+    key = Credential(
+        "k1", "u1", CredentialKind.MECHATRONIC_KEY, "A1A2A3A4A5A6A7A8", AssuranceLevel.HIGH
+    )
+    return CacheView.build(
+        1,
+        Site("s", "Site", "Europe/Rome", max_offline_days=max_days, offline_limited_kinds=kinds),
+        {
+            "doors": [Door("front", "Front", AssuranceLevel.LOW)],
+            "users": [User("u1", "U1", tags=("staff",))],
+            "credentials": [card, key],
+            "rules": [AccessRule("r1", "R1", frozenset({"staff"}), frozenset({"front"}))],
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("offline_for", "expected"),
+    [
+        (None, Reason.GRANTED),  # connected, or no cloud at all
+        (timedelta(days=7), Reason.GRANTED),  # exactly the limit still works
+        (timedelta(days=7, seconds=1), Reason.OFFLINE_TOO_LONG),
+    ],
+)
+def test_the_offline_policy_stops_the_limited_kinds_after_the_limit(
+    offline_for: timedelta | None, expected: Reason
+) -> None:
+    view = offline_site_view(7, frozenset({CredentialKind.NFC_UID}))
+    card, key = (
+        view.credential(CredentialKind.NFC_UID, "04A1B2C3"),
+        view.credential(CredentialKind.MECHATRONIC_KEY, "A1A2A3A4A5A6A7A8"),
+    )
+    decision = decide(
+        Verified(card, AssuranceLevel.LOW), "front", NOW, view, offline_for=offline_for
+    )
+    assert decision.reason is expected
+    assert decision.credential_id == "c1"
+    # Kinds the policy does not name keep working from the cache.
+    other = decide(
+        Verified(key, AssuranceLevel.HIGH), "front", NOW, view, offline_for=timedelta(days=60)
+    )
+    assert other.reason is Reason.GRANTED
+
+
+def test_without_an_offline_limit_nothing_stops_working() -> None:
+    view = offline_site_view(None, frozenset({CredentialKind.NFC_UID}))
+    card = view.credential(CredentialKind.NFC_UID, "04A1B2C3")
+    decision = decide(
+        Verified(card, AssuranceLevel.LOW), "front", NOW, view, offline_for=timedelta(days=365)
+    )
+    assert decision.reason is Reason.GRANTED

@@ -162,6 +162,8 @@ def test_site_serialises_its_blacklist_sorted_and_canonical() -> None:
         "timezone": "UTC",
         "key_blacklist": ["ff:ee:dd:cc:bb:aa:99:88", "0011223344556677", "FFEEDDCCBBAA9988"],
         "lockdown_override_tag": None,
+        "max_offline_days": None,
+        "offline_limited_kinds": [],
     }
     parsed = codec.site_from_json(site_json)
     assert codec.site_to_json(parsed) == {
@@ -332,7 +334,8 @@ BAD_SNAPSHOTS: list[tuple[str, Mutation, str, Message]] = [
         "unknown-site-field",
         setter("site", "colour", value="red"),
         "site.colour",
-        "unknown field; allowed: id, key_blacklist, lockdown_override_tag, name, timezone",
+        "unknown field; allowed: id, key_blacklist, lockdown_override_tag, max_offline_days, "
+        "name, offline_limited_kinds, timezone",
     ),
     (
         "unlock-after-first-grant-not-bool",
@@ -1071,3 +1074,59 @@ def test_parse_credential_refuses_without_revealing_the_value(
 )
 def test_redact_shows_at_most_the_last_four_characters(value: str, shown: str) -> None:
     assert credentials.redact(value) == shown
+
+
+def test_an_offline_policy_round_trips() -> None:
+    site_json = {
+        "id": "s",
+        "name": "S",
+        "timezone": "UTC",
+        "key_blacklist": [],
+        "lockdown_override_tag": None,
+        "max_offline_days": 7,
+        "offline_limited_kinds": ["nfc_uid", "ble_phone_key"],
+    }
+    parsed = codec.site_from_json(site_json)
+    assert parsed.max_offline_days == 7
+    assert parsed.offline_limited_kinds == {CredentialKind.BLE_PHONE_KEY, CredentialKind.NFC_UID}
+    assert codec.site_to_json(parsed) == {
+        **site_json,
+        "offline_limited_kinds": ["ble_phone_key", "nfc_uid"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (
+            "max_offline_days",
+            0,
+            "site.max_offline_days: 0 is not allowed; expected an integer from 1 to 30",
+        ),
+        (
+            "max_offline_days",
+            31,
+            "site.max_offline_days: 31 is not allowed; expected an integer from 1 to 30",
+        ),
+        (
+            "max_offline_days",
+            True,
+            "site.max_offline_days: True is not allowed; expected an integer from 1 to 30",
+        ),
+        (
+            "offline_limited_kinds",
+            ["magic"],
+            "site.offline_limited_kinds[0]: 'magic' is not allowed; expected one of: ble_phone_key, nfc_uid, ntag424, desfire, mech_key",
+        ),
+        (
+            "offline_limited_kinds",
+            "nfc_uid",
+            "site.offline_limited_kinds: expected a list, got str",
+        ),
+    ],
+)
+def test_a_bad_offline_policy_is_named(field: str, value: Any, message: str) -> None:
+    site_json = {"id": "s", "name": "S", "timezone": "UTC", field: value}
+    with pytest.raises(codec.FormatError) as info:
+        codec.site_from_json(site_json)
+    assert str(info.value) == message
