@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -174,19 +174,25 @@ class MqttLink:
     ) -> ReasonCode:
         """Publish and wait for the broker's answer (PUBACK for QoS 1): its reason code.
 
-        Across a reconnect the message is resent by paho on the new connection (same session);
-        only ``stop`` abandons it (LinkClosed).
+        Across a reconnect the message is resent by paho on the new connection (same session),
+        and one published while the link is down goes out on the next connection; only ``stop``
+        abandons it (LinkClosed). MqttError if paho does not take the message at all.
         """
         if self.state is LinkState.STOPPED:
             raise LinkClosed("the MQTT link is stopped")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ReasonCode] = loop.create_future()
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        # NO_CONN while the link is down: at QoS 1 paho keeps the message in the session and
+        # sends it once connected (``is_published`` would raise on that rc), at QoS 0 it is gone.
+        queued = info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and not queued:
+            raise MqttError(f"publishing to {topic} failed: {mqtt.error_string(info.rc)}")
         if qos == 0:
             future.set_result(ReasonCode(PacketTypes.PUBACK, identifier=0))
             return await future
         self._publishes[info.mid] = future
-        if info.is_published():  # answered before we registered (cannot happen on the loop)
+        if not queued and info.is_published():  # answered before we registered (not on the loop)
             self._publishes.pop(info.mid, None)
             future.set_result(ReasonCode(PacketTypes.PUBACK, identifier=0))
         return await future
@@ -231,15 +237,21 @@ class MqttLink:
 
     async def _supervise(self) -> None:
         policy = self._backoff()
+        failing = False  # the first failure of a run is a WARNING, the repeats DEBUG
         while True:
             self._set_state(LinkState.CONNECTING)
             try:
                 await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT_S)
             except (OSError, MqttError, TimeoutError, ssl.SSLError) as err:
                 self.last_error = str(err) or type(err).__name__
-                _LOGGER.warning("MQTT broker %s: %s", self._where(), self.last_error)
+                level = logging.DEBUG if failing else logging.WARNING
+                _LOGGER.log(level, "MQTT broker %s: %s", self._where(), self.last_error)
+                failing = True
                 self._close_socket()
             else:
+                if failing:
+                    _LOGGER.info("MQTT broker %s: connected again", self._where())
+                failing = False
                 policy.reset()
                 self._set_state(LinkState.CONNECTED)
                 self._connected.set()
@@ -252,7 +264,7 @@ class MqttLink:
                     self._on_disconnected(self.last_error or "disconnected")
             self._set_state(LinkState.WAITING)
             delay = policy.next_delay()
-            _LOGGER.info("MQTT reconnecting in %.1f s", delay)
+            _LOGGER.debug("MQTT reconnecting in %.1f s", delay)
             await asyncio.sleep(delay)
 
     async def _connect(self) -> None:
@@ -349,6 +361,10 @@ class MqttLink:
         loop = self._loop
         assert loop is not None
         self._sock = sock
+        # Without it every PUBACK waits for the peer's delayed ACK (~40 ms): Nagle holds our small
+        # packets back. 100-event batches went up 20x slower.
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         loop.add_reader(sock, self._client.loop_read)
         if self._misc is None or self._misc.done():
             self._misc = loop.create_task(self._housekeeping(), name="mqtt-misc")

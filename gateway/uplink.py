@@ -19,7 +19,7 @@ from gateway.backoff import Backoff
 from gateway.cloud_messages import events_batches
 from gateway.events import EventLog, LoggedEvent, new_event
 from gateway.model import EventType
-from gateway.mqtt_link import LinkClosed, MqttLink
+from gateway.mqtt_link import LinkClosed, MqttError, MqttLink
 from gateway.outbox import Outbox, OutboxError
 
 _LOGGER = logging.getLogger(__name__)
@@ -85,7 +85,9 @@ class EventUplink:
                 await self._drain()
             except LinkClosed:
                 return
-            except OutboxError as err:  # the outbox logs its own failures; try again later
+            # The outbox logs its own failures; paho not taking a message is not the end of the
+            # uplink either: the events stay, the task lives on and tries again later.
+            except (OutboxError, MqttError) as err:
                 _LOGGER.warning("event uplink paused: %s", err)
                 self._more.set()
                 await asyncio.sleep(self._policy.next_delay())
@@ -106,7 +108,9 @@ class EventUplink:
             if code.value in ACCEPTED:
                 await self._outbox.ack(seqs)
                 self.sent += len(seqs)
-                self._refused = False
+                if self._refused:
+                    _LOGGER.info("the broker accepts events again")
+                    self._refused = False
                 self._policy.reset()
                 return
             await self._refusal(code.getName(), code.value, seqs)
@@ -114,14 +118,15 @@ class EventUplink:
 
     async def _refusal(self, name: str, value: int, seqs: list[int]) -> None:
         """Say so once per run of refusals: the events stay, nothing is dropped."""
+        if self._refused:  # a transition is logged, its repetitions only at DEBUG
+            _LOGGER.debug("the broker refused %d events again (%s)", len(seqs), name)
+            return
         _LOGGER.error(
             "the broker refused %d events (%s, 0x%02X); they stay in the outbox",
             len(seqs),
             name,
             value,
         )
-        if self._refused:
-            return
         self._refused = True
         data = {"reason": name, "code": value, "kept": len(seqs), "first_seq": seqs[0]}
         # Recorded without waiting on the uplink: it is in the outbox, it goes up when it can.

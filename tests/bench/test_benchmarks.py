@@ -37,3 +37,30 @@ def test_e2e_benchmark_prints_its_figures() -> None:
         value = figures[key]
         assert isinstance(value, float)
         assert value > 0
+
+
+def test_delta_benchmark_prints_its_figures() -> None:
+    figures = run_bench("delta", "--samples", "20")
+    assert figures["samples"] == 20
+    for key in ("delta_p50_ms", "delta_p99_ms", "mqtt_rtt_p50_ms", "mqtt_rtt_p99_ms", "ratio_p99"):
+        value = figures[key]
+        assert isinstance(value, float)
+        assert value > 0
+    p50, p99 = figures["delta_p50_ms"], figures["delta_p99_ms"]
+    assert isinstance(p50, float)
+    assert isinstance(p99, float)
+    assert p50 <= p99
+
+
+def test_outbox_benchmark_loses_no_event() -> None:
+    figures = run_bench("outbox", "--events", "2000")
+    assert figures["events"] == 2000
+    assert figures["lost"] == 0
+    assert figures["outbox_left"] == 0  # every event was acknowledged and deleted
+    duplicates = figures["duplicates"]
+    assert isinstance(duplicates, int)
+    assert duplicates >= 0  # at least once: a duplicate is allowed, a loss is not
+    for key in ("drain_events_per_s", "buffer_s"):
+        value = figures[key]
+        assert isinstance(value, float)
+        assert value > 0

@@ -123,6 +123,9 @@ class MqttTestClient:
             )
         except OSError as err:  # ssl.SSLError included
             raise ConnectFailed(f"{self.client_id}: {err!r}") from err
+        sock = self._client.socket()
+        if isinstance(sock, socket.socket):  # no Nagle delay: timing tests and benchmarks
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._client.loop_start()
         self._looping = True
         outcome = self._wait(self._connection, timeout_s, "CONNACK")
