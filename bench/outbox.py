@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -48,7 +49,6 @@ from paho.mqtt.reasoncodes import ReasonCode
 from bench.delta import GATEWAY, cloud_gateway_config, cloud_rig, connected_gateway, wait_until
 from gateway.app import Gateway
 from gateway.backoff import Backoff
-from gateway.cloud import CloudService
 from gateway.model import Event, EventType
 from tests.cloud.broker import Broker, gateway_topic
 from tests.cloud.mqtt_client import tls_context
@@ -194,22 +194,6 @@ class CloudSubscriber:
             client.loop_stop()
 
 
-def with_backoff_cap(gw: Gateway, cap_s: float) -> None:
-    """Rebuild the gateway's cloud service with reconnect delays capped at ``cap_s``."""
-    assert gw.cloud is not None
-    config = gw.config
-    gw.cloud = CloudService(
-        config.cloud,
-        cache=gw.cache,
-        events=gw.events,
-        outbox=gw.outbox,
-        doors=gw.doors,
-        state_dir=config.gateway.state_dir,
-        clock=gw.clock,
-        backoff=partial(Backoff, base_s=min(1.0, cap_s), cap_s=cap_s),
-    )
-
-
 async def outbox_empty(gw: Gateway) -> None:
     """Return once the gateway's outbox holds nothing; TimeoutError after ``WAIT_S``."""
     deadline = time.perf_counter() + WAIT_S
@@ -236,9 +220,12 @@ async def measure(count: int, backoff_cap_s: float) -> dict[str, Any]:
             tally = Tally({e.id for e in events})
             subscriber = CloudSubscriber(broker, tally)
             await asyncio.to_thread(subscriber.connect)
-            gw = Gateway(cloud_gateway_config(broker, cloud, Path(tmp) / "state"))
+            policy: Callable[[], Backoff] = Backoff
             if backoff_cap_s > 0:
-                with_backoff_cap(gw, backoff_cap_s)
+                policy = partial(Backoff, base_s=min(1.0, backoff_cap_s), cap_s=backoff_cap_s)
+            gw = Gateway(
+                cloud_gateway_config(broker, cloud, Path(tmp) / "state"), cloud_backoff=policy
+            )
             try:
                 await connected_gateway(gw)
                 assert gw.cloud is not None

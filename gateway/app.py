@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from drivers.base import ReaderBank, RelayBank
 from gateway import codec
+from gateway.backoff import Backoff
 from gateway.cache import ApplyResult, Cache
 from gateway.config import Config
 from gateway.credentials import DEFAULT_VERIFIERS, Verifier
@@ -52,9 +53,18 @@ def demo_snapshot() -> codec.Snapshot:
 class Gateway:
     """One running gateway: cache, outbox, doors, readers and web app, started and stopped together."""
 
-    def __init__(self, config: Config, *, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        cloud_backoff: Callable[[], Backoff] = Backoff,
+    ) -> None:
+        """``cloud_backoff`` makes the cloud link's reconnect policy (tests and benchmarks
+        shorten it)."""
         self.config = config
         self.clock = clock
+        self._cloud_backoff = cloud_backoff
         state_dir = config.gateway.state_dir
         self.outbox = Outbox(
             state_dir / "outbox.db",
@@ -169,6 +179,7 @@ class Gateway:
             doors=self.doors,
             state_dir=self.config.gateway.state_dir,
             clock=self.clock,
+            backoff=self._cloud_backoff,
         )
 
     def simulates_keys(self, door_id: str) -> bool:

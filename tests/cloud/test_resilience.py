@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import paho.mqtt.client as mqtt
@@ -28,7 +28,6 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.backoff import Backoff
-from gateway.cloud import CloudService
 from gateway.config import parse_config
 from gateway.events import new_event
 from gateway.model import EventType
@@ -195,26 +194,16 @@ async def cloud(pki: Pki, broker: Broker, tmp_path: Path) -> AsyncIterator[FakeC
 
 
 @pytest.fixture
-def fast_reconnect(monkeypatch: pytest.MonkeyPatch) -> None:
-    """In-process gateways reconnect (and retry refused events) after milliseconds, not seconds.
-
-    ``Gateway`` builds its ``CloudService`` with the default policy, and a default argument is
-    bound when the function is defined: patching ``gateway.cloud.Backoff`` would not reach it.
-    """
-    defaults = cast(dict[str, Any], CloudService.__init__.__kwdefaults__)
-    monkeypatch.setitem(defaults, "backoff", FAST_BACKOFF)
-
-
-@pytest.fixture
 async def online(
-    pki: Pki, broker: Broker, cloud: FakeCloud, tmp_path: Path, fast_reconnect: None
+    pki: Pki, broker: Broker, cloud: FakeCloud, tmp_path: Path
 ) -> AsyncIterator[Callable[[], Awaitable[Gateway]]]:
-    """``await online()``: gw-1 in this process, connected, with the cloud's snapshot."""
+    """``await online()``: gw-1 in this process, connected, with the cloud's snapshot; it
+    reconnects (and retries refused events) after milliseconds, not seconds."""
     started: list[Gateway] = []
     config_data = gateway_data(pki, broker, cloud, tmp_path / "state")
 
     async def start() -> Gateway:
-        gw = Gateway(parse_config(config_data))
+        gw = Gateway(parse_config(config_data), cloud_backoff=FAST_BACKOFF)
         waiter = EventWaiter(gw)
         await gw.start()
         started.append(gw)
@@ -247,7 +236,7 @@ async def record_burst(gw: Gateway, count: int, first: int = 0) -> list[str]:
 
 
 async def test_a_publish_while_the_link_is_down_goes_out_once_it_is_back(
-    broker: Broker, cloud: FakeCloud, fast_reconnect: None
+    broker: Broker, cloud: FakeCloud
 ) -> None:
     identity = broker.identity(GATEWAY)
     lost = asyncio.Event()
