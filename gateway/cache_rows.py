@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from gateway.codec import CODEC_BY_COLLECTION, COLLECTIONS
+from gateway.codec import CODEC_BY_COLLECTION, COLLECTIONS, CredentialColumns
 from gateway.credtable import CredentialTable
 from gateway.model import AssuranceLevel, Credential, CredentialKind, User, UserStatus
 from gateway.sqlite import Migration
@@ -85,6 +85,20 @@ def to_rows(collection: str, entities: Iterable[Any]) -> Iterator[tuple[Any, ...
                 _iso(u.valid_from),
                 _iso(u.valid_until),
             )
+    elif isinstance(entities, CredentialColumns):  # a streamed snapshot's: no object each
+        revalidation = entities.revalidation
+        for i, (cred_id, kind, value, user, assurance, revoked, start, end) in enumerate(
+            zip(
+                entities.ids, entities.kinds, entities.values, entities.users,
+                entities.assurances, entities.revoked, entities.valid_from, entities.valid_until,
+                strict=True,
+            )
+        ):  # fmt: skip
+            days, revalidated = revalidation.get(i, (None, None))
+            yield (
+                cred_id, kind.value, value, user, int(assurance), revoked,
+                _iso(start), _iso(end), days, _iso(revalidated),
+            )  # fmt: skip
     elif collection == "credentials":
         for c in entities:
             yield (

@@ -6,12 +6,13 @@ path of the bad value (``users[12].valid_until``), the value, and what is allowe
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway import credentials as creds
@@ -55,15 +56,23 @@ class FormatError(ValueError):
 # --- primitives -----------------------------------------------------------------------------
 
 
-def _obj(value: Any, path: str, required: Iterable[str], optional: Iterable[str]) -> dict[str, Any]:
+@functools.lru_cache(maxsize=64)
+def _allowed(required: tuple[str, ...], optional: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(required) | frozenset(optional)
+
+
+def _obj(
+    value: Any, path: str, required: tuple[str, ...], optional: tuple[str, ...]
+) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise FormatError(path, f"expected an object, got {type(value).__name__}")
-    allowed = set(required) | set(optional)
-    for key in value:
-        if key not in allowed:
-            raise FormatError(
-                _join(path, key), f"unknown field; allowed: {', '.join(sorted(allowed))}"
-            )
+    allowed = _allowed(required, optional)
+    if not allowed.issuperset(value):
+        for key in value:
+            if key not in allowed:
+                raise FormatError(
+                    _join(path, key), f"unknown field; allowed: {', '.join(sorted(allowed))}"
+                )
     for key in required:
         if key not in value:
             raise FormatError(_join(path, key), "missing required field")
@@ -74,27 +83,35 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _str(value: Any, path: str, *, max_len: int = 256) -> str:
+# The helpers below take the path of a value as ``path`` plus, optionally, the ``key`` it sits
+# under: the whole path is only built for an error (100k-user snapshots, a few per field).
+
+
+def _at(path: str, key: str | None) -> str:
+    return path if key is None else _join(path, key)
+
+
+def _str(value: Any, path: str, key: str | None = None, *, max_len: int = 256) -> str:
     if not isinstance(value, str) or not value or len(value) > max_len:
         raise FormatError(
-            path,
+            _at(path, key),
             f"{value!r} is not allowed; expected a non-empty string of at most {max_len} characters",
         )
     return value
 
 
-def _id(value: Any, path: str) -> str:
+def _id(value: Any, path: str, key: str | None = None) -> str:
     if not isinstance(value, str) or not _ID.fullmatch(value):
         raise FormatError(
-            path,
+            _at(path, key),
             f"{value!r} is not a valid id; expected 1-128 of letters, digits and ._:@- (not starting with a symbol)",
         )
     return value
 
 
-def _bool(value: Any, path: str) -> bool:
+def _bool(value: Any, path: str, key: str | None = None) -> bool:
     if not isinstance(value, bool):
-        raise FormatError(path, f"{value!r} is not allowed; expected true or false")
+        raise FormatError(_at(path, key), f"{value!r} is not allowed; expected true or false")
     return value
 
 
@@ -104,10 +121,13 @@ def _int(value: Any, path: str, *, minimum: int = 0) -> int:
     return value
 
 
-def _int_between(value: Any, path: str, *, minimum: int, maximum: int) -> int:
+def _int_between(
+    value: Any, path: str, key: str | None = None, *, minimum: int, maximum: int
+) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
         raise FormatError(
-            path, f"{value!r} is not allowed; expected an integer from {minimum} to {maximum}"
+            _at(path, key),
+            f"{value!r} is not allowed; expected an integer from {minimum} to {maximum}",
         )
     return value
 
@@ -124,7 +144,7 @@ def _number(value: Any, path: str, *, minimum: float, maximum: float) -> float:
     return float(value)
 
 
-def _datetime(value: Any, path: str) -> datetime:
+def _datetime(value: Any, path: str, key: str | None = None) -> datetime:
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value)
@@ -133,12 +153,13 @@ def _datetime(value: Any, path: str) -> datetime:
         if parsed is not None and parsed.tzinfo is not None:
             return parsed
     raise FormatError(
-        path, f"{value!r} is not allowed; expected an ISO-8601 date-time with a UTC offset"
+        _at(path, key),
+        f"{value!r} is not allowed; expected an ISO-8601 date-time with a UTC offset",
     )
 
 
-def _opt_datetime(value: Any, path: str) -> datetime | None:
-    return None if value is None else _datetime(value, path)
+def _opt_datetime(value: Any, path: str, key: str | None = None) -> datetime | None:
+    return None if value is None else _datetime(value, path, key)
 
 
 def _date(value: Any, path: str) -> date:
@@ -150,28 +171,40 @@ def _date(value: Any, path: str) -> date:
     raise FormatError(path, f"{value!r} is not allowed; expected a date YYYY-MM-DD")
 
 
-def _choice(value: Any, path: str, parse: Callable[[str], T], allowed: Iterable[str]) -> T:
+def _choice(
+    value: Any,
+    path: str,
+    parse: Callable[[str], T],
+    allowed: Iterable[str],
+    key: str | None = None,
+) -> T:
     if isinstance(value, str):
         try:
             return parse(value)
         except (ValueError, KeyError):
             pass
-    raise FormatError(path, f"{value!r} is not allowed; expected one of: {', '.join(allowed)}")
+    raise FormatError(
+        _at(path, key), f"{value!r} is not allowed; expected one of: {', '.join(allowed)}"
+    )
 
 
-def _list(value: Any, path: str) -> list[Any]:
+def _list(value: Any, path: str, key: str | None = None) -> list[Any]:
     if not isinstance(value, list):
-        raise FormatError(path, f"expected a list, got {type(value).__name__}")
+        raise FormatError(_at(path, key), f"expected a list, got {type(value).__name__}")
     return value
 
 
-def _ids(value: Any, path: str) -> frozenset[str]:
-    return frozenset(_id(item, f"{path}[{i}]") for i, item in enumerate(_list(value, path)))
+def _ids(value: Any, path: str, key: str | None = None) -> frozenset[str]:
+    items = _list(value, path, key)
+    for i, item in enumerate(items):
+        if not isinstance(item, str) or not _ID.fullmatch(item):
+            _id(item, f"{_at(path, key)}[{i}]")  # raises, naming the item
+    return frozenset(items)
 
 
 def _validity(obj: Mapping[str, Any], path: str) -> tuple[datetime | None, datetime | None]:
-    start = _opt_datetime(obj.get("valid_from"), _join(path, "valid_from"))
-    end = _opt_datetime(obj.get("valid_until"), _join(path, "valid_until"))
+    start = _opt_datetime(obj.get("valid_from"), path, "valid_from")
+    end = _opt_datetime(obj.get("valid_until"), path, "valid_until")
     if start is not None and end is not None and end <= start:
         raise FormatError(
             _join(path, "valid_until"),
@@ -331,24 +364,26 @@ def door_to_json(door: Door) -> dict[str, Any]:
     }
 
 
+_USER_FIELDS = (("id", "name"), ("status", "tags", "valid_from", "valid_until"))
+_STATUSES = {s.value: s for s in UserStatus}
+_STATUS_NAMES = tuple(_STATUSES)
+
+
 def user_from_json(value: Any, path: str, strings: dict[Any, Any] | None = None) -> User:
     """Parse a user; ``strings`` interns repeated values (tag sets) across a large load."""
-    obj = _obj(value, path, ("id", "name"), ("status", "tags", "valid_from", "valid_until"))
+    obj = _obj(value, path, *_USER_FIELDS)
     start, end = _validity(obj, path)
-    tags = tuple(sorted(_ids(obj.get("tags", []), _join(path, "tags"))))
-    user_id = _id(obj["id"], _join(path, "id"))
+    tags = tuple(sorted(_ids(obj.get("tags", []), path, "tags")))
+    user_id = _id(obj["id"], path, "id")
     if strings is not None:
         # Users often share a tag set, and credentials point at user ids: keep one copy of each.
         tags = strings.setdefault(tags, tags)
         user_id = strings.setdefault(user_id, user_id)
     return User(
         id=user_id,
-        name=_str(obj["name"], _join(path, "name")),
+        name=_str(obj["name"], path, "name"),
         status=_choice(
-            obj.get("status", "active"),
-            _join(path, "status"),
-            UserStatus,
-            [s.value for s in UserStatus],
+            obj.get("status", "active"), path, _STATUSES.__getitem__, _STATUS_NAMES, "status"
         ),
         tags=tags,
         valid_from=start,
@@ -372,15 +407,30 @@ def credential_from_json(
     value: Any, path: str, strings: dict[str, Any] | None = None
 ) -> Credential:
     """Parse a credential; its value must match its kind and its assurance what the kind can prove."""
-    obj = _obj(
-        value,
-        path,
-        ("id", "user", "kind", "value"),
-        ("assurance", "revoked", "valid_from", "valid_until", *_REVALIDATION_FIELDS),
-    )
-    kind = _choice(
-        obj["kind"], _join(path, "kind"), CredentialKind, [k.value for k in CredentialKind]
-    )
+    return Credential(*_credential_fields(value, path, strings))
+
+
+#: A credential's fields in ``Credential``'s order, as ``_credential_fields`` returns them.
+CredentialFields = tuple[
+    str,
+    str,
+    CredentialKind,
+    str,
+    AssuranceLevel,
+    bool,
+    datetime | None,
+    datetime | None,
+    int | None,
+    datetime | None,
+]
+
+
+def _credential_fields(
+    value: Any, path: str, strings: dict[str, Any] | None = None
+) -> CredentialFields:
+    """``credential_from_json`` without the object: a large snapshot keeps them in columns."""
+    obj = _obj(value, path, *_CREDENTIAL_FIELDS)
+    kind = _choice(obj["kind"], path, _KINDS.__getitem__, _KIND_NAMES, "kind")
     raw = obj["value"]
     try:
         if not isinstance(raw, str):
@@ -392,7 +442,7 @@ def credential_from_json(
     assurance = strongest
     if "assurance" in obj:
         assurance = _choice(
-            obj["assurance"], _join(path, "assurance"), AssuranceLevel.parse, _ASSURANCE_NAMES
+            obj["assurance"], path, AssuranceLevel.parse, _ASSURANCE_NAMES, "assurance"
         )
         if assurance > strongest:
             raise FormatError(
@@ -401,24 +451,30 @@ def credential_from_json(
             )
     start, end = _validity(obj, path)
     days, revalidated = _revalidation(obj, path, kind)
-    user = _id(obj["user"], _join(path, "user"))
+    user = _id(obj["user"], path, "user")
     if strings is not None:
         user = strings.setdefault(user, user)
-    return Credential(
-        id=_id(obj["id"], _join(path, "id")),
-        user_id=user,
-        kind=kind,
-        value=canonical,
-        assurance=assurance,
-        revoked=_bool(obj.get("revoked", False), _join(path, "revoked")),
-        valid_from=start,
-        valid_until=end,
-        revalidation_days=days,
-        revalidated_at=revalidated,
+    return (
+        _id(obj["id"], path, "id"),
+        user,
+        kind,
+        canonical,
+        assurance,
+        _bool(obj.get("revoked", False), path, "revoked"),
+        start,
+        end,
+        days,
+        revalidated,
     )
 
 
 _REVALIDATION_FIELDS = ("revalidation_days", "revalidated_at")
+_CREDENTIAL_FIELDS = (
+    ("id", "user", "kind", "value"),
+    ("assurance", "revoked", "valid_from", "valid_until", *_REVALIDATION_FIELDS),
+)
+_KINDS = {k.value: k for k in CredentialKind}
+_KIND_NAMES = tuple(_KINDS)
 
 
 def _revalidation(
@@ -437,9 +493,9 @@ def _revalidation(
     days = obj.get("revalidation_days")
     if days is not None:
         days = _int_between(
-            days, _join(path, "revalidation_days"), minimum=1, maximum=REVALIDATION_DAYS_MAX
+            days, path, "revalidation_days", minimum=1, maximum=REVALIDATION_DAYS_MAX
         )
-    return days, _opt_datetime(obj.get("revalidated_at"), _join(path, "revalidated_at"))
+    return days, _opt_datetime(obj.get("revalidated_at"), path, "revalidated_at")
 
 
 def credential_to_json(credential: Credential) -> dict[str, Any]:
@@ -695,13 +751,98 @@ CODEC_BY_COLLECTION: Mapping[str, EntityCodec] = {c.collection: c for c in CODEC
 COLLECTIONS: tuple[str, ...] = tuple(c.collection for c in CODECS)
 
 
+class CredentialColumns(Sequence[Credential]):
+    """Many credentials in parallel lists, in document order; a ``Credential`` is made on access.
+
+    A 100k-user snapshot holds 300k credentials: as objects they would cost about 110 bytes and
+    a garbage-collector entry each, for the few seconds until the cache's tables are built.
+    """
+
+    __slots__ = (
+        "assurances",
+        "ids",
+        "kinds",
+        "revalidation",
+        "revoked",
+        "users",
+        "valid_from",
+        "valid_until",
+        "values",
+    )
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.users: list[str] = []
+        self.kinds: list[CredentialKind] = []
+        self.values: list[str] = []
+        self.assurances: list[AssuranceLevel] = []
+        self.revoked = bytearray()
+        self.valid_from: list[datetime | None] = []
+        self.valid_until: list[datetime | None] = []
+        #: (revalidation_days, revalidated_at) by index, only for credentials that have one.
+        self.revalidation: dict[int, tuple[int | None, datetime | None]] = {}
+
+    def append(self, fields: CredentialFields) -> None:
+        """Add one credential's fields (``Credential``'s order)."""
+        cred_id, user, kind, value, assurance, revoked, start, end, days, revalidated = fields
+        if days is not None or revalidated is not None:
+            self.revalidation[len(self.ids)] = (days, revalidated)
+        self.ids.append(cred_id)
+        self.users.append(user)
+        self.kinds.append(kind)
+        self.values.append(value)
+        self.assurances.append(assurance)
+        self.revoked.append(revoked)
+        self.valid_from.append(start)
+        self.valid_until.append(end)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, index: int) -> Credential: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Credential]: ...
+
+    def __getitem__(self, index: int | slice) -> Credential | Sequence[Credential]:
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(len(self))))
+        if index < 0:
+            index += len(self.ids)
+        days, revalidated = self.revalidation.get(index, (None, None))
+        return Credential(
+            self.ids[index],
+            self.users[index],
+            self.kinds[index],
+            self.values[index],
+            self.assurances[index],
+            bool(self.revoked[index]),
+            self.valid_from[index],
+            self.valid_until[index],
+            days,
+            revalidated,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable while it is being filled
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """A whole site at one version: replaces everything the cache held."""
+    """A whole site at one version: replaces everything the cache held.
+
+    Each collection is a sequence of entities: a tuple, or for a streamed snapshot's
+    credentials a ``CredentialColumns``.
+    """
 
     version: int
     site: Site
-    entities: Mapping[str, tuple[Any, ...]]
+    entities: Mapping[str, Sequence[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -715,32 +856,126 @@ class Delta:
     deletes: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
+def _no_pause() -> None:
+    pass
+
+
+_SHARDS = 64  # a power of two
+
+
+class _StringSet:
+    """A set of strings kept in many small sets.
+
+    Adding to one set of 300k strings now and then resizes it, rehashing everything in one call
+    that holds the GIL for milliseconds; a shard stays small. Dropped shard by shard (``clear``).
+    """
+
+    __slots__ = ("_shards",)
+
+    def __init__(self) -> None:
+        self._shards: list[set[str]] = [set() for _ in range(_SHARDS)]
+
+    def add(self, item: str) -> bool:
+        """Add ``item``; False if it was there already."""
+        shard = self._shards[hash(item) & (_SHARDS - 1)]
+        if item in shard:
+            return False
+        shard.add(item)
+        return True
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._shards[hash(item) & (_SHARDS - 1)]
+
+    def clear(self, pause: Callable[[], None] = _no_pause) -> None:
+        """Empty the set, calling ``pause`` between shards."""
+        for shard in self._shards:
+            shard.clear()
+            pause()
+
+
+class _Collection:
+    """One collection's entities, parsed item by item (a snapshot can be read as it streams).
+
+    Checks as a whole list would be checked: every item is parsed first, so a bad item is
+    reported before a duplicate id, and a duplicate id before a duplicate credential value.
+    """
+
+    def __init__(
+        self,
+        codec: EntityCodec,
+        path: str,
+        strings: dict[Any, Any],
+        *,
+        columns: bool = False,
+        pause: Callable[[], None] = _no_pause,
+    ) -> None:
+        self.codec = codec
+        self.path = path
+        self.ids = _StringSet()
+        self._strings = strings
+        self._pause = pause
+        self._items: list[Any] = []
+        self._columns = CredentialColumns() if columns else None
+        self._count = 0
+        self._duplicate_id: FormatError | None = None
+        self._duplicate_value: FormatError | None = None
+        # Credential values seen, by kind (a value may be reused by another kind).
+        self._values: dict[CredentialKind, _StringSet] = {}
+
+    def add(self, item: Any) -> None:
+        """Parse and keep one item."""
+        index = self._count
+        path = f"{self.path}[{index}]"
+        kind: CredentialKind | None
+        if self._columns is not None:
+            fields = _credential_fields(item, path, self._strings)
+            self._columns.append(fields)
+            entity_id, kind, value = fields[0], fields[2], fields[3]
+        else:
+            codec = self.codec
+            entity = (
+                codec.parse(item, path, self._strings) if codec.interns else codec.parse(item, path)
+            )
+            self._items.append(entity)
+            entity_id = entity.id
+            kind, value = (
+                (entity.kind, entity.value) if codec.collection == "credentials" else (None, "")
+            )
+        self._count += 1
+        if not self.ids.add(entity_id) and self._duplicate_id is None:
+            self._duplicate_id = FormatError(f"{path}.id", f"duplicate id {entity_id!r}")
+        if kind is not None:
+            values = self._values.get(kind)
+            if values is None:
+                values = self._values[kind] = _StringSet()
+            if not values.add(value) and self._duplicate_value is None:
+                self._duplicate_value = FormatError(
+                    f"{path}.value", f"{kind.value} value is already used by another credential"
+                )
+
+    def finish(self) -> Sequence[Any]:
+        """The entities; FormatError for the first duplicate."""
+        if self._duplicate_id is not None:
+            raise self._duplicate_id
+        if self._duplicate_value is not None:
+            raise self._duplicate_value
+        for values in self._values.values():
+            values.clear(self._pause)
+        self._values.clear()
+        if self._columns is not None:
+            return self._columns
+        return tuple(self._items)
+
+
 def _entities(
     value: Any, path: str, codec: EntityCodec, strings: dict[str, Any]
 ) -> tuple[Any, ...]:
-    items = _list(value, path)
-    parsed = tuple(
-        codec.parse(item, f"{path}[{i}]", strings)
-        if codec.interns
-        else codec.parse(item, f"{path}[{i}]")
-        for i, item in enumerate(items)
-    )
-    seen: set[str] = set()
-    for i, entity in enumerate(parsed):
-        if entity.id in seen:
-            raise FormatError(f"{path}[{i}].id", f"duplicate id {entity.id!r}")
-        seen.add(entity.id)
-    if codec.collection == "credentials":
-        keys: set[tuple[CredentialKind, str]] = set()
-        for i, credential in enumerate(parsed):
-            key = (credential.kind, credential.value)
-            if key in keys:
-                raise FormatError(
-                    f"{path}[{i}].value",
-                    f"{credential.kind.value} value is already used by another credential",
-                )
-            keys.add(key)
-    return parsed
+    collection = _Collection(codec, path, strings)
+    for item in _list(value, path):
+        collection.add(item)
+    entities = collection.finish()
+    assert isinstance(entities, tuple)
+    return entities
 
 
 def _format(obj: Mapping[str, Any]) -> None:
@@ -749,9 +984,12 @@ def _format(obj: Mapping[str, Any]) -> None:
         raise FormatError("format", f"{value!r} is not allowed; this gateway reads format {FORMAT}")
 
 
+_SNAPSHOT_FIELDS = (("format", "version", "site"), COLLECTIONS)
+
+
 def snapshot_from_json(value: Any) -> Snapshot:
     """Parse and validate a whole snapshot, references included."""
-    obj = _obj(value, "", ("format", "version", "site"), COLLECTIONS)
+    obj = _obj(value, "", *_SNAPSHOT_FIELDS)
     _format(obj)
     strings: dict[Any, Any] = {}
     entities = {
@@ -762,6 +1000,84 @@ def snapshot_from_json(value: Any) -> Snapshot:
     )
     check_references(snapshot.entities, snapshot.site)
     return snapshot
+
+
+class SnapshotAssembler:
+    """Builds a snapshot from its top-level members in document order, for a streaming reader.
+
+    The checks and messages of ``snapshot_from_json``; when a snapshot breaks several rules,
+    the first one met in document order is reported. A collection can be fed item by item
+    (``begin``, ``add``, ``end``), so the JSON of a whole snapshot never has to be in memory,
+    and credentials are kept in columns (``CredentialColumns``). A member given twice counts
+    once, the last time, as with ``json.loads`` (the first must be valid too). ``pause`` is
+    called now and then during the long checks at the end (a worker thread lets others run).
+    """
+
+    def __init__(self, pause: Callable[[], None] = _no_pause) -> None:
+        self._pause = pause
+        self._strings: dict[Any, Any] = {}
+        self._members: dict[str, Any] = {}
+        self._collections: dict[str, Sequence[Any]] = {}
+        self._ids: dict[str, _StringSet] = {}
+        self._open: _Collection | None = None
+
+    @staticmethod
+    def is_collection(key: str) -> bool:
+        """True if the member ``key`` is a collection (a list of entities)."""
+        return key in CODEC_BY_COLLECTION
+
+    def member(self, key: str, value: Any) -> None:
+        """A whole top-level member."""
+        if key in CODEC_BY_COLLECTION:
+            items = _list(value, key)
+            self.begin(key)
+            for item in items:
+                self.add(item)
+            self.end()
+            return
+        if key not in _allowed(*_SNAPSHOT_FIELDS):
+            _obj({key: value}, "", *_SNAPSHOT_FIELDS)  # raises: unknown field
+        if key == "format":
+            _format({"format": value})
+        elif key == "version":
+            value = _int(value, "version", minimum=1)
+        else:
+            value = site_from_json(value)
+        self._members[key] = value
+
+    def begin(self, key: str) -> None:
+        """Start the collection ``key``, to be fed with ``add``."""
+        codec = CODEC_BY_COLLECTION[key]
+        self._open = _Collection(
+            codec, key, self._strings, columns=key == "credentials", pause=self._pause
+        )
+
+    def add(self, item: Any) -> None:
+        """The next item of the collection begun."""
+        assert self._open is not None
+        self._open.add(item)
+
+    def end(self) -> None:
+        """The collection begun is complete."""
+        assert self._open is not None
+        collection, self._open = self._open, None
+        key = collection.codec.collection
+        self._collections[key] = collection.finish()
+        self._ids[key] = collection.ids
+
+    def finish(self) -> Snapshot:
+        """The snapshot, once every member was given; FormatError for what is missing or dangling."""
+        for key in _SNAPSHOT_FIELDS[0]:
+            if key not in self._members:
+                raise FormatError(key, "missing required field")
+        self._strings.clear()
+        entities = {c: self._collections.get(c, ()) for c in COLLECTIONS}
+        ids = {c: self._ids.get(c) or _StringSet() for c in COLLECTIONS}
+        site: Site = self._members["site"]
+        _check_references(entities, site, ids, self._pause)
+        for collection_ids in ids.values():
+            collection_ids.clear(self._pause)
+        return Snapshot(self._members["version"], site, entities)
 
 
 def snapshot_to_json(snapshot: Snapshot) -> dict[str, Any]:
@@ -866,10 +1182,22 @@ _REFERENCES: tuple[tuple[str, str, Callable[[Any], Iterable[str]], str], ...] = 
 )
 
 
-def dangling(entities: Mapping[str, Iterable[Any]], refs: References) -> Dangling | None:
+def dangling(
+    entities: Mapping[str, Iterable[Any]],
+    refs: References,
+    pause: Callable[[], None] = _no_pause,
+) -> Dangling | None:
     """The first reference from ``entities`` to something ``refs`` does not hold, if any."""
     for collection, key, targets, target_collection in _REFERENCES:
-        for index, entity in enumerate(entities.get(collection, ())):
+        items = entities.get(collection, ())
+        if isinstance(items, CredentialColumns):  # the one reference of a credential, unmade
+            for index, user in enumerate(items.users):
+                pause()
+                if not refs.exists("users", user):
+                    return Dangling(collection, index, items.ids[index], key, "users", user)
+            continue
+        for index, entity in enumerate(items):
+            pause()
             for target in targets(entity):
                 if not refs.exists(target_collection, target):
                     return Dangling(collection, index, entity.id, key, target_collection, target)
@@ -890,8 +1218,17 @@ def site_dangling_error(tag: str) -> FormatError:
 def check_references(entities: Mapping[str, Iterable[Any]], site: Site | None = None) -> None:
     """Raise FormatError if a snapshot's entities (or its site) refer to anything it lacks."""
     ids = {collection: {e.id for e in entities.get(collection, ())} for collection in COLLECTIONS}
+    _check_references(entities, site, ids)
+
+
+def _check_references(
+    entities: Mapping[str, Iterable[Any]],
+    site: Site | None,
+    ids: Mapping[str, Container[str]],
+    pause: Callable[[], None] = _no_pause,
+) -> None:
     refs = References(lambda c, i: i in ids[c])
-    found = dangling(entities, refs)
+    found = dangling(entities, refs, pause)
     if found is not None:
         raise found.error()
     tag = None if site is None else site_dangling(site, refs)

@@ -64,3 +64,20 @@ def test_outbox_benchmark_loses_no_event() -> None:
         value = figures[key]
         assert isinstance(value, float)
         assert value > 0
+
+
+def test_snapshot_benchmark_prints_its_figures() -> None:
+    figures = run_bench("snapshot", "--users", "300")
+    assert figures["users"] == 300
+    assert figures["result"] == "applied"
+    assert (figures["version_before"], figures["version_after"]) == (1, 2)
+    for key in (
+        "apply_s",
+        "decide_p99_before_us",
+        "decide_p99_during_apply_us",
+        "peak_rss_mb",
+        "snapshot_mb",
+    ):
+        value = figures[key]
+        assert isinstance(value, float)
+        assert value > 0

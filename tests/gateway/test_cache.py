@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
+import io
 import json
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,9 +18,23 @@ from typing import Any
 import pytest
 
 from gateway.access import decide
-from gateway.cache import ApplyResult, Cache, lookup_sql, read_view
+from gateway.cache import (
+    ApplyResult,
+    Cache,
+    Pacer,
+    collection_paused,
+    lookup_sql,
+    read_view,
+)
 from gateway.cache_rows import MIGRATIONS
-from gateway.codec import COLLECTIONS, FormatError, Snapshot, check_references
+from gateway.codec import (
+    COLLECTIONS,
+    CredentialColumns,
+    FormatError,
+    Snapshot,
+    SnapshotAssembler,
+    check_references,
+)
 from gateway.credentials import Verified
 from gateway.model import (
     AccessRule,
@@ -31,6 +49,7 @@ from gateway.model import (
     User,
     UserStatus,
 )
+from gateway.snapshots import read_snapshot
 from gateway.view import EMPTY_SITE, CacheView
 from tests.gateway.sitebuilder import (
     SiteBuilder,
@@ -1052,3 +1071,123 @@ async def test_demo_data_is_replaced_by_any_upstream_snapshot(make_cache: MakeCa
     await cache.stop()
     again = await make_cache()
     assert (again.version, again.origin, again.needs_resync) == (1, "upstream", False)
+
+
+# --- large snapshots: streamed, built off the loop, the old view let go ----------------------
+
+
+def streamed(builder: SiteBuilder) -> Snapshot:
+    """``builder``'s snapshot read as a pulled one is: as a stream, credentials in columns."""
+    text = json.dumps(builder.json()).encode()
+    return read_snapshot(io.BytesIO(text), SnapshotAssembler(), lambda: None)
+
+
+async def test_a_streamed_snapshot_is_stored_and_indexed_as_a_parsed_one(
+    make_cache: MakeCache, path: Path, tmp_path: Path
+) -> None:
+    cache = await make_cache()
+    snapshot = streamed(rich(version=3))
+    assert isinstance(snapshot.entities["credentials"], CredentialColumns)
+
+    assert await cache.apply_snapshot(snapshot) is ApplyResult.APPLIED
+
+    reference = Cache(tmp_path / "reference.db")
+    await reference.start()
+    try:
+        assert await reference.apply_snapshot(rich(version=3).snapshot()) is ApplyResult.APPLIED
+        assert table_rows(path) == table_rows(tmp_path / "reference.db")
+        assert meta(path)["site"] == meta(tmp_path / "reference.db")["site"]
+    finally:
+        await reference.stop()
+    assert contents(cache.view) == built(rich(version=3))
+    assert contents(await reopen(path)) == built(rich(version=3))
+
+
+def test_credentials_in_columns_are_indexed_in_value_order() -> None:
+    """Many values sharing their first digits, of several lengths: split and sorted in pieces."""
+    rng = random.Random(5)
+    builder = site().door("front").rule("r1", tags=["staff"], doors=["front"])
+    builder.user("u1", tags=["staff"])
+    values = {f"04{rng.randbytes(6).hex().upper()}" for _ in range(6000)}
+    values |= {rng.randbytes(4).hex().upper() for _ in range(3000)}  # 4-byte UIDs
+    values |= {f"04{rng.randbytes(9).hex().upper()}" for _ in range(500)}  # 10-byte UIDs
+    values |= {"04" + "0" * 12, "04" + "0" * 18, "00" * 4}  # prefixes of one another
+    for i, value in enumerate(sorted(values, key=lambda _: rng.random())):
+        builder.credential(f"c{i}", "u1", value=value)
+    pauses = 0
+
+    def pause() -> None:
+        nonlocal pauses
+        pauses += 1
+
+    snapshot = streamed(builder)
+    view = CacheView.build(snapshot.version, snapshot.site, snapshot.entities, pause=pause)
+
+    table = view.credentials[NFC]
+    assert [c.value for c in table] == sorted(values)
+    assert all(view.credential(NFC, value) is not None for value in values)
+    assert contents(view) == contents(builder.view())
+    assert pauses >= len(values)
+
+
+async def test_a_replaced_view_still_held_stays_whole(make_cache: MakeCache) -> None:
+    cache = await make_cache()
+    assert await cache.apply_snapshot(rich(version=1).snapshot()) is ApplyResult.APPLIED
+    held = cache.view
+    before = contents(held)
+
+    assert await cache.apply_snapshot(rich(version=2).snapshot()) is ApplyResult.APPLIED
+
+    assert cache.view is not held
+    assert contents(held) == before  # a decision holding it still sees the whole old site
+    assert decisions(held) == decisions(rich(version=1).view())
+
+
+def test_dismantling_a_view_empties_only_what_no_other_view_shares() -> None:
+    alone = rich().view()
+    first = rich().view()
+    second = first.apply(delta(2, 1, upsert={"tags": [tag_json("night")]}))
+    assert second.users is first.users  # a delta shares what it does not change
+    pauses: list[None] = []
+
+    alone.dismantle(lambda: pauses.append(None))
+    first.dismantle(lambda: pauses.append(None))
+
+    assert (alone.users, alone.credentials) == ({}, {})
+    assert pauses
+    assert second.users
+    assert contents(second)["credentials"] == contents(rich().view())["credentials"]
+
+
+def test_no_collection_runs_while_paused_and_what_was_made_ends_old() -> None:
+    assert gc.isenabled()
+    with collection_paused():
+        assert not gc.isenabled()
+        made = [[i] for i in range(5000)]  # enough to trigger collections
+    assert gc.isenabled()
+    assert gc.get_count()[0] < 700
+    oldest = {id(o) for o in gc.get_objects(generation=2)}
+    assert all(id(item) in oldest for item in made[::500])
+
+    gc.disable()
+    try:
+        with collection_paused():
+            pass
+        assert not gc.isenabled()  # left as it was found
+    finally:
+        gc.enable()
+
+
+def test_a_pacer_lets_other_threads_in_once_per_slice(monkeypatch: pytest.MonkeyPatch) -> None:
+    sleeps: list[float] = []
+    monkeypatch.setattr(time, "sleep", sleeps.append)
+
+    patient = Pacer(slice_s=60)
+    for _ in range(1000):
+        patient()
+    assert sleeps == []
+
+    eager = Pacer(slice_s=0)
+    for _ in range(80):
+        eager()
+    assert sleeps == [0] * 10  # the clock is read every 8th call
