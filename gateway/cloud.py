@@ -41,7 +41,12 @@ from gateway.files import write_atomically
 from gateway.model import DoorMode, EventType
 from gateway.mqtt_link import Incoming, MqttLink, MqttSettings
 from gateway.outbox import Outbox
-from gateway.signing import SignatureError, load_public_key, verify_signature
+from gateway.signing import (
+    SignatureError,
+    load_public_key,
+    signature_from_user_properties,
+    verify_signature,
+)
 from gateway.snapshots import SnapshotPuller
 from gateway.uplink import EventUplink
 
@@ -52,6 +57,9 @@ SIGNATURE_PROPERTY = "luckey-sig"
 SNAPSHOT_JITTER = 0.1
 #: Messages from the cloud waiting to be handled; the broker holds the rest (QoS 1, no PUBACK).
 INBOX_SIZE = 256
+#: A command issued further in the future than this (by the gateway's clock) is refused: a clock
+#: set back (no RTC after a power cut) must not revive old commands already forgotten.
+ISSUED_AT_SKEW = timedelta(minutes=5)
 #: While connected, "last in touch with the cloud" is saved this often (seconds): the offline age
 #: after a power cut is at most this much too short.
 IN_TOUCH_SAVE_S = 60.0
@@ -249,7 +257,10 @@ class CloudService:
         while True:
             await asyncio.sleep(IN_TOUCH_SAVE_S)
             if self._offline_since is None:
-                await self._memory.save(self._clock())
+                try:
+                    await self._memory.save(self._clock())
+                except OSError as err:  # a full disk: said, and tried again next time
+                    _LOGGER.warning("cannot save the last time in touch: %s", err)
 
     def _status(self, state: LinkState, *, pending: int, since: datetime | None) -> bytes:
         return status_payload(
@@ -342,27 +353,34 @@ class CloudService:
         now = self._clock()
         if command.expired(now):
             status, detail = CommandStatus.EXPIRED, f"expired at {command.expires_at.isoformat()}"
+        elif command.issued_at > now + ISSUED_AT_SKEW:
+            status = CommandStatus.REFUSED
+            detail = f"issued at {command.issued_at.isoformat()}, ahead of this gateway's clock"
         else:
-            status, detail = await self._carry_out(command)
+            try:
+                status, detail = await self._carry_out(command)
+            except Exception as err:  # the contract promises a result for every command
+                _LOGGER.exception("command %s failed", command.id)
+                status, detail = CommandStatus.FAILED, f"{type(err).__name__}: {err}"
         await self._events.record(command_result_event(command, status, detail, self._clock()))
         await self._done.add(command, now)
 
     async def _carry_out(self, command: Command) -> tuple[CommandStatus, str]:
         """Run a command; (status, detail) for its result event."""
         if command.kind is CommandKind.SYNC:
-            result = await self.snapshots.pull("command")
-            failed = result.value == "failed"
-            return (CommandStatus.FAILED if failed else CommandStatus.DONE), f"snapshot {result}"
+            # Not awaited: a long pull must not hold the deltas and commands queued behind it.
+            self._spawn(self.snapshots.pull("command"))
+            return CommandStatus.DONE, "snapshot pull started"
         doors = self._cache.view.doors
         door = command.door or ""
         if door != ALL_DOORS and door not in doors:
             return CommandStatus.REFUSED, f"no door {door!r} on this site"
         source = f"command {command.id}"
         if command.kind is CommandKind.UNLOCK:
+            if self._doors.mode(door) is DoorMode.LOCKDOWN:  # lifted only by set_mode normal
+                return CommandStatus.REFUSED, f"door {door!r} is in lockdown"
             if command.mode is UnlockMode.HELD:
                 ok = await self._doors.set_mode(door, DoorMode.UNLOCKED, source=source)
-            elif self._doors.mode(door) is DoorMode.LOCKDOWN:
-                return CommandStatus.REFUSED, f"door {door!r} is in lockdown"
             else:
                 ok = await self._doors.unlock(door, command.seconds, source=source)
         else:
@@ -376,6 +394,11 @@ class CloudService:
 
     # -- helpers ------------------------------------------------------------------------------
 
+    @staticmethod
+    def _signature(message: Incoming) -> str | None:
+        """The message's one signature (SignatureError if it carries several)."""
+        return signature_from_user_properties(message.user_properties)
+
     async def _reject(self, what: str, reason: str, **data: Any) -> None:
         _LOGGER.error("cloud %s refused: %s", what, reason)
         await self._events.record(
@@ -386,7 +409,7 @@ class CloudService:
 
     async def _pull_on_schedule(self) -> None:
         interval = self._cloud.snapshot_interval_s
-        await self.snapshots.pull("start")
+        await self.snapshots.pull("start")  # never raises: a failed pull is FAILED
         while True:
             spread = interval * SNAPSHOT_JITTER
             await asyncio.sleep(interval + self._rng.uniform(-spread, spread))

@@ -83,6 +83,8 @@ class MqttSettings:
     session_expiry_s: int = 7 * 24 * 3600
     will_topic: str | None = None
     will_payload: bytes = b""
+    receive_maximum: int = 64
+    max_packet_bytes: int = 4 * 1024 * 1024  # the broker drops a bigger message for us
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +276,10 @@ class MqttLink:
         self._connack = loop.create_future()
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self._settings.session_expiry_s
+        # The broker may have this many QoS 1 messages unacknowledged with us: never more than
+        # the handler can hold, so none is dropped and redelivered out of order later.
+        properties.ReceiveMaximum = self._settings.receive_maximum
+        properties.MaximumPacketSize = self._settings.max_packet_bytes
         settings = self._settings
         await asyncio.to_thread(
             self._client.connect,

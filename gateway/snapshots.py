@@ -44,6 +44,15 @@ SIGNATURE_HEADER = "X-Luckey-Signature"
 #: Whole request, from connecting to the last byte of a 100k-user snapshot.
 PULL_TIMEOUT_S = 300.0
 CHUNK_BYTES = 1 << 16
+#: The largest snapshot taken, as sent and unpacked: a broken or hostile endpoint must not fill
+#: the disk the outbox and the cache live on (a 100k-user site is about 37 MB).
+MAX_SNAPSHOT_BYTES = 512 * 1024 * 1024
+
+
+class SnapshotTooLarge(OSError):
+    """The body passed MAX_SNAPSHOT_BYTES (as sent or unpacked)."""
+
+
 #: How much of the spool file is decoded at a time while it is read back.
 READ_BYTES = 1 << 18
 #: Content-Encoding → whether the body must be inflated (the gateway asks for gzip).
@@ -94,6 +103,9 @@ class SnapshotPuller:
     async def _pull(self, reason: str) -> PullResult:
         try:
             return await self._pull_once(reason)
+        except Exception:  # disk full, the outbox failing...: this pull fails, the next may not
+            _LOGGER.exception("snapshot pull (%s) failed", reason)
+            return PullResult.FAILED
         finally:
             for path in (self._packed, self._spool):
                 with contextlib.suppress(FileNotFoundError):
@@ -109,7 +121,9 @@ class SnapshotPuller:
             # 256 KiB read of a gzip body took up to 10 ms to inflate.
             async with (
                 aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session,
-                session.get(self._url, headers=headers, ssl=self._ssl) as response,
+                session.get(
+                    self._url, headers=headers, ssl=self._ssl, allow_redirects=False
+                ) as response,
             ):
                 if response.status == 304:
                     return PullResult.NOT_MODIFIED
@@ -139,10 +153,14 @@ class SnapshotPuller:
         return result
 
     async def _download(self, response: aiohttp.ClientResponse, path: Path) -> None:
-        """The body as it came into ``path`` (0600), chunk by chunk."""
+        """The body as it came into ``path`` (0600), chunk by chunk, up to the size limit."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        size = 0
         with os.fdopen(fd, "wb") as file:
             async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+                size += len(chunk)
+                if size > MAX_SNAPSHOT_BYTES:
+                    raise SnapshotTooLarge(f"the body is over {MAX_SNAPSHOT_BYTES} bytes")
                 file.write(chunk)
 
     def _inflate(self) -> None:
@@ -150,13 +168,24 @@ class SnapshotPuller:
         fd = os.open(self._spool, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with self._packed.open("rb") as source, os.fdopen(fd, "wb") as target:
             inflater = zlib.decompressobj(_GZIP_OR_ZLIB)
+            written = 0
+
+            def put(data: bytes) -> None:
+                nonlocal written
+                written += len(data)
+                if written > MAX_SNAPSHOT_BYTES:  # a few KB of gzip can unpack to gigabytes
+                    raise SnapshotTooLarge(f"the unpacked body is over {MAX_SNAPSHOT_BYTES} bytes")
+                target.write(data)
+
             while chunk := source.read(CHUNK_BYTES):
-                target.write(inflater.decompress(chunk))
+                put(inflater.decompress(chunk, CHUNK_BYTES * 64))
+                while inflater.unconsumed_tail:  # at most 4 MiB out per call, never all at once
+                    put(inflater.decompress(inflater.unconsumed_tail, CHUNK_BYTES * 64))
                 while inflater.eof and inflater.unused_data:  # another gzip member follows
                     rest = inflater.unused_data
                     inflater = zlib.decompressobj(_GZIP_OR_ZLIB)
-                    target.write(inflater.decompress(rest))
-            target.write(inflater.flush())
+                    put(inflater.decompress(rest))
+            put(inflater.flush())
             if not inflater.eof:
                 raise EOFError("the compressed body ends early")
 
@@ -171,6 +200,8 @@ class SnapshotPuller:
             version, outcome, parsed = await self._read_and_apply()
         except (ValueError, UnicodeDecodeError) as err:  # FormatError, bad JSON
             return await self._reject(f"malformed: {err}")
+        except RecursionError:  # a signed but absurdly nested document
+            return await self._reject("malformed: nested too deeply")
         if outcome is ApplyResult.STALE:
             return await self._reject(
                 f"stale: version {version} is older than the {self._cache.version} held",

@@ -91,6 +91,10 @@ class EventUplink:
                 _LOGGER.warning("event uplink paused: %s", err)
                 self._more.set()
                 await asyncio.sleep(self._policy.next_delay())
+            except Exception:  # e.g. an outbox row that no longer decodes: say it, keep going
+                _LOGGER.exception("event uplink failed; trying again later")
+                self._more.set()
+                await asyncio.sleep(self._policy.next_delay())
 
     async def _drain(self) -> None:
         """Send everything the outbox holds, in order, until it is empty."""
