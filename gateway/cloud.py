@@ -347,6 +347,9 @@ class CloudService:
         except MessageError as err:
             await self._reject("command", f"malformed: {err}")
             return
+        if command.gateway != self._cloud.gateway_id:  # signed for another gateway: a replay
+            await self._reject("command", f"for gateway {command.gateway!r}", command=command.id)
+            return
         if command.id in self._done:
             _LOGGER.info("command %s was already carried out; acknowledged again", command.id)
             return

@@ -134,6 +134,9 @@ class Command:
     door: str | None = None  # a door id; for set_mode also ALL_DOORS
     mode: UnlockMode | DoorMode | None = None  # UnlockMode for unlock, DoorMode for set_mode
     seconds: int | None = None  # momentary unlock only; None: the door's own unlock time
+    # The gateway it is for: a signed command seen on one gateway's topic cannot be replayed
+    # on another's.
+    gateway: str = ""
 
     def expired(self, now: datetime) -> bool:
         """True once ``now`` has reached ``expires_at``."""
@@ -148,7 +151,7 @@ class _KindFields:
     optional: tuple[str, ...] = ()
 
 
-_COMMON_FIELDS = ("format", "id", "kind", "issued_at", "expires_at")
+_COMMON_FIELDS = ("format", "id", "gateway", "kind", "issued_at", "expires_at")
 _KIND_FIELDS: Final[Mapping[CommandKind, _KindFields]] = {
     CommandKind.UNLOCK: _KindFields(("door", "mode"), ("seconds",)),
     CommandKind.SET_MODE: _KindFields(("door", "mode")),
@@ -213,9 +216,20 @@ def _command(value: Any, path: str) -> Command:
     fields = _KIND_FIELDS[kind]
     obj = _obj(value, path, (*_COMMON_FIELDS, *fields.required), fields.optional)
     command_id = _command_id(obj["id"], _join(path, "id"))
+    gateway = _gateway(obj["gateway"], _join(path, "gateway"))
     issued_at, expires_at = _lifetime(obj, path)
     door, mode, seconds = _KIND_PARSERS[kind](obj, path)
-    return Command(command_id, kind, issued_at, expires_at, door, mode, seconds)
+    return Command(command_id, kind, issued_at, expires_at, door, mode, seconds, gateway)
+
+
+def _gateway(value: Any, path: str) -> str:
+    """A gateway id (as in the topics); FormatError otherwise."""
+    try:
+        if not isinstance(value, str):
+            raise ValueError(f"{value!r} is not allowed; expected a gateway id as a string")
+        return check_gateway_id(value)
+    except ValueError as err:
+        raise FormatError(path, str(err)) from None
 
 
 def _required(obj: Mapping[str, Any], path: str, key: str) -> Any:
@@ -308,6 +322,7 @@ def command_payload(command: Command) -> bytes:
     document: dict[str, Any] = {
         "format": FORMAT,
         "id": command.id,
+        "gateway": command.gateway,
         "kind": command.kind.value,
         "issued_at": command.issued_at.isoformat(),
         "expires_at": command.expires_at.isoformat(),

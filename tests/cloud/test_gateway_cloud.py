@@ -116,6 +116,7 @@ def command(
     return {
         "format": 1,
         "id": command_id,
+        "gateway": GATEWAY,
         "kind": kind,
         "issued_at": issued.isoformat(),
         "expires_at": (issued + timedelta(minutes=1)).isoformat(),
@@ -326,3 +327,18 @@ async def test_after_a_long_outage_limited_kinds_stop_until_the_cloud_is_back(
         assert await present(again, ADA) is Reason.GRANTED
     finally:
         await again.stop()
+
+
+async def test_a_command_signed_for_another_gateway_is_refused(
+    connected: Callable[[], Any], cloud: FakeCloud
+) -> None:
+    gw = await connected()
+    waiter = EventWaiter(gw)
+    replayed = command("set_mode", "c-other", door="front", mode="emergency_open")
+    replayed["gateway"] = "gw-2"  # seen on gw-2's topic, replayed on ours
+
+    await cloud.send(GATEWAY, "cmd", replayed)
+
+    [rejected] = await waiter.wait_for("cloud.rejected", what="command", within_s=WAIT_S)
+    assert rejected.event.data["reason"] == "for gateway 'gw-2'"
+    assert gw.doors.mode("front") is DoorMode.NORMAL

@@ -47,6 +47,7 @@ AT = datetime(2026, 12, 1, 10, 0, 30, tzinfo=UTC)
 UNLOCK: dict[str, Any] = {
     "format": 1,
     "id": "c-7f3a",
+    "gateway": "gw-1",
     "kind": "unlock",
     "issued_at": "2026-12-01T10:00:00Z",
     "expires_at": "2026-12-01T10:01:00Z",
@@ -55,18 +56,18 @@ UNLOCK: dict[str, Any] = {
     "seconds": 5,
 }
 SET_MODE: dict[str, Any] = {
-    **{k: UNLOCK[k] for k in ("format", "id", "issued_at", "expires_at")},
+    **{k: UNLOCK[k] for k in ("format", "id", "gateway", "issued_at", "expires_at")},
     "kind": "set_mode",
     "door": "*",
     "mode": "lockdown",
 }
 SYNC: dict[str, Any] = {
-    **{k: UNLOCK[k] for k in ("format", "id", "issued_at", "expires_at")},
+    **{k: UNLOCK[k] for k in ("format", "id", "gateway", "issued_at", "expires_at")},
     "kind": "sync",
 }
 BASES = {"unlock": UNLOCK, "set_mode": SET_MODE, "sync": SYNC}
 
-COMMON = "expires_at, format, id, issued_at, kind"
+COMMON = "expires_at, format, gateway, id, issued_at, kind"
 OFFSET = "expected an ISO-8601 date-time with a UTC offset"
 DOOR_ID = "expected 1-128 of letters, digits and ._:@- (not starting with a symbol)"
 COMMAND_ID = "expected 1-64 of letters, digits and ._:-"
@@ -119,6 +120,7 @@ def test_the_contract_example() -> None:
         door="front",
         mode=UnlockMode.MOMENTARY,
         seconds=5,
+        gateway="gw-1",
     )
 
 
@@ -155,7 +157,9 @@ def test_valid_set_modes(door: str, mode: str) -> None:
 
 
 def test_valid_sync() -> None:
-    assert parse_command(encode(SYNC)) == Command("c-7f3a", CommandKind.SYNC, ISSUED, EXPIRES)
+    assert parse_command(encode(SYNC)) == Command(
+        "c-7f3a", CommandKind.SYNC, ISSUED, EXPIRES, gateway="gw-1"
+    )
 
 
 def test_offsets_are_kept_and_a_full_week_is_allowed() -> None:
@@ -186,8 +190,9 @@ def test_expired() -> None:
 def test_command_payload_is_compact_sorted_json() -> None:
     command = parse_command(encode(UNLOCK))
     assert command_payload(command) == (
-        b'{"door":"front","expires_at":"2026-12-01T10:01:00+00:00","format":1,"id":"c-7f3a",'
-        b'"issued_at":"2026-12-01T10:00:00+00:00","kind":"unlock","mode":"momentary","seconds":5}'
+        b'{"door":"front","expires_at":"2026-12-01T10:01:00+00:00","format":1,"gateway":"gw-1",'
+        b'"id":"c-7f3a","issued_at":"2026-12-01T10:00:00+00:00","kind":"unlock",'
+        b'"mode":"momentary","seconds":5}'
     )
 
 
@@ -219,7 +224,8 @@ def commands(draw: st.DrawFn) -> Command:
         mode = draw(st.sampled_from(UnlockMode))
         if mode is UnlockMode.MOMENTARY:
             seconds = draw(st.none() | st.integers(1, 3600))
-    return Command(command_id, kind, issued_at, expires_at, door, mode, seconds)
+    gateway = draw(st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True))
+    return Command(command_id, kind, issued_at, expires_at, door, mode, seconds, gateway)
 
 
 @given(commands())
@@ -239,6 +245,12 @@ DROP = object()  # a change that removes the field
     [
         # format
         ("sync", {"format": DROP}, "command.format: missing required field"),
+        ("sync", {"gateway": DROP}, "command.gateway: missing required field"),
+        (
+            "sync",
+            {"gateway": "gw/1"},
+            "command.gateway: gateway id 'gw/1' is not allowed; expected 1-64 of A-Z a-z 0-9 _ -",
+        ),
         ("sync", {"format": 2}, "command.format: 2 is not allowed; this gateway reads format 1"),
         (
             "sync",
