@@ -49,6 +49,10 @@ CHUNK_BYTES = 1 << 16
 MAX_SNAPSHOT_BYTES = 512 * 1024 * 1024
 
 
+class WrongSite(ValueError):
+    """A signed snapshot of another site than the one this gateway serves."""
+
+
 class SnapshotTooLarge(OSError):
     """The body passed MAX_SNAPSHOT_BYTES (as sent or unpacked)."""
 
@@ -198,6 +202,8 @@ class SnapshotPuller:
         verified = time.monotonic()
         try:
             version, outcome, parsed = await self._read_and_apply()
+        except WrongSite as err:
+            return await self._reject(f"site: {err}")
         except (ValueError, UnicodeDecodeError) as err:  # FormatError, bad JSON
             return await self._reject(f"malformed: {err}")
         except RecursionError:  # a signed but absurdly nested document
@@ -235,6 +241,11 @@ class SnapshotPuller:
         with collection_paused():
             snapshot = await asyncio.to_thread(self._read)
             parsed = time.monotonic()
+            held_site = self._cache.view.site.id
+            serving = self._cache.version > 0 and self._cache.origin == "upstream"
+            if serving and snapshot.site.id != held_site:
+                # A gateway serves one site: another site's signed snapshot is not for us.
+                raise WrongSite(f"for site {snapshot.site.id!r}, this gateway serves {held_site!r}")
             outcome = await self._cache.apply_snapshot(snapshot, origin="upstream")
             version = snapshot.version
             # Dropped in a thread: freeing 300k credentials' columns takes milliseconds.

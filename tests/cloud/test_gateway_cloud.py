@@ -342,3 +342,21 @@ async def test_a_command_signed_for_another_gateway_is_refused(
     [rejected] = await waiter.wait_for("cloud.rejected", what="command", within_s=WAIT_S)
     assert rejected.event.data["reason"] == "for gateway 'gw-2'"
     assert gw.doors.mode("front") is DoorMode.NORMAL
+
+
+async def test_a_signed_snapshot_of_another_site_is_refused(
+    connected: Callable[[], Any], cloud: FakeCloud
+) -> None:
+    gw = await connected()
+    waiter = EventWaiter(gw)
+    other = demo_json()
+    other["version"] = 9
+    other["site"]["id"] = "someone-elses-building"
+    cloud.set_snapshot(GATEWAY, other)
+    assert gw.cloud is not None
+
+    await gw.cloud.sync("test")
+
+    [rejected] = await waiter.wait_for("cloud.rejected", what="snapshot", within_s=WAIT_S)
+    assert rejected.event.data["reason"].startswith("site: for site 'someone-elses-building'")
+    assert gw.cache.version == 1
