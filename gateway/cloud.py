@@ -60,6 +60,9 @@ INBOX_SIZE = 256
 #: A command issued further in the future than this (by the gateway's clock) is refused: a clock
 #: set back (no RTC after a power cut) must not revive old commands already forgotten.
 ISSUED_AT_SKEW = timedelta(minutes=5)
+#: At most one cloud.rejected event per kind of message this often (seconds); the next one says
+#: how many were refused in between.
+REJECTION_INTERVAL_S = 60.0
 #: While connected, "last in touch with the cloud" is saved this often (seconds): the offline age
 #: after a power cut is at most this much too short.
 IN_TOUCH_SAVE_S = 60.0
@@ -188,6 +191,7 @@ class CloudService:
         self._inbox: asyncio.Queue[Incoming] = asyncio.Queue(INBOX_SIZE)
         self._workers: list[asyncio.Task[None]] = []  # run until stop
         self._spawned: set[asyncio.Task[Any]] = set()  # short jobs, finished at stop
+        self._rejections: dict[str, tuple[float | None, int]] = {}
         self._rng = random.Random()  # noqa: S311 - spreads pulls in time, guards no secret
 
     @property
@@ -403,12 +407,20 @@ class CloudService:
         return signature_from_user_properties(message.user_properties)
 
     async def _reject(self, what: str, reason: str, **data: Any) -> None:
+        """One ``cloud.rejected`` per kind of message per interval: a flood of junk from a broken
+        or hostile peer must not push real events out of a full outbox."""
+        now = asyncio.get_running_loop().time()
+        last, suppressed = self._rejections.get(what, (None, 0))
+        if last is not None and now - last < REJECTION_INTERVAL_S:
+            self._rejections[what] = (last, suppressed + 1)
+            _LOGGER.debug("cloud %s refused again: %s", what, reason)
+            return
+        self._rejections[what] = (now, 0)
         _LOGGER.error("cloud %s refused: %s", what, reason)
-        await self._events.record(
-            new_event(
-                EventType.CLOUD_REJECTED, self._clock(), {"what": what, "reason": reason, **data}
-            )
-        )
+        details = {"what": what, "reason": reason, **data}
+        if suppressed:
+            details["refused_since_last"] = suppressed
+        await self._events.record(new_event(EventType.CLOUD_REJECTED, self._clock(), details))
 
     async def _pull_on_schedule(self) -> None:
         interval = self._cloud.snapshot_interval_s

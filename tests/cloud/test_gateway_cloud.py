@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from drivers.base import CredentialRead
+from gateway import cloud as cloud_module
 from gateway.app import Gateway
 from gateway.config import Config, parse_config
 from gateway.model import DoorMode, Reason
@@ -360,3 +361,21 @@ async def test_a_signed_snapshot_of_another_site_is_refused(
     [rejected] = await waiter.wait_for("cloud.rejected", what="snapshot", within_s=WAIT_S)
     assert rejected.event.data["reason"].startswith("site: for site 'someone-elses-building'")
     assert gw.cache.version == 1
+
+
+async def test_a_flood_of_rejected_messages_gives_one_event_per_interval(
+    connected: Callable[[], Any], cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gw = await connected()
+    waiter = EventWaiter(gw)
+    for _ in range(3):
+        await cloud.send(GATEWAY, "delta", b"junk", signature=None)
+    await cloud.send(GATEWAY, "delta", suspend_ada())  # handled after the junk, in order
+    await waiter.wait_for("cache.updated", source="delta", within_s=WAIT_S)
+    assert len(waiter.matching("cloud.rejected")) == 1
+
+    monkeypatch.setattr(cloud_module, "REJECTION_INTERVAL_S", 0.0)
+    await cloud.send(GATEWAY, "delta", b"junk", signature=None)
+
+    [_, summary] = await waiter.wait_for("cloud.rejected", count=2, within_s=WAIT_S)
+    assert summary.event.data["refused_since_last"] == 2
