@@ -198,6 +198,7 @@ class Subject:
     user: dict[str, Any]
     door: str
     value: str
+    site_id: str
 
 
 def pick_subject(site: dict[str, Any]) -> Subject:
@@ -213,7 +214,7 @@ def pick_subject(site: dict[str, Any]) -> Subject:
         if u.get("status", "active") == "active" and "valid_until" not in u and u["id"] in cards
     )
     door = next(d["id"] for d in site["doors"] if d.get("min_assurance", "low") == "low")
-    return Subject(user, door, cards[user["id"]])
+    return Subject(user, door, cards[user["id"]], site["site"]["id"])
 
 
 def decide(gw: Gateway, view: CacheView, subject: Subject) -> Decision:
@@ -235,6 +236,7 @@ def delta_json(version: int, subject: Subject, suspended: bool) -> dict[str, Any
         "format": 1,
         "version": version,
         "base_version": version - 1,
+        "site_id": subject.site_id,
         "upsert": {"users": [user]},
     }
 

@@ -52,7 +52,6 @@ from gateway.uplink import EventUplink
 
 _LOGGER = logging.getLogger(__name__)
 
-SIGNATURE_PROPERTY = "luckey-sig"
 #: Snapshot pulls are spread by this share of the interval, both ways.
 SNAPSHOT_JITTER = 0.1
 #: Messages from the cloud waiting to be handled; the broker holds the rest (QoS 1, no PUBACK).
@@ -306,15 +305,18 @@ class CloudService:
 
     async def _handle_delta(self, message: Incoming) -> None:
         try:
-            verify_signature(
-                self._public_key, message.payload, message.property(SIGNATURE_PROPERTY)
-            )
+            verify_signature(self._public_key, message.payload, self._signature(message))
             delta = codec.delta_from_json(json.loads(message.payload))
         except SignatureError as err:
             await self._reject("delta", f"signature: {err}")
             return
-        except (ValueError, UnicodeDecodeError) as err:  # FormatError, bad JSON
-            await self._reject("delta", f"malformed: {err}")
+        except (ValueError, UnicodeDecodeError, RecursionError) as err:  # FormatError, bad JSON
+            await self._reject("delta", f"malformed: {err or type(err).__name__}")
+            return
+        held = self._cache.view.site.id
+        if self._cache.version > 0 and delta.site_id != held:
+            # Signed for another site (or not saying): a replay from another gateway's topic.
+            await self._reject("delta", f"site: for {delta.site_id!r}, not {held!r}")
             return
         try:
             outcome = await self._cache.apply_delta(delta)
@@ -341,9 +343,7 @@ class CloudService:
 
     async def _handle_command(self, message: Incoming) -> None:
         try:
-            verify_signature(
-                self._public_key, message.payload, message.property(SIGNATURE_PROPERTY)
-            )
+            verify_signature(self._public_key, message.payload, self._signature(message))
             command = parse_command(message.payload)
         except SignatureError as err:
             await self._reject("command", f"signature: {err}")

@@ -854,6 +854,7 @@ class Delta:
     site: Site | None = None
     upserts: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     deletes: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    site_id: str | None = None  # the site it is for (the cloud link requires it)
 
 
 def _no_pause() -> None:
@@ -1094,7 +1095,9 @@ def snapshot_to_json(snapshot: Snapshot) -> dict[str, Any]:
 
 def delta_from_json(value: Any) -> Delta:
     """Parse a delta; references are checked against the cache when it is applied."""
-    obj = _obj(value, "", ("format", "version", "base_version"), ("site", "upsert", "delete"))
+    obj = _obj(
+        value, "", ("format", "version", "base_version"), ("site_id", "site", "upsert", "delete")
+    )
     _format(obj)
     version = _int(obj["version"], "version", minimum=1)
     base = _int(obj["base_version"], "base_version", minimum=0)
@@ -1114,7 +1117,8 @@ def delta_from_json(value: Any) -> Delta:
                 f"delete.{collection}", f"{sorted(both)[0]!r} is both upserted and deleted"
             )
     site = None if obj.get("site") is None else site_from_json(obj["site"])
-    return Delta(version, base, site, upserts, deletes)
+    site_id = None if obj.get("site_id") is None else _id(obj["site_id"], "site_id")
+    return Delta(version, base, site, upserts, deletes, site_id)
 
 
 def delta_to_json(delta: Delta) -> dict[str, Any]:
@@ -1124,6 +1128,8 @@ def delta_to_json(delta: Delta) -> dict[str, Any]:
         "version": delta.version,
         "base_version": delta.base_version,
     }
+    if delta.site_id is not None:
+        out["site_id"] = delta.site_id
     if delta.site is not None:
         out["site"] = site_to_json(delta.site)
     if delta.upserts:

@@ -17,7 +17,7 @@ from gateway.app import Gateway
 from gateway.config import Config, parse_config
 from gateway.model import DoorMode, Reason
 from tests.cloud.broker import Broker, Pki, gateway_topic
-from tests.cloud.fake_cloud import FakeCloud
+from tests.cloud.fake_cloud import FakeCloud, sign
 from tests.conftest import ADA, BOB, Clock, EventWaiter, demo_json, pick_free_port
 
 GATEWAY = "gw-1"
@@ -100,7 +100,13 @@ async def status_of(cloud: FakeCloud, state: str) -> dict[str, Any]:
 
 
 def delta(version: int, **changes: Any) -> dict[str, Any]:
-    return {"format": 1, "version": version, "base_version": version - 1, **changes}
+    return {
+        "format": 1,
+        "version": version,
+        "base_version": version - 1,
+        "site_id": "demo",
+        **changes,
+    }
 
 
 def suspend_ada(version: int = 2) -> dict[str, Any]:
@@ -379,3 +385,38 @@ async def test_a_flood_of_rejected_messages_gives_one_event_per_interval(
 
     [_, summary] = await waiter.wait_for("cloud.rejected", count=2, within_s=WAIT_S)
     assert summary.event.data["refused_since_last"] == 2
+
+
+async def test_a_delta_signed_for_another_site_is_refused(
+    connected: Callable[[], Any], cloud: FakeCloud
+) -> None:
+    gw = await connected()
+    waiter = EventWaiter(gw)
+
+    await cloud.send(GATEWAY, "delta", suspend_ada() | {"site_id": "someone-elses-building"})
+
+    [rejected] = await waiter.wait_for("cloud.rejected", within_s=WAIT_S)
+    assert rejected.event.data["reason"] == "site: for 'someone-elses-building', not 'demo'"
+    assert gw.cache.version == 1
+    assert await present(gw, ADA) is Reason.GRANTED
+
+
+async def test_a_message_with_two_signatures_is_refused(
+    connected: Callable[[], Any], cloud: FakeCloud
+) -> None:
+    gw = await connected()
+    waiter = EventWaiter(gw)
+    payload = json.dumps(suspend_ada()).encode()
+    good = sign(cloud.key, payload)
+
+    await asyncio.to_thread(
+        cloud.mqtt.publish,
+        gateway_topic(GATEWAY, "delta"),
+        payload,
+        1,
+        user_properties=[("luckey-sig", good), ("luckey-sig", good)],
+    )
+
+    [rejected] = await waiter.wait_for("cloud.rejected", within_s=WAIT_S)
+    assert rejected.event.data["reason"].startswith("signature")
+    assert gw.cache.version == 1

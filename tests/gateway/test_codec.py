@@ -925,7 +925,7 @@ BAD_DELTAS: list[tuple[str, Mutation, str, str]] = [
         "unknown-field",
         setter("snapshot", value=True),
         "snapshot",
-        "allowed: base_version, delete, format, site, upsert, version",
+        "allowed: base_version, delete, format, site, site_id, upsert, version",
     ),
     (
         "unknown-upsert-collection",
