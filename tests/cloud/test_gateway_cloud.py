@@ -13,9 +13,11 @@ import pytest
 
 from drivers.base import CredentialRead
 from gateway import cloud as cloud_module
+from gateway import snapshots as snapshots_module
 from gateway.app import Gateway
 from gateway.config import Config, parse_config
 from gateway.model import DoorMode, Reason
+from gateway.snapshots import PullResult
 from tests.cloud.broker import Broker, Pki, gateway_topic
 from tests.cloud.fake_cloud import FakeCloud, sign
 from tests.conftest import ADA, BOB, Clock, EventWaiter, demo_json, pick_free_port
@@ -420,3 +422,21 @@ async def test_a_message_with_two_signatures_is_refused(
     [rejected] = await waiter.wait_for("cloud.rejected", within_s=WAIT_S)
     assert rejected.event.data["reason"].startswith("signature")
     assert gw.cache.version == 1
+
+
+async def test_a_snapshot_over_the_size_limit_is_not_taken(
+    cloud: FakeCloud, pki: Pki, broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The demo site unpacks to ~6 KB; the limit applies to what gzip unpacks to, so a small
+    # compressed body cannot fill the disk.
+    monkeypatch.setattr(snapshots_module, "MAX_SNAPSHOT_BYTES", 2000)
+    gw = Gateway(cloud_config(pki, broker, cloud, tmp_path / "capped"))
+    await gw.start()
+    try:
+        assert gw.cloud is not None
+        result = await gw.cloud.snapshots.pull("test")
+        assert result is PullResult.FAILED
+        assert gw.cache.version == 0
+        assert not list((tmp_path / "capped").glob("snapshot.download*"))  # nothing left behind
+    finally:
+        await gw.stop()
