@@ -28,7 +28,9 @@ from gateway.cloud_messages import (
     CommandStatus,
     LinkState,
     MessageError,
+    RejectedWhat,
     UnlockMode,
+    cloud_rejected_event,
     command_result_event,
     parse_command,
     status_payload,
@@ -308,20 +310,20 @@ class CloudService:
             verify_signature(self._public_key, message.payload, self._signature(message))
             delta = codec.delta_from_json(json.loads(message.payload))
         except SignatureError as err:
-            await self._reject("delta", f"signature: {err}")
+            await self._reject(RejectedWhat.DELTA, f"signature: {err}")
             return
         except (ValueError, UnicodeDecodeError, RecursionError) as err:  # FormatError, bad JSON
-            await self._reject("delta", f"malformed: {err or type(err).__name__}")
+            await self._reject(RejectedWhat.DELTA, f"malformed: {err or type(err).__name__}")
             return
         held = self._cache.view.site.id
         if self._cache.version > 0 and delta.site_id != held:
             # Signed for another site (or not saying): a replay from another gateway's topic.
-            await self._reject("delta", f"site: for {delta.site_id!r}, not {held!r}")
+            await self._reject(RejectedWhat.DELTA, f"site: for {delta.site_id!r}, not {held!r}")
             return
         try:
             outcome = await self._cache.apply_delta(delta)
         except ValueError as err:  # refused by validation against the data held
-            await self._reject("delta", f"refused: {err}", version=delta.version)
+            await self._reject(RejectedWhat.DELTA, f"refused: {err}", version=delta.version)
             return
         if outcome is ApplyResult.GAP:
             _LOGGER.info(
@@ -346,13 +348,15 @@ class CloudService:
             verify_signature(self._public_key, message.payload, self._signature(message))
             command = parse_command(message.payload)
         except SignatureError as err:
-            await self._reject("command", f"signature: {err}")
+            await self._reject(RejectedWhat.COMMAND, f"signature: {err}")
             return
         except MessageError as err:
-            await self._reject("command", f"malformed: {err}")
+            await self._reject(RejectedWhat.COMMAND, f"malformed: {err}")
             return
         if command.gateway != self._cloud.gateway_id:  # signed for another gateway: a replay
-            await self._reject("command", f"for gateway {command.gateway!r}", command=command.id)
+            await self._reject(
+                RejectedWhat.COMMAND, f"for gateway {command.gateway!r}", command=command.id
+            )
             return
         if command.id in self._done:
             _LOGGER.info("command %s was already carried out; acknowledged again", command.id)
@@ -406,7 +410,7 @@ class CloudService:
         """The message's one signature (SignatureError if it carries several)."""
         return signature_from_user_properties(message.user_properties)
 
-    async def _reject(self, what: str, reason: str, **data: Any) -> None:
+    async def _reject(self, what: RejectedWhat, reason: str, **data: Any) -> None:
         """One ``cloud.rejected`` per kind of message per interval: a flood of junk from a broken
         or hostile peer must not push real events out of a full outbox."""
         now = asyncio.get_running_loop().time()
@@ -417,10 +421,9 @@ class CloudService:
             return
         self._rejections[what] = (now, 0)
         _LOGGER.error("cloud %s refused: %s", what, reason)
-        details = {"what": what, "reason": reason, **data}
         if suppressed:
-            details["refused_since_last"] = suppressed
-        await self._events.record(new_event(EventType.CLOUD_REJECTED, self._clock(), details))
+            data["refused_since_last"] = suppressed
+        await self._events.record(cloud_rejected_event(what, reason, self._clock(), data))
 
     async def _pull_on_schedule(self) -> None:
         interval = self._cloud.snapshot_interval_s

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway import codec
 from gateway.cache import ApplyResult, Cache, Pacer, collection_paused
+from gateway.cloud_messages import RejectedWhat, cloud_rejected_event
 from gateway.events import EventLog, new_event
 from gateway.model import EventType
 from gateway.signing import SignatureError, verify_signature
@@ -271,13 +272,8 @@ class SnapshotPuller:
 
     async def _reject(self, why: str, **data: Any) -> PullResult:
         _LOGGER.error("snapshot refused: %s", why)
-        await self._events.record(
-            new_event(
-                EventType.CLOUD_REJECTED,
-                self._clock(),
-                {"what": "snapshot", "reason": why, **data},
-            )
-        )
+        event = cloud_rejected_event(RejectedWhat.SNAPSHOT, why, self._clock(), data)
+        await self._events.record(event)
         return PullResult.REJECTED
 
 
