@@ -68,7 +68,10 @@ def decide(
     if mode is DoorMode.EMERGENCY_OPEN:
         return Decision(True, Reason.EMERGENCY_OPEN, door_id, now, mode)
     if isinstance(identity, Refused):
-        return Decision(False, Reason.PROOF_INVALID, door_id, now, mode)
+        reason = (
+            identity.reason if identity.reason is Reason.PROOF_REPLAYED else Reason.PROOF_INVALID
+        )
+        return Decision(False, reason, door_id, now, mode)
     credential = identity.credential
     if credential is None:
         return Decision(

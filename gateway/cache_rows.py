@@ -38,12 +38,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE credentials ADD COLUMN revalidation_days INTEGER",
         "ALTER TABLE credentials ADD COLUMN revalidated_at TEXT",
     ),
+    # 3: a phone credential's public key (SEC1 point); NULL for the rest.
+    ("ALTER TABLE credentials ADD COLUMN public_key BLOB",),
 )
 
 USER_COLUMNS = "id, name, status, tags, valid_from, valid_until"
 CREDENTIAL_COLUMNS = (
     "id, kind, value, user_id, assurance, revoked, valid_from, valid_until, "
-    "revalidation_days, revalidated_at"
+    "revalidation_days, revalidated_at, public_key"
 )
 _KINDS = {k.value: k for k in CredentialKind}
 _STATUSES = {s.value: s for s in UserStatus}
@@ -67,9 +69,7 @@ def insert_sql(collection: str) -> str:
     if collection == "credentials":
         # Plain INSERT: a value held by another credential must fail, not silently replace it.
         # (Upserted credentials are deleted by id first.)
-        return (
-            f"INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        )
+        return f"INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     return f"INSERT OR REPLACE INTO {collection} (id, body) VALUES (?, ?)"
 
 
@@ -86,7 +86,7 @@ def to_rows(collection: str, entities: Iterable[Any]) -> Iterator[tuple[Any, ...
                 _iso(u.valid_until),
             )
     elif isinstance(entities, CredentialColumns):  # a streamed snapshot's: no object each
-        revalidation = entities.revalidation
+        revalidation, public_keys = entities.revalidation, entities.public_keys
         for i, (cred_id, kind, value, user, assurance, revoked, start, end) in enumerate(
             zip(
                 entities.ids, entities.kinds, entities.values, entities.users,
@@ -97,13 +97,14 @@ def to_rows(collection: str, entities: Iterable[Any]) -> Iterator[tuple[Any, ...
             days, revalidated = revalidation.get(i, (None, None))
             yield (
                 cred_id, kind.value, value, user, int(assurance), revoked,
-                _iso(start), _iso(end), days, _iso(revalidated),
+                _iso(start), _iso(end), days, _iso(revalidated), public_keys.get(i),
             )  # fmt: skip
     elif collection == "credentials":
         for c in entities:
             yield (
                 c.id, c.kind.value, c.value, c.user_id, int(c.assurance), int(c.revoked),
                 _iso(c.valid_from), _iso(c.valid_until), c.revalidation_days, _iso(c.revalidated_at),
+                c.public_key,
             )  # fmt: skip
     else:
         dump = CODEC_BY_COLLECTION[collection].dump
@@ -133,6 +134,7 @@ def credential_from_row(row: Sequence[Any], user_ids: dict[str, str]) -> Credent
         valid_until,
         days,
         revalidated,
+        public_key,
     ) = row
     return Credential(
         cred_id,
@@ -145,6 +147,7 @@ def credential_from_row(row: Sequence[Any], user_ids: dict[str, str]) -> Credent
         _dt(valid_until),
         days,
         _dt(revalidated),
+        public_key,
     )
 
 
@@ -161,7 +164,7 @@ def read_credential_tables(
     while batch := cursor.fetchmany(_LOAD_BATCH):
         for (
             cred_id, kind, value, user_id, assurance, revoked, valid_from, valid_until, days,
-            revalidated,
+            revalidated, public_key,
         ) in batch:  # fmt: skip
             kind_ = _KINDS[kind]
             table = tables.get(kind_)
@@ -170,7 +173,7 @@ def read_credential_tables(
             table.append(
                 cred_id, user_ids.get(user_id, user_id), value, _ASSURANCES[assurance], bool(revoked),
                 _dt(valid_from), _dt(valid_until),
-                revalidation_days=days, revalidated_at=_dt(revalidated),
+                revalidation_days=days, revalidated_at=_dt(revalidated), public_key=public_key,
             )  # fmt: skip
     return tables
 

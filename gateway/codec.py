@@ -15,10 +15,13 @@ from datetime import date, datetime
 from typing import Any, TypeVar, overload
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from gateway import credentials as creds
 from gateway.model import (
     KIND_ASSURANCE,
     MINUTES_PER_DAY,
+    PUBLIC_KEY_BYTES,
     REVALIDATION_DAYS_MAX,
     AccessRule,
     AssuranceLevel,
@@ -422,6 +425,7 @@ CredentialFields = tuple[
     datetime | None,
     int | None,
     datetime | None,
+    bytes | None,
 ]
 
 
@@ -451,6 +455,7 @@ def _credential_fields(
             )
     start, end = _validity(obj, path)
     days, revalidated = _revalidation(obj, path, kind)
+    public_key = _public_key(obj, path, kind)
     user = _id(obj["user"], path, "user")
     if strings is not None:
         user = strings.setdefault(user, user)
@@ -465,13 +470,14 @@ def _credential_fields(
         end,
         days,
         revalidated,
+        public_key,
     )
 
 
 _REVALIDATION_FIELDS = ("revalidation_days", "revalidated_at")
 _CREDENTIAL_FIELDS = (
     ("id", "user", "kind", "value"),
-    ("assurance", "revoked", "valid_from", "valid_until", *_REVALIDATION_FIELDS),
+    ("assurance", "revoked", "valid_from", "valid_until", *_REVALIDATION_FIELDS, "public_key"),
 )
 _KINDS = {k.value: k for k in CredentialKind}
 _KIND_NAMES = tuple(_KINDS)
@@ -498,6 +504,36 @@ def _revalidation(
     return days, _opt_datetime(obj.get("revalidated_at"), path, "revalidated_at")
 
 
+def _public_key(obj: Mapping[str, Any], path: str, kind: CredentialKind) -> bytes | None:
+    """A phone credential's public key: a P-256 point, SEC1 uncompressed, as hex."""
+    raw = obj.get("public_key")
+    if raw is None:
+        return None
+    where = _join(path, "public_key")
+    if kind is not CredentialKind.BLE_PHONE_KEY:
+        raise FormatError(
+            where,
+            f"not allowed for {kind.value}; only {CredentialKind.BLE_PHONE_KEY.value} has one",
+        )
+    try:
+        if not isinstance(raw, str) or len(raw) != 2 * PUBLIC_KEY_BYTES:
+            raise ValueError
+        point = bytes.fromhex(raw)
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+    except ValueError:
+        raise FormatError(
+            where,
+            f"{_short(raw)!r} is not a P-256 public key; expected {2 * PUBLIC_KEY_BYTES} hex "
+            "digits of an uncompressed SEC1 point (04 ‖ X ‖ Y) on the curve",
+        ) from None
+    return point
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 20 else text[:16] + "…"
+
+
 def credential_to_json(credential: Credential) -> dict[str, Any]:
     """Serialise a credential; the revalidation fields only for a mech_key."""
     out: dict[str, Any] = {
@@ -513,6 +549,8 @@ def credential_to_json(credential: Credential) -> dict[str, Any]:
     if credential.kind is CredentialKind.MECHATRONIC_KEY:
         out["revalidation_days"] = credential.revalidation_days
         out["revalidated_at"] = _iso(credential.revalidated_at)
+    if credential.public_key is not None:
+        out["public_key"] = credential.public_key.hex()
     return out
 
 
@@ -762,6 +800,7 @@ class CredentialColumns(Sequence[Credential]):
         "assurances",
         "ids",
         "kinds",
+        "public_keys",
         "revalidation",
         "revoked",
         "users",
@@ -781,12 +820,16 @@ class CredentialColumns(Sequence[Credential]):
         self.valid_until: list[datetime | None] = []
         #: (revalidation_days, revalidated_at) by index, only for credentials that have one.
         self.revalidation: dict[int, tuple[int | None, datetime | None]] = {}
+        #: a phone credential's public key by index, only for credentials that have one.
+        self.public_keys: dict[int, bytes] = {}
 
     def append(self, fields: CredentialFields) -> None:
         """Add one credential's fields (``Credential``'s order)."""
-        cred_id, user, kind, value, assurance, revoked, start, end, days, revalidated = fields
+        cred_id, user, kind, value, assurance, revoked, start, end, days, revalidated, key = fields
         if days is not None or revalidated is not None:
             self.revalidation[len(self.ids)] = (days, revalidated)
+        if key is not None:
+            self.public_keys[len(self.ids)] = key
         self.ids.append(cred_id)
         self.users.append(user)
         self.kinds.append(kind)
@@ -822,6 +865,7 @@ class CredentialColumns(Sequence[Credential]):
             self.valid_until[index],
             days,
             revalidated,
+            self.public_keys.get(index),
         )
 
     def __eq__(self, other: object) -> bool:

@@ -6,8 +6,8 @@ lists sorted by value and finds a value by binary search (about 40 bytes per cre
 ``Credential`` is made on lookup. Changes return a new table; the old one stays valid for the
 decisions still holding it.
 
-The few credentials with a revalidation period (mechatronic keys) keep it in a side dict keyed by
-value, so that the many without one cost nothing extra.
+The few credentials with a revalidation period (mechatronic keys) or a public key (phones) keep
+it in a side dict keyed by value, so that the many without one cost nothing extra.
 """
 
 from __future__ import annotations
@@ -52,7 +52,17 @@ def _revalidation_of(credential: Credential) -> Revalidation | None:
 class CredentialTable:
     """The credentials of one kind, sorted by value."""
 
-    __slots__ = ("_flags", "_from", "_ids", "_revalidation", "_until", "_users", "_values", "kind")
+    __slots__ = (
+        "_flags",
+        "_from",
+        "_ids",
+        "_public_keys",
+        "_revalidation",
+        "_until",
+        "_users",
+        "_values",
+        "kind",
+    )
 
     def __init__(self, kind: CredentialKind) -> None:
         self.kind = kind
@@ -63,6 +73,7 @@ class CredentialTable:
         self._from: list[datetime | None] = []
         self._until: list[datetime | None] = []
         self._revalidation: dict[str, Revalidation] = {}  # by value; only credentials with one
+        self._public_keys: dict[str, bytes] = {}  # by value; only phone credentials
 
     @classmethod
     def build(cls, kind: CredentialKind, credentials: Iterable[Credential]) -> CredentialTable:
@@ -83,6 +94,7 @@ class CredentialTable:
             c.valid_until,
             revalidation_days=c.revalidation_days,
             revalidated_at=c.revalidated_at,
+            public_key=c.public_key,
         )
 
     def append(
@@ -97,6 +109,7 @@ class CredentialTable:
         *,
         revalidation_days: int | None = None,
         revalidated_at: datetime | None = None,
+        public_key: bytes | None = None,
     ) -> None:
         """Add a credential whose value sorts after every value held (bulk loading in order)."""
         if self._values and value <= self._values[-1]:
@@ -109,6 +122,8 @@ class CredentialTable:
         self._until.append(valid_until)
         if revalidation_days is not None or revalidated_at is not None:
             self._revalidation[value] = (revalidation_days, revalidated_at)
+        if public_key is not None:
+            self._public_keys[value] = public_key
 
     def _at(self, i: int) -> Credential:
         assurance, revoked = _DECODED[self._flags[i]]
@@ -125,6 +140,7 @@ class CredentialTable:
             self._until[i],
             days,
             revalidated,
+            self._public_keys.get(value),
         )
 
     def get(self, value: str) -> Credential | None:
@@ -150,6 +166,7 @@ class CredentialTable:
         table._from = self._from.copy()
         table._until = self._until.copy()
         table._revalidation = self._revalidation.copy()
+        table._public_keys = self._public_keys.copy()
         return table
 
     def with_changes(
@@ -175,6 +192,7 @@ class CredentialTable:
                 del column[i]
             del self._flags[i]
             self._revalidation.pop(value, None)
+            self._public_keys.pop(value, None)
 
     def _insert(self, c: Credential) -> None:
         i = bisect_left(self._values, c.value)
@@ -187,3 +205,5 @@ class CredentialTable:
         revalidation = _revalidation_of(c)
         if revalidation is not None:
             self._revalidation[c.value] = revalidation
+        if c.public_key is not None:
+            self._public_keys[c.value] = c.public_key

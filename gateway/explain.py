@@ -18,6 +18,7 @@ _TEXT = {
     Reason.DOOR_LOCKDOWN: "the door is in lockdown: {lockdown_passes} until lockdown ends",
     Reason.UNKNOWN_CREDENTIAL: "this credential is not in the cache (not enrolled, or not synced yet)",
     Reason.PROOF_INVALID: "the credential's cryptographic proof did not verify",
+    Reason.PROOF_REPLAYED: "the proof was genuine but already used: a replayed recording",
     Reason.CREDENTIAL_REVOKED: "credential {credential} has been revoked",
     Reason.CREDENTIAL_NOT_YET_VALID: "credential {credential} is valid only from {credential_from}",
     Reason.CREDENTIAL_EXPIRED: "credential {credential} expired at {credential_until}",

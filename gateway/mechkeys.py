@@ -73,7 +73,7 @@ class MechanicalKeyVerifier:
         if credential is not None and not self._first_time(
             presentation.value, proof[:CHALLENGE_BYTES]
         ):
-            return Refused(Reason.PROOF_INVALID, "replayed challenge")
+            return Refused(Reason.PROOF_REPLAYED, "replayed challenge")
         return Verified(credential, AssuranceLevel.HIGH)
 
     def _first_time(self, key: str, challenge: bytes) -> bool:

@@ -61,6 +61,7 @@ class UserStatus(enum.StrEnum):
 
 #: The longest revalidation period a mechatronic key may carry, in days (ten years).
 REVALIDATION_DAYS_MAX = 3650
+PUBLIC_KEY_BYTES = 65  # a phone's P-256 public key, SEC1 uncompressed: 04 ‖ X ‖ Y
 
 
 class DoorMode(enum.StrEnum):
@@ -159,6 +160,7 @@ class Credential:
     valid_until: datetime | None = None
     revalidation_days: int | None = None
     revalidated_at: datetime | None = None
+    public_key: bytes | None = None  # ble_phone_key only: the phone's P-256 key, SEC1 uncompressed
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +242,7 @@ class Reason(enum.StrEnum):
     DOOR_LOCKDOWN = "door_lockdown"
     UNKNOWN_CREDENTIAL = "unknown_credential"
     PROOF_INVALID = "proof_invalid"
+    PROOF_REPLAYED = "proof_replayed"  # a genuine proof seen before: a recording, not a card
     CREDENTIAL_REVOKED = "credential_revoked"
     CREDENTIAL_NOT_YET_VALID = "credential_not_yet_valid"
     CREDENTIAL_EXPIRED = "credential_expired"

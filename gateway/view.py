@@ -92,6 +92,7 @@ def _tables_from_columns(
     ids, users, values = columns.ids, columns.users, columns.values
     assurances, revoked = columns.assurances, columns.revoked
     starts, ends, revalidation = columns.valid_from, columns.valid_until, columns.revalidation
+    public_keys = columns.public_keys
     tables = {}
     for kind, indices in by_kind.items():
         table = tables[kind] = CredentialTable(kind)
@@ -99,7 +100,7 @@ def _tables_from_columns(
             days, revalidated = revalidation.get(i, (None, None))
             table.append(
                 ids[i], users[i], values[i], assurances[i], bool(revoked[i]), starts[i], ends[i],
-                revalidation_days=days, revalidated_at=revalidated,
+                revalidation_days=days, revalidated_at=revalidated, public_key=public_keys.get(i),
             )  # fmt: skip
             pause()
     return tables

@@ -22,12 +22,24 @@ from datetime import UTC, date, datetime
 from typing import Any, Self
 from zoneinfo import ZoneInfo
 
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from gateway import codec
 from gateway.credentials import VALUE_BYTES, Verified
 from gateway.model import AssuranceLevel, Credential, CredentialKind
 from gateway.view import CacheView
 
 JSON = dict[str, Any]
+
+
+def phone_key(n: int) -> str:
+    """The ``n``-th (n ≥ 1) fixed P-256 public key, as site data writes it (hex SEC1 point)."""
+    public = ec.derive_private_key(n, ec.SECP256R1()).public_key()
+    return public.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint).hex()
+
+
+PHONE_KEY = phone_key(7)
 When = datetime | str | None
 
 
@@ -141,6 +153,7 @@ def credential_json(
     valid_until: When = None,
     revalidation_days: Any = None,
     revalidated_at: When = None,
+    public_key: Any = None,
 ) -> JSON:
     """A credential as snapshot JSON (``revalidation_days`` untyped, to test bad ones)."""
     return _put(
@@ -151,6 +164,7 @@ def credential_json(
         valid_until=iso(valid_until),
         revalidation_days=revalidation_days,
         revalidated_at=iso(revalidated_at),
+        public_key=public_key,
     )
 
 

@@ -117,6 +117,20 @@ def test_proof_invalid() -> None:
     assert decision.credential_id is None
 
 
+@pytest.mark.parametrize(
+    ("refused", "reason"),
+    [
+        (Refused(Reason.PROOF_REPLAYED, "seen before"), Reason.PROOF_REPLAYED),
+        # A verifier cannot make a refusal look like any other outcome.
+        (Refused(Reason.GRANTED, "confused verifier"), Reason.PROOF_INVALID),
+        (Refused(Reason.UNKNOWN_CREDENTIAL, "confused verifier"), Reason.PROOF_INVALID),
+    ],
+)
+def test_a_refused_proof_keeps_only_the_replay_reason(refused: Refused, reason: Reason) -> None:
+    decision = decide(refused, "front", NOW, base().view())
+    assert (decision.granted, decision.reason) == (False, reason)
+
+
 def test_unknown_credential_through_the_bare_uid_verifier() -> None:
     view = base().view()
     ident = credentials.verify(

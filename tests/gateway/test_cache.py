@@ -52,6 +52,7 @@ from gateway.model import (
 from gateway.snapshots import read_snapshot
 from gateway.view import EMPTY_SITE, CacheView
 from tests.gateway.sitebuilder import (
+    PHONE_KEY,
     SiteBuilder,
     credential_by_id,
     credential_json,
@@ -115,7 +116,7 @@ def rich(version: int = 1) -> SiteBuilder:
         .user("u4")  # no tags at all
         .user("u5", status="former", tags=["staff"])
         .credential("c1", "u1", value="04A1B2C3")
-        .credential("c2", "u1", kind="ble_phone_key", assurance="medium")
+        .credential("c2", "u1", kind="ble_phone_key", assurance="medium", public_key=PHONE_KEY)
         .credential(
             "c3",
             "u2",
@@ -938,12 +939,12 @@ async def test_a_corrupt_file_is_moved_aside_and_the_cache_starts_empty(
 @pytest.mark.parametrize(
     "sql",
     [
-        "INSERT INTO credentials VALUES ('cx', 'bogus', 'AB', 'u1', 1, 0, NULL, NULL, NULL, NULL)",
-        "INSERT INTO credentials VALUES ('cx', 'nfc_uid', 'AB', 'u1', 9, 0, NULL, NULL, NULL, NULL)",
+        "INSERT INTO credentials VALUES ('cx', 'bogus', 'AB', 'u1', 1, 0, NULL, NULL, NULL, NULL, NULL)",
+        "INSERT INTO credentials VALUES ('cx', 'nfc_uid', 'AB', 'u1', 9, 0, NULL, NULL, NULL, NULL, NULL)",
         "INSERT INTO credentials "
-        "VALUES ('cx', 'nfc_uid', 'AB', 'u1', 1, 0, 'yesterday', NULL, NULL, NULL)",
+        "VALUES ('cx', 'nfc_uid', 'AB', 'u1', 1, 0, 'yesterday', NULL, NULL, NULL, NULL)",
         "INSERT INTO credentials "
-        "VALUES ('cx', 'mech_key', 'AB', 'u1', 1, 0, NULL, NULL, 30, 'last week')",
+        "VALUES ('cx', 'mech_key', 'AB', 'u1', 1, 0, NULL, NULL, 30, 'last week', NULL)",
         "INSERT INTO users VALUES ('ux', 'X', 'retired', '', NULL, NULL)",
         "INSERT INTO doors VALUES ('dx', '{\"id\": \"dx\"}')",
         "INSERT INTO rules VALUES ('rx', 'not json')",
@@ -1036,6 +1037,7 @@ async def test_lookup_sql_finds_a_credential_by_its_key(make_cache: MakeCache, p
             None,
             None,
             None,
+            None,
         )
         row = lookup_sql(conn, CredentialKind.DESFIRE, value_for("desfire", 2))
         assert row == (
@@ -1047,6 +1049,7 @@ async def test_lookup_sql_finds_a_credential_by_its_key(make_cache: MakeCache, p
             1,
             utc(2026, 1, 1).isoformat(),
             "2026-12-31T23:00:00-05:00",
+            None,
             None,
             None,
         )

@@ -16,6 +16,7 @@ from gateway.credentials import VALUE_BYTES
 from gateway.model import AssuranceLevel, CredentialKind, UserStatus
 from tests.gateway.sitebuilder import (
     JSON,
+    PHONE_KEY,
     SiteBuilder,
     credential_json,
     door_json,
@@ -1130,3 +1131,37 @@ def test_a_bad_offline_policy_is_named(field: str, value: Any, message: str) -> 
     with pytest.raises(codec.FormatError) as info:
         codec.site_from_json(site_json)
     assert str(info.value) == message
+
+
+def test_a_phone_credential_carries_its_public_key() -> None:
+    obj = with_credential(CredentialKind.BLE_PHONE_KEY, "A1" * 16, public_key=PHONE_KEY.upper())
+    credential = codec.snapshot_from_json(obj).entities["credentials"][0]
+    assert credential.public_key == bytes.fromhex(PHONE_KEY)
+    assert codec.credential_to_json(credential)["public_key"] == PHONE_KEY
+    without = codec.snapshot_from_json(with_credential(CredentialKind.BLE_PHONE_KEY, "A1" * 16))
+    assert without.entities["credentials"][0].public_key is None
+    assert "public_key" not in codec.credential_to_json(without.entities["credentials"][0])
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("04" + "00" * 64, "not a P-256 public key"),  # the right length, but not on the curve
+        (PHONE_KEY[:-2], "expected 130 hex digits"),
+        (PHONE_KEY[:-1] + "g", "not a P-256 public key"),
+        ("02" + PHONE_KEY[2:66] + "00" * 32, "not a P-256 public key"),  # compressed, padded
+        (12, "not a P-256 public key"),
+    ],
+)
+def test_a_bad_public_key_is_refused(key: Any, message: str) -> None:
+    obj = with_credential(CredentialKind.BLE_PHONE_KEY, "A1" * 16, public_key=key)
+    with pytest.raises(FormatError) as err:
+        codec.snapshot_from_json(obj)
+    assert "credentials[0].public_key" in str(err.value)
+    assert message in str(err.value)
+
+
+def test_only_a_phone_credential_has_a_public_key() -> None:
+    obj = with_credential(CredentialKind.NTAG424, "A1" * 7, public_key=PHONE_KEY)
+    with pytest.raises(FormatError, match="only ble_phone_key has one"):
+        codec.snapshot_from_json(obj)

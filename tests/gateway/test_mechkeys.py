@@ -83,6 +83,7 @@ def test_a_replayed_exchange_is_refused() -> None:
     assert isinstance(verifier(exchange, lookup), Verified)
     replay = verifier(exchange, lookup)
     assert isinstance(replay, Refused)
+    assert replay.reason is Reason.PROOF_REPLAYED
     assert "replayed" in replay.detail
 
 
