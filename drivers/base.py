@@ -33,8 +33,14 @@ class Feedback(enum.StrEnum):
 
     GRANTED = "granted"  # green LED, short beep
     DENIED = "denied"  # red LED, two beeps
+    LOW_ASSURANCE = (
+        "low_assurance"  # denied: this door wants a stronger credential; amber, two beeps
+    )
     FAULT = "fault"  # granted, but the lock did not confirm: blinking amber, long beep
     HELD_OPEN = "held_open"  # the door is held open too long: blinking red, beeping, until cleared
+    DOOR_ALARM = (
+        "door_alarm"  # the door was forced open: blinking red, continuous tone, until closed
+    )
     IDLE = "idle"
 
 

@@ -171,8 +171,10 @@ _FEEDBACK: Mapping[Feedback, tuple[LedPattern, BeepPattern, int]] = MappingProxy
     {
         Feedback.GRANTED: (LedPattern.SOLID_GREEN, BeepPattern.SHORT, FEEDBACK_DURATION_MS),
         Feedback.DENIED: (LedPattern.SOLID_RED, BeepPattern.DOUBLE, FEEDBACK_DURATION_MS),
+        Feedback.LOW_ASSURANCE: (LedPattern.SOLID_AMBER, BeepPattern.DOUBLE, FEEDBACK_DURATION_MS),
         Feedback.FAULT: (LedPattern.BLINK_AMBER, BeepPattern.LONG, FEEDBACK_DURATION_MS),
         Feedback.HELD_OPEN: (LedPattern.BLINK_RED, BeepPattern.TRIPLE, 0),  # until cleared
+        Feedback.DOOR_ALARM: (LedPattern.BLINK_RED, BeepPattern.CONTINUOUS, 0),  # until closed
         Feedback.IDLE: (LedPattern.OFF, BeepPattern.NONE, 0),
     }
 )

@@ -99,6 +99,7 @@ class FeedbackKind(enum.StrEnum):
     """A signal for the door's reader."""
 
     HELD_OPEN_WARNING = "held_open_warning"
+    FORCED_OPEN_ALARM = "forced_open_alarm"
     CLEAR = "clear"
 
 
@@ -498,6 +499,7 @@ class DoorStateMachine:
         if by is None:
             self._forced_alarm = True
             self._emit(out, EventType.DOOR_FORCED_OPEN, mode=self._mode.value)
+            out.append(Feedback(FeedbackKind.FORCED_OPEN_ALARM))
         if self._mode not in _HELD_MODES:
             self._held_at = now + self.settings.held_open_s
 
@@ -513,6 +515,8 @@ class DoorStateMachine:
         if self._forced_alarm:
             self._forced_alarm = False
             self._emit(out, EventType.DOOR_FORCED_OPEN, cleared=True, **data)
+            if not self._held_alarm:  # clearing the held-open alarm below clears the reader too
+                out.append(Feedback(FeedbackKind.CLEAR))
         if self._held_alarm:
             self._clear_held(now, out, by="recover" if recovered else "close", held_s=open_s)
         if self._unlock_until is not None and self._opened_since_unlock:

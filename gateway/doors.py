@@ -51,7 +51,11 @@ RELAY_RETRY_CAP_S = 60.0
 #: How long a mode change or a stop waits for the hardware to confirm its relay moves (seconds).
 RELAY_CONFIRM_TIMEOUT_S = 2.0
 
-_SIGNALS = {FeedbackKind.HELD_OPEN_WARNING: Feedback.HELD_OPEN, FeedbackKind.CLEAR: Feedback.IDLE}
+_SIGNALS = {
+    FeedbackKind.HELD_OPEN_WARNING: Feedback.HELD_OPEN,
+    FeedbackKind.FORCED_OPEN_ALARM: Feedback.DOOR_ALARM,
+    FeedbackKind.CLEAR: Feedback.IDLE,
+}
 _LOCK_EVENTS = (EventType.DOOR_LOCKED, EventType.DOOR_UNLOCKED)
 
 

@@ -155,7 +155,7 @@ class EntryService:
             _LOGGER.error(
                 "event %s could not be committed (%r): %s", event.id, err, dict(event.data)
             )
-        feedback = Feedback.GRANTED if decision.granted else Feedback.DENIED
+        feedback = _feedback_for(decision)
         if confirm is not None and not await _confirmed(confirm):
             feedback = Feedback.FAULT
         try:
@@ -183,3 +183,12 @@ async def _confirmed(confirm: asyncio.Future[None]) -> bool:
     except (CommandFailed, TimeoutError):
         return False
     return True
+
+
+def _feedback_for(decision: Decision) -> Feedback:
+    """What the reader shows for ``decision``: a credential too weak for the door has its own."""
+    if decision.granted:
+        return Feedback.GRANTED
+    if decision.reason is Reason.ASSURANCE_TOO_LOW:
+        return Feedback.LOW_ASSURANCE
+    return Feedback.DENIED

@@ -19,7 +19,7 @@ import pytest
 from drivers.base import CredentialRead
 from drivers.pty_pair import PtyPair
 from drivers.virtual_board import BoardConfig, BoardState, FdStream, VirtualBoard
-from firmware_protocol import LedPattern, Message, NakCode, RelaySet
+from firmware_protocol import BeepPattern, LedPattern, Message, NakCode, RelaySet
 from firmware_protocol.frame import Frame
 from gateway import codec
 from gateway.app import Gateway
@@ -116,8 +116,13 @@ async def test_virtual_doors_report_forced_openings_rex_and_tamper(
     status = gw.doors.status("lobby")
     assert status is not None
     assert (status.door_open, status.forced_open_alarm) == (True, True)
+    await board.wait_for(lambda: led(board, index) is LedPattern.BLINK_RED)  # the door alarm
+    alarm = board.reader_feedback(index)
+    assert alarm is not None
+    assert (alarm.beep, alarm.duration_ms) == (BeepPattern.CONTINUOUS, 0)  # until it closes
     await board.close_door(index)
     await waiter.wait_for("door.forced_open", door="lobby", cleared=True)
+    await board.wait_for(lambda: led(board, index) is LedPattern.OFF)
 
     await board.press_rex(index)
     [rex] = await waiter.wait_for("door.rex", door="lobby")

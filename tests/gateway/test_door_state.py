@@ -259,6 +259,7 @@ def test_forced_open_is_raised_once_and_cleared_on_close() -> None:
     assert out == [
         Emit(OPENED_EV, {"door": DOOR, "by": "forced", "mode": "normal"}),
         Emit(FORCED_EV, {"door": DOOR, "mode": "normal"}),
+        Feedback(FeedbackKind.FORCED_OPEN_ALARM),  # the reader sounds the door alarm
     ]
     assert d.status().forced_open_alarm
     assert d.contact(11.0, OPEN) == []  # a repeated report is not a new opening
@@ -266,6 +267,7 @@ def test_forced_open_is_raised_once_and_cleared_on_close() -> None:
     assert out == [
         Emit(CLOSED_EV, {"door": DOOR, "open_s": 4.0}),
         Emit(FORCED_EV, {"door": DOOR, "cleared": True, "open_s": 4.0}),
+        Feedback(FeedbackKind.CLEAR),
     ]
     assert not d.status().forced_open_alarm
     assert relays(out) == []
@@ -320,7 +322,9 @@ def test_a_forced_door_left_open_raises_both_alarms() -> None:
     d = door(held_open_s=30)
     d.contact(10.0, OPEN)
     assert types(d.tick(40.0)) == [HELD_EV]
-    assert types(d.contact(50.0, CLOSED)) == [CLOSED_EV, FORCED_EV, HELD_EV]
+    out = d.contact(50.0, CLOSED)
+    assert types(out) == [CLOSED_EV, FORCED_EV, HELD_EV]
+    assert [a for a in out if isinstance(a, Feedback)] == [Feedback(FeedbackKind.CLEAR)]  # once
     assert not d.status().forced_open_alarm
     assert not d.status().held_open_alarm
 

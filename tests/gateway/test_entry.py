@@ -202,6 +202,16 @@ async def test_malformed_read_is_denied_as_unknown(
     assert (await gw.entry.handle(CredentialRead("front", "nfc_uid", ADA))).granted
 
 
+async def test_a_card_too_weak_for_the_door_gets_its_own_signal(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway()
+    decision = await gw.entry.handle(CredentialRead("office-3", "nfc_uid", ADA))
+    assert decision.reason is Reason.ASSURANCE_TOO_LOW
+    assert sim_readers(gw).shown["office-3"] is Feedback.LOW_ASSURANCE
+    assert not gw.relays.is_on("office-3")
+
+
 async def test_reads_from_the_reader_bank_are_handled(
     start_gateway: GatewayFactory, event_waiter: Callable[[Gateway], EventWaiter]
 ) -> None:
