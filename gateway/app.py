@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from gateway.config import Config
 from gateway.credentials import DEFAULT_VERIFIERS, Verifier
 from gateway.door_modes import DoorModeStore
 from gateway.doors import DoorController
+from gateway.enrolment import Enrolment
 from gateway.entry import EntryService
 from gateway.events import EventLog, new_event
 from gateway.hardware import BoardHardware, Hardware, build_hardware
@@ -88,9 +90,15 @@ class Gateway:
             self._verifiers(),
             offline_for=self._offline_for,
         )
+        self.enrolment = Enrolment(self.cache, self.entry, self.events, clock)
         self.cloud = self._cloud_service() if config.cloud.enabled else None
         self.web = WebServer(
-            make_app(self, simulated=config.hardware.backend in ("simulated", "virtual")),
+            make_app(
+                self,
+                simulated=config.hardware.backend in ("simulated", "virtual"),
+                # Until the web app has an admin login, enrolment is for this machine only.
+                enrolment=ipaddress.ip_address(config.web.host).is_loopback,
+            ),
             config.web.host,
             config.web.port,
         )

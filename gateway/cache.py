@@ -253,21 +253,37 @@ class Cache:
                 return ApplyResult.DUPLICATE
             if delta.base_version != self.version or self.needs_resync:
                 return ApplyResult.GAP  # an empty or demo cache needs a whole snapshot first
-            view = self._view
-            view.check_delta(delta)
-            gone: list[Credential] = []
-            try:
-                async with transaction(self._conn()) as db:
-                    gone = await self._write_delta(db, delta)
-                    await self._write_meta(db, delta.version, delta.site or view.site, self.origin)
-            except sqlite3.IntegrityError as err:
-                raise FormatError(
-                    "upsert.credentials",
-                    f"a credential value is already used by another credential ({err})",
-                ) from None
-            # Off the loop: a large delta rebuilds whole tables, and decisions must not wait.
-            self._swap(await asyncio.to_thread(view.apply, delta, gone))
+            self._view.check_delta(delta)
+            await self._write_and_swap(delta)
             return ApplyResult.APPLIED
+
+    async def enrol(self, credential: Credential) -> None:
+        """Add or replace one credential enrolled here, keeping the version.
+
+        The cloud learns of it from the enrolment event and sends it back in its data; until
+        then the next snapshot may drop it. FormatError if its user is not in the cache or its
+        value belongs to another credential.
+        """
+        async with self._lock:
+            delta = Delta(self.version, self.version, upserts={"credentials": (credential,)})
+            self._view.check_delta(delta)
+            await self._write_and_swap(delta)
+
+    async def _write_and_swap(self, delta: Delta) -> None:
+        """Write a checked delta in one transaction, then swap in the view with it applied."""
+        view = self._view
+        gone: list[Credential] = []
+        try:
+            async with transaction(self._conn()) as db:
+                gone = await self._write_delta(db, delta)
+                await self._write_meta(db, delta.version, delta.site or view.site, self.origin)
+        except sqlite3.IntegrityError as err:
+            raise FormatError(
+                "upsert.credentials",
+                f"a credential value is already used by another credential ({err})",
+            ) from None
+        # Off the loop: a large delta rebuilds whole tables, and decisions must not wait.
+        self._swap(await asyncio.to_thread(view.apply, delta, gone))
 
     async def _write_delta(self, db: aiosqlite.Connection, delta: Delta) -> list[Credential]:
         """Write a delta's rows; returns the credentials whose old key left the cache."""

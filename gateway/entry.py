@@ -61,6 +61,7 @@ class EntryService:
         self._tasks: set[asyncio.Task[Decision]] = set()
         self._accepting = False
         self._watchers: dict[str, list[asyncio.Future[Decision]]] = {}
+        self._captures: dict[str, asyncio.Future[CredentialRead]] = {}
 
     def start(self) -> None:
         """Start taking reads from the readers."""
@@ -78,6 +79,10 @@ class EntryService:
         if not self._accepting:
             _LOGGER.warning("read at %s ignored: the gateway is stopping", read.reader_id)
             return
+        capture = self._captures.pop(read.reader_id, None)
+        if capture is not None and not capture.done():
+            capture.set_result(read)  # enrol mode: this card is being enrolled, not decided
+            return
         task = asyncio.create_task(self.handle(read), name=f"read-{read.reader_id}")
         self._tasks.add(task)
         task.add_done_callback(self._done)
@@ -87,6 +92,27 @@ class EntryService:
         if not task.cancelled() and task.exception() is not None:
             # The outbox failing is the only way here; it has logged why. Say which read it was.
             _LOGGER.error("presentation at %s failed", task.get_name(), exc_info=task.exception())
+
+    def capture_next(self, reader_id: str) -> asyncio.Future[CredentialRead]:
+        """Enrol mode: the next read at ``reader_id`` is handed over instead of decided.
+
+        Cancel the future to leave enrol mode. One capture per reader at a time: ValueError.
+        """
+        pending = self._captures.get(reader_id)
+        if pending is not None and not pending.done():
+            raise ValueError(f"reader {reader_id!r} is already waiting for a card to enrol")
+        future: asyncio.Future[CredentialRead] = asyncio.get_running_loop().create_future()
+        self._captures[reader_id] = future
+        return future
+
+    def capturing(self, reader_id: str) -> bool:
+        """True while ``reader_id`` is in enrol mode."""
+        pending = self._captures.get(reader_id)
+        return pending is not None and not pending.done()
+
+    def verify(self, presentation: Presentation) -> Verified | Refused:
+        """Check a presentation's proof against the cache as it is now (no decision)."""
+        return verify(presentation, self._cache.view.credential, self._verifiers)
 
     def next_decision(self, door_id: str) -> asyncio.Future[Decision]:
         """The next decision taken at ``door_id`` (for simulators: a key presented on a board)."""

@@ -319,6 +319,7 @@ class EventType(enum.StrEnum):
     CLOUD_REJECTED = "cloud.rejected"
     UPLINK_REFUSED = "uplink.refused"
     CLOUD_LINK = "cloud.link"  # the link to the cloud came up or went down
+    CREDENTIAL_ENROLLED = "credential.enrolled"  # a phone or card enrolled at this gateway
 
 
 class EventPriority(enum.IntEnum):
@@ -355,6 +356,7 @@ EVENT_PRIORITY: Mapping[EventType, EventPriority] = {
     EventType.CLOUD_REJECTED: EventPriority.SECURITY,
     EventType.UPLINK_REFUSED: EventPriority.SECURITY,
     EventType.CLOUD_LINK: EventPriority.NOTABLE,
+    EventType.CREDENTIAL_ENROLLED: EventPriority.SECURITY,
 }
 
 

@@ -12,6 +12,8 @@ from aiohttp import web
 
 from drivers.base import CredentialRead
 from gateway import access, credentials
+from gateway.codec import credential_to_json
+from gateway.enrolment import EnrolmentError, NothingPresented
 from gateway.explain import decision_to_json, explain
 from gateway.model import CredentialKind, Decision, Door
 from gateway.outbox import event_to_json
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 
 _LOGGER = logging.getLogger(__name__)
 MAX_BODY_BYTES = 16 * 1024
+DEFAULT_ENROL_TIMEOUT_S = 30.0
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
 
 
@@ -218,7 +221,45 @@ async def _present(gw: Gateway, door: str, kind: str, value: str) -> Decision:
     return await gw.entry.handle(CredentialRead(door, kind, value))
 
 
-def make_app(gw: Gateway, *, simulated: bool) -> web.Application:
+async def enrol_phone(request: web.Request) -> web.Response:
+    """Register a phone's public key (hex SEC1 point) for a user: 201 with the new credential."""
+    body = await _body(request)
+    try:
+        public_key = bytes.fromhex(_field(body, "public_key"))
+    except ValueError:
+        raise BadRequest(
+            "'public_key' must be hex: the phone's P-256 key as an uncompressed SEC1 point"
+        ) from None
+    try:
+        credential = await _gateway(request).enrolment.enrol_phone(
+            request.match_info["user"], public_key
+        )
+    except EnrolmentError as err:
+        raise BadRequest(str(err)) from None
+    return web.json_response({"credential": credential_to_json(credential)}, status=201)
+
+
+async def enrol_card(request: web.Request) -> web.Response:
+    """Enrol mode at a door's reader: the next card presented there becomes the user's."""
+    body = await _body(request)
+    user = _field(body, "user")
+    timeout_s = body.get("timeout_s", DEFAULT_ENROL_TIMEOUT_S)
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float):
+        raise BadRequest("'timeout_s' must be a number of seconds")
+    try:
+        credential = await _gateway(request).enrolment.enrol_card(
+            request.match_info["door"], user, float(timeout_s)
+        )
+    except NothingPresented as err:
+        raise web.HTTPRequestTimeout(
+            text=json.dumps({"error": str(err)}), content_type="application/json"
+        ) from None
+    except EnrolmentError as err:
+        raise BadRequest(str(err)) from None
+    return web.json_response({"credential": credential_to_json(credential)}, status=201)
+
+
+def make_app(gw: Gateway, *, simulated: bool, enrolment: bool = False) -> web.Application:
     """The aiohttp application for a gateway; simulator routes only on simulated hardware."""
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[GATEWAY_KEY] = gw
@@ -228,6 +269,9 @@ def make_app(gw: Gateway, *, simulated: bool) -> web.Application:
     app.router.add_get("/api/users", users)
     app.router.add_get("/api/events", events)
     app.router.add_post("/api/decide", decide)
+    if enrolment:
+        app.router.add_post("/api/users/{user}/phones", enrol_phone)
+        app.router.add_post("/api/doors/{door}/enrol", enrol_card)
     if simulated:
         app.router.add_post("/api/simulator/doors/{door}/present", present)
     return app
@@ -237,6 +281,7 @@ class WebServer:
     """Serves the app on one host and port; ``start``/``stop``."""
 
     def __init__(self, app: web.Application, host: str, port: int) -> None:
+        self.app = app
         self._runner = web.AppRunner(app, access_log=None)
         self._host = host
         self._port = port

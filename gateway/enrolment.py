@@ -1,0 +1,171 @@
+"""Enrolment: a phone's public key, or a card presented at a reader, becomes a user's credential.
+
+The caller (the provisioning app, an integration) has already decided that the user may have
+one. The credential is stored at once, so the next presentation works offline, and a
+``credential.enrolled`` event tells the cloud, which keeps it from then on. That event carries
+the credential whole (the cloud has to store its value); logs still show only a redacted hint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from datetime import datetime
+
+from drivers.base import CredentialRead
+from gateway.ble_protocol import BleProtocolError, key_id_for, load_public_key
+from gateway.cache import Cache
+from gateway.codec import FormatError, credential_to_json
+from gateway.credentials import Refused, canonical_value, parse_kind, redact
+from gateway.entry import EntryService
+from gateway.events import EventLog, new_event
+from gateway.model import (
+    KIND_ASSURANCE,
+    Credential,
+    CredentialKind,
+    EventType,
+    Presentation,
+    UserStatus,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+#: Kinds a reader can enrol (a phone enrols with its public key instead).
+CARD_KINDS = frozenset(
+    {
+        CredentialKind.NFC_UID,
+        CredentialKind.NTAG424,
+        CredentialKind.DESFIRE,
+        CredentialKind.MECHATRONIC_KEY,
+    }
+)
+CAPTURE_TIMEOUT_S_RANGE = (1.0, 300.0)
+
+
+class EnrolmentError(ValueError):
+    """The enrolment cannot be made; the message says why and what would work."""
+
+
+class NothingPresented(EnrolmentError):
+    """Enrol mode ended without a card being presented."""
+
+
+class Enrolment:
+    """Enrols phones and cards for users already in the cache."""
+
+    def __init__(
+        self,
+        cache: Cache,
+        entry: EntryService,
+        events: EventLog,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._cache = cache
+        self._entry = entry
+        self._events = events
+        self._clock = clock
+
+    async def enrol_phone(self, user_id: str, public_key: bytes) -> Credential:
+        """Register a phone's P-256 public key (SEC1 uncompressed) as ``user_id``'s credential."""
+        self._check_user(user_id)
+        try:
+            key_id = key_id_for(load_public_key(public_key))
+        except BleProtocolError as err:
+            raise EnrolmentError(f"public key refused: {err}") from None
+        credential = Credential(
+            id=_new_id(CredentialKind.BLE_PHONE_KEY),
+            user_id=user_id,
+            kind=CredentialKind.BLE_PHONE_KEY,
+            value=key_id.hex().upper(),
+            assurance=KIND_ASSURANCE[CredentialKind.BLE_PHONE_KEY],
+            public_key=public_key,
+        )
+        return await self._store(credential, by="phone")
+
+    async def enrol_card(self, door_id: str, user_id: str, timeout_s: float) -> Credential:
+        """Put ``door_id``'s reader in enrol mode; the next card that proves itself is enrolled."""
+        low, high = CAPTURE_TIMEOUT_S_RANGE
+        if not low <= timeout_s <= high:
+            raise EnrolmentError(f"timeout {timeout_s} s is out of range; allowed: {low}–{high} s")
+        self._check_user(user_id)
+        if door_id not in self._cache.view.doors:
+            raise EnrolmentError(f"unknown door {door_id!r}")
+        try:
+            capture = self._entry.capture_next(door_id)
+        except ValueError as err:
+            raise EnrolmentError(str(err)) from None
+        try:
+            read = await asyncio.wait_for(capture, timeout_s)
+        except TimeoutError:
+            capture.cancel()  # leave enrol mode: the next read is decided again
+            raise NothingPresented(
+                f"no card was presented at {door_id!r} within {timeout_s:g} s"
+            ) from None
+        credential = self._card_credential(door_id, user_id, read)
+        return await self._store(credential, by="reader", door=door_id)
+
+    def _card_credential(self, door_id: str, user_id: str, read: CredentialRead) -> Credential:
+        try:
+            kind = parse_kind(read.kind)
+            value = canonical_value(kind, read.value)
+        except ValueError as err:
+            raise EnrolmentError(f"the reader sent an unreadable credential: {err}") from None
+        if kind not in CARD_KINDS:
+            raise EnrolmentError(
+                f"a {kind.value} cannot be enrolled at a reader; "
+                "a phone is enrolled with its public key"
+            )
+        # The card proves itself now, as it will at every door: a tag that cannot answer the
+        # site's key is not enrolled as anything stronger than what it proved.
+        identity = self._entry.verify(Presentation(door_id, kind, value, read.proof))
+        if isinstance(identity, Refused):
+            raise EnrolmentError(f"the {kind.value} did not prove itself: {identity.detail}")
+        held = identity.credential
+        if held is not None:
+            owner = "this user" if held.user_id == user_id else "another user"
+            raise EnrolmentError(
+                f"this {kind.value} ({redact(value)}) is already enrolled for {owner} "
+                f"as credential {held.id!r}"
+            )
+        return Credential(
+            id=_new_id(kind),
+            user_id=user_id,
+            kind=kind,
+            value=value,
+            assurance=identity.assurance,
+        )
+
+    def _check_user(self, user_id: str) -> None:
+        user = self._cache.view.users.get(user_id)
+        if user is None:
+            raise EnrolmentError(f"unknown user {user_id!r}; enrol users the site data holds")
+        if user.status is not UserStatus.ACTIVE:
+            raise EnrolmentError(f"user {user_id!r} is {user.status.value}, not active")
+
+    async def _store(self, credential: Credential, **data: str) -> Credential:
+        """Store ``credential``, then record the event that tells the cloud (OutboxError if not)."""
+        try:
+            await self._cache.enrol(credential)
+        except FormatError as err:
+            raise EnrolmentError(str(err)) from None
+        event = new_event(
+            EventType.CREDENTIAL_ENROLLED,
+            self._clock(),
+            {"credential": credential_to_json(credential), "user": credential.user_id, **data},
+        )
+        await self._events.record(event)
+        _LOGGER.info(
+            "enrolled %s %s for user %s as %s",
+            credential.kind.value,
+            redact(credential.value),
+            credential.user_id,
+            credential.id,
+        )
+        return credential
+
+
+def _new_id(kind: CredentialKind) -> str:
+    """A fresh credential id that tells where it came from."""
+    return f"{kind.value}-gw-{secrets.token_hex(6)}"
