@@ -174,6 +174,51 @@ class HardwareSection:
     boards: tuple[BoardEntry, ...] = ()
 
 
+#: BLE proximity presets, in dBm of smoothed RSSI (docs/ble-credential-protocol.md).
+PROXIMITY_PRESETS_DBM = {"touch": -35, "near": -45, "far": -60}
+PROXIMITY_DBM_RANGE = (-100, -20)
+
+
+def proximity_dbm(text: str) -> int:
+    """The RSSI threshold ``text`` names: a preset or a custom value in dBm; ValueError else."""
+    preset = PROXIMITY_PRESETS_DBM.get(text)
+    if preset is not None:
+        return preset
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    low, high = PROXIMITY_DBM_RANGE
+    if not low <= value <= high:
+        raise ValueError(
+            f"{text!r} is not a BLE proximity; allowed: {', '.join(PROXIMITY_PRESETS_DBM)}, "
+            f'or a threshold in dBm from {low} to {high} such as "-52"'
+        )
+    return value
+
+
+def _is_proximity(text: str) -> bool:
+    try:
+        proximity_dbm(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_nfc_path(text: str) -> bool:
+    return text.split(":", 1)[0] in ("usb", "tty", "udp")
+
+
+def _is_hex_of(sizes: range) -> Callable[[str], bool]:
+    def check(text: str) -> bool:
+        try:
+            return len(bytes.fromhex(text)) in sizes
+        except ValueError:
+            return False
+
+    return check
+
+
 @dataclass(frozen=True, slots=True)
 class DoorEntry:
     """``[doors.<door id>]``: how one door is wired and timed on this site (installer's choice).
@@ -191,6 +236,49 @@ class DoorEntry:
     rex_grace_s: float = field(default=10.0, metadata={"min": 0.0, "max": 120.0})
     gpio_line: str = ""  # gpio backend: the relay's line name on the chip
     gpio_active_low: bool = False
+    # An NFC reader of the gateway's own at this door (nfcpy device path); "": none.
+    nfc_reader: str = field(
+        default="",
+        metadata={
+            "validator": lambda text: not text or _is_nfc_path(text),
+            "allowed": 'an nfcpy device path such as "usb", "usb:072f:2200", "tty:AMA0:pn532" '
+            'or "udp:127.0.0.1:54321"',
+        },
+    )
+    # Phones open this door over BLE when their smoothed signal reaches this proximity; "": no.
+    ble_proximity: str = field(
+        default="",
+        metadata={
+            "validator": lambda text: not text or _is_proximity(text),
+            "allowed": '"touch", "near", "far", or a threshold in dBm from -100 to -20 '
+            'such as "-52"',
+        },
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NfcSection:
+    """``[nfc]``: how cards are keyed on this site (the keys themselves are files, 0600)."""
+
+    # AN10922 diversification input: UID ‖ AID ‖ this system identifier (1 to 21 bytes, hex).
+    system_identifier: str = field(
+        default="4C55434B4559",  # "LUCKEY"
+        metadata={
+            "validator": _is_hex_of(range(1, 22)),
+            "allowed": "1 to 21 bytes of hex",
+        },
+    )
+    desfire_aid: str = field(
+        default="4C5501",
+        metadata={"validator": _is_hex_of(range(3, 4)), "allowed": "3 bytes of hex"},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BleSection:
+    """``[ble]``: the Bluetooth adapter phones are read through."""
+
+    adapter: str = "hci0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +344,8 @@ class Config:
     )
     doors: Mapping[str, DoorEntry] = field(default_factory=dict)
     events: EventsSection = field(default_factory=EventsSection)
+    nfc: NfcSection = field(default_factory=NfcSection)
+    ble: BleSection = field(default_factory=BleSection)
     cloud: CloudSection = field(default_factory=CloudSection, metadata={"check": _check_cloud})
     demo: DemoSection = field(default_factory=DemoSection)
     source: Path | None = field(default=None, metadata={"internal": True})

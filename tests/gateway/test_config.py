@@ -27,11 +27,12 @@ from gateway.config import (
     config_to_dict,
     load_config,
     parse_config,
+    proximity_dbm,
 )
 
 EXAMPLE = Path(gateway.config.__file__).parent / "data" / "example.toml"
 DOCS = Path(__file__).parents[2] / "docs" / "configuration.md"
-SECTIONS = "allowed sections: gateway, web, hardware, doors, events, cloud, demo"
+SECTIONS = "allowed sections: gateway, web, hardware, doors, events, nfc, ble, cloud, demo"
 WEB_KEYS = "allowed keys: host, port, allow_remote"
 LEVELS = 'one of "debug", "info", "warning", "error"'
 
@@ -244,7 +245,7 @@ def test_door_tables_for_wired_doors_are_accepted(tmp_path: Path) -> None:
             "[doors]\nfront = 5",
             "doors.front: 5 is not allowed; expected a table [doors.front] with keys wiring, "
             "fallback, contact, has_contact, relock_on_close, held_open_s, rex_unlocks, "
-            "rex_grace_s, gpio_line, gpio_active_low",
+            "rex_grace_s, gpio_line, gpio_active_low, nfc_reader, ble_proximity",
         ),
         (
             "[doors.front]\nheld_open_s = 5",
@@ -254,7 +255,7 @@ def test_door_tables_for_wired_doors_are_accepted(tmp_path: Path) -> None:
             "[doors.front]\nheld_open = 60",
             "doors.front.held_open: unknown key; allowed keys: wiring, fallback, contact, "
             "has_contact, relock_on_close, held_open_s, rex_unlocks, rex_grace_s, gpio_line, "
-            "gpio_active_low (did you mean 'held_open_s'?)",
+            "gpio_active_low, nfc_reader, ble_proximity (did you mean 'held_open_s'?)",
         ),
     ],
 )
@@ -579,3 +580,38 @@ def test_docs_repeat_the_example_file_verbatim() -> None:
     example = EXAMPLE.read_text(encoding="utf-8")
     block = docs.split("## Example", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
     assert block == example
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("touch", -35), ("near", -45), ("far", -60), ("-52", -52), ("-100", -100), ("-20", -20)],
+)
+def test_ble_proximity_presets_and_custom_values(text: str, expected: int) -> None:
+    assert proximity_dbm(text) == expected
+    config = parse_config({"doors": {"front": {"ble_proximity": text}}})
+    assert proximity_dbm(config.doors["front"].ble_proximity) == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("ble_proximity", "closer"),
+        ("ble_proximity", "-10"),
+        ("ble_proximity", "-101"),
+        ("nfc_reader", "bluetooth:hci0"),
+    ],
+)
+def test_bad_reader_settings_are_named(key: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"doors": {"front": {key: value}}})
+    assert info.value.key_path == f"doors.front.{key}"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("system_identifier", ""), ("system_identifier", "zz"), ("desfire_aid", "4C55")],
+)
+def test_bad_nfc_keying_is_named(key: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"nfc": {key: value}})
+    assert info.value.key_path == f"nfc.{key}"
