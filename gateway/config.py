@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+from gateway.ble_protocol import RSSI_PRESETS_DBM
+
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["json", "text"]
 # virtual: door boards simulated in-process behind a pty (the embedded default); board: real door
@@ -174,14 +176,12 @@ class HardwareSection:
     boards: tuple[BoardEntry, ...] = ()
 
 
-#: BLE proximity presets, in dBm of smoothed RSSI (docs/ble-credential-protocol.md).
-PROXIMITY_PRESETS_DBM = {"touch": -35, "near": -45, "far": -60}
 PROXIMITY_DBM_RANGE = (-100, -20)
 
 
 def proximity_dbm(text: str) -> int:
     """The RSSI threshold ``text`` names: a preset or a custom value in dBm; ValueError else."""
-    preset = PROXIMITY_PRESETS_DBM.get(text)
+    preset = RSSI_PRESETS_DBM.get(text)
     if preset is not None:
         return preset
     try:
@@ -191,7 +191,7 @@ def proximity_dbm(text: str) -> int:
     low, high = PROXIMITY_DBM_RANGE
     if not low <= value <= high:
         raise ValueError(
-            f"{text!r} is not a BLE proximity; allowed: {', '.join(PROXIMITY_PRESETS_DBM)}, "
+            f"{text!r} is not a BLE proximity; allowed: {', '.join(RSSI_PRESETS_DBM)}, "
             f'or a threshold in dBm from {low} to {high} such as "-52"'
         )
     return value
