@@ -18,7 +18,7 @@ from pathlib import Path
 from drivers.gpio_relays import GpioError
 from firmware_protocol.frame import MAX_ADDRESS, MIN_ADDRESS
 from firmware_protocol.messages import MAX_RELAYS
-from gateway import __version__, access, credentials
+from gateway import __version__, access, credentials, ntag424
 from gateway.cache import read_view
 from gateway.config import Config, ConfigError, config_to_dict, load_config
 from gateway.door_modes import DoorModeStore
@@ -205,6 +205,66 @@ def cmd_sim_board(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _key_argument(text: str, option: str) -> bytes:
+    """A 16-byte AES key given as hex, or as ``@FILE`` holding the hex (kept out of ``ps``)."""
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as err:
+            raise CliError(f"{option}: cannot read the key file {text[1:]}: {err}") from None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != ntag424.KEY_BYTES:
+        raise CliError(
+            f"{option} must be a 16-byte AES key: 32 hex digits, or @FILE holding them"
+        )  # the value itself is a secret: never echoed
+    return key
+
+
+def cmd_tags_verify_sun(args: argparse.Namespace) -> int:
+    """Check one SUN message (a tag's URL) with the given keys; exit 0 valid, 1 not valid."""
+    try:
+        message = ntag424.parse_sun_url(args.url)
+    except ValueError as err:
+        raise CliError(f"not a SUN message: {err}") from None
+    meta_key = _key_argument(args.meta_key, "--meta-key")
+    file_key = _key_argument(args.file_key, "--file-key")
+    result = ntag424.verify_sun(message, meta_key, lambda uid: file_key)
+    decrypted = bool(result.uid)
+    if result.valid:
+        why = "the MAC verifies"
+    elif decrypted:
+        why = "the MAC does not verify with this file key (or the URL was altered)"
+    else:
+        why = "the meta-read key does not decrypt the PICC data (wrong key, or not a SUN message)"
+    file_data = result.file_data
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "valid": result.valid,
+                    "uid": result.uid.hex().upper() if decrypted else None,
+                    "read_counter": result.read_counter if decrypted else None,
+                    "file_data": None if file_data is None else file_data.hex().upper(),
+                    "reason": why,
+                }
+            )
+        )
+    else:
+        print(f"valid: {'yes' if result.valid else 'no'} ({why})")
+        if decrypted:
+            note = "" if result.valid else " (not authenticated)"
+            print(f"uid: {result.uid.hex().upper()}{note}")
+            print(f"read counter: {result.read_counter}{note}")
+        if file_data is not None:
+            shown = file_data.decode("ascii") if file_data.isascii() else ""
+            printable = shown.isprintable() and shown
+            print(f"file data: {file_data.hex().upper()}" + (f" ({shown!r})" if printable else ""))
+    return EXIT_OK if result.valid else EXIT_DENIED
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(
@@ -254,6 +314,28 @@ def build_parser() -> argparse.ArgumentParser:
     present.add_argument("--credential", required=True, metavar="KIND:VALUE")
     present.add_argument("--json", action="store_true")
     present.set_defaults(func=cmd_present)
+
+    tags = sub.add_parser("tags", help="NFC tags").add_subparsers(
+        dest="tags_command", required=True
+    )
+    verify_sun = tags.add_parser(
+        "verify-sun",
+        help="verify an NTAG 424 DNA SUN message (exit 0 valid, 1 not valid, 2 bad input)",
+        description="Verify the SUN message a tag wrote into its URL: decrypt the PICC data "
+        "with the meta-read key, check the MAC with the file-read key, and print the UID, the "
+        "read counter and any encrypted file data.",
+    )
+    verify_sun.add_argument(
+        "url", metavar="URL", help="the tapped URL, or just its picc_data=…&enc=…&cmac=… part"
+    )
+    verify_sun.add_argument(
+        "--meta-key", required=True, metavar="HEX|@FILE", help="SDM meta-read key (16 bytes)"
+    )
+    verify_sun.add_argument(
+        "--file-key", required=True, metavar="HEX|@FILE", help="SDM file-read key of this tag"
+    )
+    verify_sun.add_argument("--json", action="store_true")
+    verify_sun.set_defaults(func=cmd_tags_verify_sun)
 
     sim = sub.add_parser("sim-board", help="run a virtual door board for a gateway to connect to")
     sim.add_argument("--port", required=True, metavar="pty|tcp://HOST:PORT")
