@@ -19,17 +19,19 @@ from drivers.base import ReaderBank, RelayBank
 from gateway import codec
 from gateway.backoff import Backoff
 from gateway.cache import ApplyResult, Cache
+from gateway.challenges import ChallengeBook
 from gateway.config import Config
-from gateway.credentials import DEFAULT_VERIFIERS, Verifier
 from gateway.door_modes import DoorModeStore
 from gateway.doors import DoorController
 from gateway.enrolment import Enrolment
 from gateway.entry import EntryService
 from gateway.events import EventLog, new_event
 from gateway.hardware import BoardHardware, Hardware, build_hardware
-from gateway.model import CredentialKind, Decision, EventType
+from gateway.mechkeys import respond
+from gateway.model import Decision, EventType
 from gateway.outbox import Outbox
-from gateway.site_keys import SITE_KEY_FILE, SiteKeyError, load_site_key
+from gateway.sun_counters import SunCounters
+from gateway.verifiers import SUN_COUNTERS_FILE, build_verifiers, load_secrets
 from gateway.web import WebServer, make_app
 
 if TYPE_CHECKING:
@@ -76,7 +78,10 @@ class Gateway:
         self.events = EventLog(self.outbox)
         self.cache = Cache(state_dir / "cache.db")
         self.door_modes = DoorModeStore(state_dir / "door_modes.json")
-        self._site_key: bytes | None = None  # a secret: kept for the virtual boards' keys only
+        self.challenges = ChallengeBook()
+        self.secrets = load_secrets(config)  # never logged; the virtual twin's keys use them
+        # Filled in again once the SUN counters are open (start): entry reads it per presentation.
+        self._verifiers = build_verifiers(self.secrets, self.challenges, None)
         self.hardware: Hardware = build_hardware(config)
         self.doors = DoorController(
             self.cache, self.door_modes, self.hardware, self.events, clock, config.doors
@@ -87,7 +92,7 @@ class Gateway:
             self.events,
             self.hardware.readers,
             clock,
-            self._verifiers(),
+            self._verifiers,
             offline_for=self._offline_for,
         )
         self.enrolment = Enrolment(self.cache, self.entry, self.events, clock)
@@ -131,6 +136,18 @@ class Gateway:
                 )
             await self.cache.start()
             stack.push_async_callback(self.cache.stop)
+            counters = await SunCounters.open(state_dir / SUN_COUNTERS_FILE)
+            counters.start()
+            stack.push_async_callback(counters.close)
+            if counters.reset:
+                await self.events.record(
+                    new_event(
+                        EventType.CACHE_RESET,
+                        self.clock(),
+                        {"store": "sun_counters", "reason": "the file was unreadable"},
+                    )
+                )
+            self._verifiers.update(build_verifiers(self.secrets, self.challenges, counters))
             if self.cache.reset_reason:
                 await self.events.record(
                     new_event(
@@ -194,7 +211,7 @@ class Gateway:
         """Whether ``present_key`` can present a key at ``door_id`` (a virtual board's door)."""
         hardware = self.hardware
         return (
-            self._site_key is not None
+            self.secrets.mech_site_key is not None
             and isinstance(hardware, BoardHardware)
             and hardware.virtual_door(door_id) is not None
         )
@@ -204,35 +221,16 @@ class Gateway:
         at the door's reader, through the board, the bus and the verifier; its decision."""
         hardware = self.hardware
         found = hardware.virtual_door(door_id) if isinstance(hardware, BoardHardware) else None
-        if found is None or self._site_key is None:
+        if found is None or self.secrets.mech_site_key is None:
             raise LookupError(f"no virtual board with a key reader at door {door_id!r}")
-        from gateway.mechkeys import respond  # noqa: PLC0415 - loaded with the site key already
-
         board, reader = found
         key = bytes.fromhex(key_id)
         decided = self.entry.next_decision(door_id)
         challenge = os.urandom(16)
-        await board.present_key(reader, key, challenge, respond(self._site_key, key, challenge))
+        await board.present_key(
+            reader, key, challenge, respond(self.secrets.mech_site_key, key, challenge)
+        )
         return await asyncio.wait_for(decided, KEY_DECISION_TIMEOUT_S)
-
-    def _verifiers(self) -> dict[CredentialKind, Verifier]:
-        """The proof checks: mechatronic keys only with a usable site key, else refused."""
-        verifiers = dict(DEFAULT_VERIFIERS)
-        path = self.config.gateway.state_dir / SITE_KEY_FILE
-        try:
-            key = load_site_key(path, create=self.config.hardware.backend == "virtual")
-        except SiteKeyError as err:
-            _LOGGER.error("mechatronic keys will be refused: %s", err)
-            return verifiers
-        if key is None:
-            _LOGGER.info("no mechatronic site key at %s: mechatronic keys will be refused", path)
-            return verifiers
-        # Imported here: its AES (cryptography's OpenSSL bindings, ~6 MB) only where keys are.
-        from gateway.mechkeys import MechanicalKeyVerifier  # noqa: PLC0415
-
-        verifiers[CredentialKind.MECHATRONIC_KEY] = MechanicalKeyVerifier(key)
-        self._site_key = key
-        return verifiers
 
     async def _seed_demo(self) -> None:
         snapshot = demo_snapshot()
