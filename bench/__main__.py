@@ -12,6 +12,7 @@ BENCHMARKS = {
     "delta": "bench.delta",
     "outbox": "bench.outbox",
     "snapshot": "bench.snapshot",
+    "credentials": "bench.credentials",
 }
 
 

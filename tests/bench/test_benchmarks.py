@@ -81,3 +81,16 @@ def test_snapshot_benchmark_prints_its_figures() -> None:
         value = figures[key]
         assert isinstance(value, float)
         assert value > 0
+
+
+def test_credentials_benchmark_prints_its_figures() -> None:
+    figures = run_bench("credentials", "--samples", "50")
+    for key in (
+        "ble_verify_p99_ms",
+        "sun_verify_p99_us",
+        "ev2_verify_p99_us",
+        "desfire_verify_p99_us",
+    ):
+        value = figures[key]
+        assert isinstance(value, float)
+        assert value > 0
