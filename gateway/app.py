@@ -16,6 +16,7 @@ from importlib import resources
 from typing import TYPE_CHECKING
 
 from drivers.base import ReaderBank, RelayBank
+from drivers.nfc_reader import NfcReader
 from gateway import codec
 from gateway.backoff import Backoff
 from gateway.cache import ApplyResult, Cache
@@ -29,7 +30,9 @@ from gateway.events import EventLog, new_event
 from gateway.hardware import BoardHardware, Hardware, build_hardware
 from gateway.mechkeys import respond
 from gateway.model import Decision, EventType
+from gateway.nfc_cards import CardError, CardReading, Transceive, read_iso_dep_card
 from gateway.outbox import Outbox
+from gateway.readers import ReaderSet
 from gateway.sun_counters import SunCounters
 from gateway.verifiers import SUN_COUNTERS_FILE, build_verifiers, load_secrets
 from gateway.web import WebServer, make_app
@@ -86,11 +89,15 @@ class Gateway:
         self.doors = DoorController(
             self.cache, self.door_modes, self.hardware, self.events, clock, config.doors
         )
+        self.reader_set = ReaderSet(self.hardware.readers)
+        for door_id, door in config.doors.items():
+            if door.nfc_reader:
+                self.reader_set.add(NfcReader(door_id, door.nfc_reader, self._read_card))
         self.entry = EntryService(
             self.cache,
             self.doors,
             self.events,
-            self.hardware.readers,
+            self.reader_set,
             clock,
             self._verifiers,
             offline_for=self._offline_for,
@@ -168,6 +175,8 @@ class Gateway:
                 stack.push_async_callback(self.cloud.stop)
             self.entry.start()
             stack.push_async_callback(self.entry.stop)
+            self.reader_set.start()
+            stack.push_async_callback(self.reader_set.stop)
             stack.push_async_callback(self.web.stop)
             await self.web.start()
             await self.events.record(
@@ -231,6 +240,13 @@ class Gateway:
             reader, key, challenge, respond(self.secrets.mech_site_key, key, challenge)
         )
         return await asyncio.wait_for(decided, KEY_DECISION_TIMEOUT_S)
+
+    def _read_card(self, uid: bytes, transceive: Transceive) -> CardReading:
+        """The card dialogue of the gateway's NFC readers, with this site's keys."""
+        keys = self.secrets.nfc
+        if keys is None:
+            raise CardError("this gateway has no NFC keys: only bare UIDs can be read")
+        return read_iso_dep_card(uid, transceive, keys, self.challenges)
 
     async def _seed_demo(self) -> None:
         snapshot = demo_snapshot()
