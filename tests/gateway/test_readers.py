@@ -63,10 +63,9 @@ async def test_own_readers_start_and_stop_with_the_set_even_if_one_fails() -> No
     first, broken = OwnReader(), OwnReader(fail_stop=True)
     readers.add(first)
     readers.add(broken)
-    assert not first.running
+    assert [r.running for r in (first, broken)] == [False, False]
     readers.start()
-    assert first.running
-    assert broken.running
+    assert [r.running for r in (first, broken)] == [True, True]
     added_later = OwnReader()
     readers.add(added_later)
     assert added_later.running  # the set is running: so is a reader added now
