@@ -7,7 +7,6 @@ import contextlib
 import ipaddress
 import json
 import logging
-import os
 import signal
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -27,12 +26,12 @@ from gateway.doors import DoorController
 from gateway.enrolment import Enrolment
 from gateway.entry import EntryService
 from gateway.events import EventLog, new_event
-from gateway.hardware import BoardHardware, Hardware, build_hardware
-from gateway.mechkeys import respond
-from gateway.model import Decision, EventType
+from gateway.hardware import Hardware, build_hardware
+from gateway.model import EventType
 from gateway.nfc_cards import CardError, CardReading, Transceive, read_iso_dep_card
 from gateway.outbox import Outbox
 from gateway.readers import ReaderSet
+from gateway.simulator import Simulator
 from gateway.sun_counters import SunCounters
 from gateway.verifiers import SUN_COUNTERS_FILE, build_verifiers, load_secrets
 from gateway.web import WebServer, make_app
@@ -41,9 +40,6 @@ if TYPE_CHECKING:
     from gateway.cloud import CloudService
 
 _LOGGER = logging.getLogger(__name__)
-
-#: How long a key presented on a virtual board may take to be decided.
-KEY_DECISION_TIMEOUT_S = 5.0
 
 
 def utc_now() -> datetime:
@@ -103,6 +99,9 @@ class Gateway:
             offline_for=self._offline_for,
         )
         self.enrolment = Enrolment(self.cache, self.entry, self.events, clock)
+        self.simulator = Simulator(
+            self.hardware, self.secrets, self.reader_set, self.entry, self._read_card
+        )
         self.cloud = self._cloud_service() if config.cloud.enabled else None
         self.web = WebServer(
             make_app(
@@ -215,31 +214,6 @@ class Gateway:
             clock=self.clock,
             backoff=self._cloud_backoff,
         )
-
-    def simulates_keys(self, door_id: str) -> bool:
-        """Whether ``present_key`` can present a key at ``door_id`` (a virtual board's door)."""
-        hardware = self.hardware
-        return (
-            self.secrets.mech_site_key is not None
-            and isinstance(hardware, BoardHardware)
-            and hardware.virtual_door(door_id) is not None
-        )
-
-    async def present_key(self, door_id: str, key_id: str) -> Decision:
-        """Virtual boards: a genuine mechatronic key (answering under this gateway's site key)
-        at the door's reader, through the board, the bus and the verifier; its decision."""
-        hardware = self.hardware
-        found = hardware.virtual_door(door_id) if isinstance(hardware, BoardHardware) else None
-        if found is None or self.secrets.mech_site_key is None:
-            raise LookupError(f"no virtual board with a key reader at door {door_id!r}")
-        board, reader = found
-        key = bytes.fromhex(key_id)
-        decided = self.entry.next_decision(door_id)
-        challenge = os.urandom(16)
-        await board.present_key(
-            reader, key, challenge, respond(self.secrets.mech_site_key, key, challenge)
-        )
-        return await asyncio.wait_for(decided, KEY_DECISION_TIMEOUT_S)
 
     def _read_card(self, uid: bytes, transceive: Transceive) -> CardReading:
         """The card dialogue of the gateway's NFC readers, with this site's keys."""

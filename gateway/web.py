@@ -17,6 +17,7 @@ from gateway.enrolment import EnrolmentError, NothingPresented
 from gateway.explain import decision_to_json, explain
 from gateway.model import CredentialKind, Decision, Door
 from gateway.outbox import event_to_json
+from gateway.simulator import SimulatorError
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 MAX_BODY_BYTES = 16 * 1024
 DEFAULT_ENROL_TIMEOUT_S = 30.0
+#: Cards the virtual backend presents as genuine tags at the door's simulated NFC reader.
+SECURE_CARDS = frozenset({CredentialKind.NTAG424, CredentialKind.DESFIRE})
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
 
 
@@ -216,8 +219,16 @@ async def _present(gw: Gateway, door: str, kind: str, value: str) -> Decision:
         parsed_kind, parsed_value = credentials.parse_credential(f"{kind}:{value}")
     except ValueError:
         parsed_kind = None
-    if parsed_kind is CredentialKind.MECHATRONIC_KEY and gw.simulates_keys(door):
-        return await gw.present_key(door, parsed_value)
+    simulator = gw.simulator
+    try:
+        if parsed_kind is CredentialKind.MECHATRONIC_KEY and simulator.simulates_keys(door):
+            return await simulator.present_key(door, parsed_value)
+        if parsed_kind in SECURE_CARDS and gw.config.hardware.backend == "virtual":
+            return await simulator.present_card(door, parsed_kind, parsed_value)
+    except SimulatorError as err:
+        raise web.HTTPConflict(
+            text=json.dumps({"error": str(err)}), content_type="application/json"
+        ) from None
     return await gw.entry.handle(CredentialRead(door, kind, value))
 
 

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import stat
 
+import aiohttp
 import pytest
 
 from drivers.base import CredentialRead
@@ -206,3 +207,35 @@ async def test_an_unusable_key_file_refuses_its_kind_only(
     keys = nfc_keys(gw)
     assert keys.desfire_master is None
     assert keys.ntag424_master == bytes.fromhex("11" * 16)
+
+
+@pytest.mark.parametrize(
+    ("kind", "uid", "door", "assurance"),
+    [
+        (CredentialKind.NTAG424, TAG_UID, "server-room", AssuranceLevel.HIGH),
+        (CredentialKind.DESFIRE, CARD_UID, "server-room", AssuranceLevel.HIGH),
+        (CredentialKind.NFC_UID, bytes.fromhex("04E0E0E0E0E0E1"), "front", AssuranceLevel.LOW),
+    ],
+)
+async def test_the_simulator_presents_genuine_cards_through_nfcpy(
+    gw: Gateway, kind: CredentialKind, uid: bytes, door: str, assurance: AssuranceLevel
+) -> None:
+    unknown = await gw.simulator.present_card(door, kind, uid.hex())
+    assert unknown.reason is Reason.UNKNOWN_CREDENTIAL  # genuine, but nobody's yet
+    enrolling = asyncio.create_task(gw.enrolment.enrol_card(door, "ada", timeout_s=10))
+    await asyncio.sleep(0)
+    reading = asyncio.create_task(gw.simulator.present_card(door, kind, uid.hex()))
+    credential = await enrolling
+    reading.cancel()
+    assert (credential.kind, credential.assurance) == (kind, assurance)
+
+
+async def test_the_simulator_over_the_web_api(gw: Gateway) -> None:
+    url = f"http://127.0.0.1:{gw.web.port}/api/simulator/doors/server-room/present"
+    async with aiohttp.ClientSession() as session:
+        body = {"credential": f"ntag424:{TAG_UID.hex()}"}
+        async with session.post(url, json=body) as response:
+            assert response.status == 200
+            answer = await response.json()
+    assert answer["decision"]["reason"] == "unknown_credential"
+    assert answer["decision"]["assurance"] == "high"  # a genuine tag of this site

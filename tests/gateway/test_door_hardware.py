@@ -472,8 +472,8 @@ async def test_a_lost_key_on_the_blacklist_is_named_even_once_no_longer_enrolled
     assert gw.cache.view.credential(CredentialKind.MECHATRONIC_KEY, lost) is None
     await gw.doors.set_mode("server-room", DoorMode.EMERGENCY_OPEN, source="test")
 
-    decision = await gw.present_key("server-room", lost)
+    decision = await gw.simulator.present_key("server-room", lost)
 
     assert decision.reason is Reason.KEY_BLACKLISTED  # wins even over emergency open
     assert not decision.granted
-    assert (await gw.present_key("server-room", ADA_KEY)).reason is Reason.EMERGENCY_OPEN
+    assert (await gw.simulator.present_key("server-room", ADA_KEY)).reason is Reason.EMERGENCY_OPEN
