@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from gateway.ble_protocol import RSSI_PRESETS_DBM
+from gateway.ble_protocol import ProximityError, proximity_threshold
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["json", "text"]
@@ -176,31 +176,10 @@ class HardwareSection:
     boards: tuple[BoardEntry, ...] = ()
 
 
-PROXIMITY_DBM_RANGE = (-100, -20)
-
-
-def proximity_dbm(text: str) -> int:
-    """The RSSI threshold ``text`` names: a preset or a custom value in dBm; ValueError else."""
-    preset = RSSI_PRESETS_DBM.get(text)
-    if preset is not None:
-        return preset
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    low, high = PROXIMITY_DBM_RANGE
-    if not low <= value <= high:
-        raise ValueError(
-            f"{text!r} is not a BLE proximity; allowed: {', '.join(RSSI_PRESETS_DBM)}, "
-            f'or a threshold in dBm from {low} to {high} such as "-52"'
-        )
-    return value
-
-
 def _is_proximity(text: str) -> bool:
     try:
-        proximity_dbm(text)
-    except ValueError:
+        proximity_threshold(text)
+    except ProximityError:
         return False
     return True
 

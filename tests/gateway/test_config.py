@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import gateway.config
+from gateway.ble_protocol import proximity_threshold
 from gateway.config import (
     BoardEntry,
     CloudSection,
@@ -27,7 +28,6 @@ from gateway.config import (
     config_to_dict,
     load_config,
     parse_config,
-    proximity_dbm,
 )
 
 EXAMPLE = Path(gateway.config.__file__).parent / "data" / "example.toml"
@@ -587,9 +587,9 @@ def test_docs_repeat_the_example_file_verbatim() -> None:
     [("touch", -35), ("near", -45), ("far", -60), ("-52", -52), ("-100", -100), ("-20", -20)],
 )
 def test_ble_proximity_presets_and_custom_values(text: str, expected: int) -> None:
-    assert proximity_dbm(text) == expected
+    assert proximity_threshold(text) == expected
     config = parse_config({"doors": {"front": {"ble_proximity": text}}})
-    assert proximity_dbm(config.doors["front"].ble_proximity) == expected
+    assert proximity_threshold(config.doors["front"].ble_proximity) == expected
 
 
 @pytest.mark.parametrize(
