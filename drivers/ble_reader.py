@@ -37,6 +37,7 @@ from types import MappingProxyType
 from typing import Final, TypeVar
 
 from bleak import BleakClient, BleakScanner
+from bleak.args.bluez import BlueZClientArgs, BlueZScannerArgs
 from bleak.backends.client import BaseBleakClient
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
@@ -161,8 +162,16 @@ class BleReader:
         scanner_backend: type[BaseBleakScanner] | None = None,
         client_backend: type[BaseBleakClient] | None = None,
         on_timing: Callable[[ExchangeTiming], None] | None = None,
+        adapter: str | None = None,
     ) -> None:
+        """``adapter``: the BlueZ adapter (e.g. "hci0"); None: the system's default."""
         self.reader_id = reader_id
+        self._scan_args = (
+            BlueZScannerArgs() if adapter is None else BlueZScannerArgs(adapter=adapter)
+        )
+        self._client_args = (
+            BlueZClientArgs() if adapter is None else BlueZClientArgs(adapter=adapter)
+        )
         #: Smoothed RSSI at or above which a phone presents (ProximityError if out of range).
         self.threshold_dbm = proximity_threshold(proximity)
         self._identity = identity
@@ -187,7 +196,7 @@ class BleReader:
         self._handler = handler
 
     def feedback(self, reader_id: str, feedback: Feedback) -> None:
-        """A phone reader has no LED or buzzer: the phone app shows the outcome itself."""
+        """No-op: a radio has no LED or buzzer; the door's own reader shows the outcome."""
         _LOGGER.debug("BLE reader %s: feedback %s (nothing to show)", reader_id, feedback)
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -237,7 +246,10 @@ class BleReader:
         while True:
             try:
                 scanner = BleakScanner(
-                    self._on_advertisement, [SERVICE_UUID], backend=self._scanner_backend
+                    self._on_advertisement,
+                    [SERVICE_UUID],
+                    bluez=self._scan_args,
+                    backend=self._scanner_backend,
                 )
                 await scanner.start()
             except Exception as err:  # BleakError, OSError (no D-Bus), or a backend's own
@@ -388,6 +400,7 @@ class BleReader:
             lambda _client: lost.set(),
             [SERVICE_UUID],
             timeout=CONNECT_TIMEOUT_S,
+            bluez=self._client_args,
             backend=self._client_backend,
         )
         try:

@@ -31,7 +31,7 @@ from gateway.model import EventType
 from gateway.nfc_cards import CardError, CardReading, Transceive, read_iso_dep_card
 from gateway.outbox import Outbox
 from gateway.readers import ReaderSet
-from gateway.simulator import Simulator
+from gateway.simulator import DEFAULT_PROXIMITY, Simulator
 from gateway.sun_counters import SunCounters
 from gateway.verifiers import SUN_COUNTERS_FILE, build_verifiers, load_secrets
 from gateway.web import WebServer, make_app
@@ -89,6 +89,8 @@ class Gateway:
         for door_id, door in config.doors.items():
             if door.nfc_reader:
                 self.reader_set.add(NfcReader(door_id, door.nfc_reader, self._read_card))
+        if config.hardware.backend != "virtual":  # the virtual one's radios are the simulator's
+            self._add_ble_readers()
         self.entry = EntryService(
             self.cache,
             self.doors,
@@ -100,7 +102,18 @@ class Gateway:
         )
         self.enrolment = Enrolment(self.cache, self.entry, self.events, clock)
         self.simulator = Simulator(
-            self.hardware, self.secrets, self.reader_set, self.entry, self._read_card
+            self.hardware,
+            self.secrets,
+            self.reader_set,
+            self.entry,
+            self.enrolment,
+            self.challenges,
+            self._read_card,
+            proximity=lambda door_id: (
+                config.doors[door_id].ble_proximity
+                if door_id in config.doors and config.doors[door_id].ble_proximity
+                else DEFAULT_PROXIMITY
+            ),
         )
         self.cloud = self._cloud_service() if config.cloud.enabled else None
         self.web = WebServer(
@@ -174,6 +187,7 @@ class Gateway:
                 stack.push_async_callback(self.cloud.stop)
             self.entry.start()
             stack.push_async_callback(self.entry.stop)
+            stack.push_async_callback(self.simulator.stop)  # its radios, once readers stopped
             self.reader_set.start()
             stack.push_async_callback(self.reader_set.stop)
             stack.push_async_callback(self.web.stop)
@@ -214,6 +228,28 @@ class Gateway:
             clock=self.clock,
             backoff=self._cloud_backoff,
         )
+
+    def _add_ble_readers(self) -> None:
+        """A BLE reader on the adapter for each door with a proximity (needs the reader key)."""
+        doors = {d: e.ble_proximity for d, e in self.config.doors.items() if e.ble_proximity}
+        if not doors:
+            return
+        identity = self.secrets.reader
+        if identity is None:
+            _LOGGER.error(
+                "phones cannot open %s: this gateway has no usable BLE reader key",
+                ", ".join(sorted(doors)),
+            )
+            return
+        # Imported here: bleak and D-Bus only on gateways that read phones.
+        from drivers.ble_reader import BleReader  # noqa: PLC0415
+
+        for door_id, proximity in doors.items():
+            self.reader_set.add(
+                BleReader(
+                    door_id, proximity, identity, self.challenges, adapter=self.config.ble.adapter
+                )
+            )
 
     def _read_card(self, uid: bytes, transceive: Transceive) -> CardReading:
         """The card dialogue of the gateway's NFC readers, with this site's keys."""

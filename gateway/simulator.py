@@ -3,29 +3,43 @@
 On the virtual backend every credential kind goes the whole way through the unchanged drivers:
 a mechatronic key through its virtual board and the serial bus; an NTAG 424 DNA tag or a DESFire
 card (personalised with this gateway's own keys, so genuine) into the field of the door's
-simulated NFC reader, nfcpy's udp device; a plain card as its bare UID the same way. Each door's
-simulated NFC reader is made on its first use.
+simulated NFC reader, nfcpy's udp device; a plain card as its bare UID the same way; a phone
+running the reference app onto the door's virtual Bluetooth radio (bumble), where the door's
+unchanged bleak-based reader finds it, judges its distance and runs the handshake. Each door's
+simulated NFC reader and radio are made on first use; a radio per door, so a phone is at one door.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from drivers.nfc_emulators import DesfireCard, Ntag424Tag
 from drivers.nfc_reader import NfcReader
 from drivers.nfc_udp_tag import UdpIsoDepTag, UdpType2Tag, free_udp_port
+from drivers.reference_phone import ReferencePhone
+from gateway.challenges import ChallengeBook
+from gateway.enrolment import Enrolment
 from gateway.entry import EntryService
 from gateway.hardware import BoardHardware, Hardware
 from gateway.mechkeys import respond
-from gateway.model import CredentialKind, Decision
+from gateway.model import Credential, CredentialKind, Decision
 from gateway.nfc_cards import CardReading, Transceive
 from gateway.readers import ReaderSet
 from gateway.verifiers import SiteSecrets
 
+_LOGGER = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # bumble and bleak are loaded only once a phone is simulated
+    from drivers.bleak_bumble import VirtualRadio
+
 #: How long a presentation waits for its decision before the simulator gives up.
 DECISION_TIMEOUT_S = 5.0
+#: A simulated phone's proximity threshold where the door has none configured.
+DEFAULT_PROXIMITY = "near"
 #: Kinds presented at the door's simulated NFC reader.
 CARD_KINDS = frozenset({CredentialKind.NFC_UID, CredentialKind.NTAG424, CredentialKind.DESFIRE})
 
@@ -43,14 +57,91 @@ class Simulator:
         secrets: SiteSecrets,
         readers: ReaderSet,
         entry: EntryService,
+        enrolment: Enrolment,
+        challenges: ChallengeBook,
         read_card: Callable[[bytes, Transceive], CardReading],
+        proximity: Callable[[str], str] = lambda door_id: DEFAULT_PROXIMITY,
     ) -> None:
+        """``proximity(door)``: the BLE proximity setting of the door's simulated reader."""
         self._hardware = hardware
         self._secrets = secrets
         self._readers = readers
         self._entry = entry
         self._read_card = read_card
+        self._enrolment = enrolment
+        self._challenges = challenges
+        self._proximity = proximity
         self._nfc_ports: dict[str, int] = {}  # door -> the udp port of its simulated NFC reader
+        self._radios: dict[str, VirtualRadio] = {}  # door -> its virtual radio, reader on it
+        self._radio_lock = asyncio.Lock()
+        self._phones: dict[str, ReferencePhone] = {}  # key id (hex) -> the phone holding it
+
+    async def new_phone(self, user_id: str) -> Credential:
+        """A phone with the reference app, enrolled for ``user_id`` (EnrolmentError if not)."""
+        identity = self._secrets.reader
+        if identity is None:
+            raise SimulatorError("this gateway has no BLE reader key: no phone can trust it")
+        phone = ReferencePhone.generate({identity.reader_id: identity.public_key})
+        credential = await self._enrolment.enrol_phone(user_id, phone.public_key_bytes)
+        self._phones[credential.value] = phone
+        return credential
+
+    async def present_phone(self, door_id: str, key_id: str) -> Decision:
+        """A simulated phone (made by ``new_phone``) held near the door until it is decided."""
+        from drivers.sim_phone import SimPhone  # noqa: PLC0415 - bumble only when used
+
+        phone = self._phones.get(key_id.upper())
+        if phone is None:
+            raise SimulatorError(
+                f"no simulated phone holds key {key_id!r}; make one first (POST /api/simulator/phones)"
+            )
+        radio = await self._radio(door_id)
+        phone.rotate()  # a fresh ephemeral id: the reader's cooldown is for the id it last saw
+        decided = self._entry.next_decision(door_id)
+        async with SimPhone(radio, phone):
+            try:
+                return await asyncio.wait_for(decided, DECISION_TIMEOUT_S)
+            except TimeoutError:
+                decided.cancel()
+                raise SimulatorError(
+                    f"the BLE reader at {door_id!r} did not read the phone within "
+                    f"{DECISION_TIMEOUT_S:g} s"
+                ) from None
+
+    async def _radio(self, door_id: str) -> VirtualRadio:
+        """The door's virtual radio with its BLE reader, made and started on first use."""
+        from drivers.ble_reader import BleReader  # noqa: PLC0415 - bleak only when used
+        from drivers.bleak_bumble import VirtualRadio  # noqa: PLC0415
+
+        identity = self._secrets.reader
+        if identity is None:
+            raise SimulatorError("this gateway has no BLE reader key")
+        async with self._radio_lock:
+            radio = self._radios.get(door_id)
+            if radio is None:
+                radio = VirtualRadio()
+                central = await radio.add_central(f"gateway-{door_id}")
+                self._readers.add(
+                    BleReader(
+                        door_id,
+                        self._proximity(door_id),
+                        identity,
+                        self._challenges,
+                        scanner_backend=central.scanner_backend,
+                        client_backend=central.client_backend,
+                    )
+                )
+                self._radios[door_id] = radio
+            return radio
+
+    async def stop(self) -> None:
+        """Switch the virtual radios off (after the readers on them stopped)."""
+        radios, self._radios = list(self._radios.values()), {}
+        for radio in radios:
+            try:
+                await radio.close()
+            except Exception:  # one radio's failure must not keep the others on
+                _LOGGER.exception("closing a simulated radio failed")
 
     def simulates_keys(self, door_id: str) -> bool:
         """Whether a mechatronic key can be presented at ``door_id`` (a virtual board's door)."""

@@ -223,8 +223,11 @@ async def _present(gw: Gateway, door: str, kind: str, value: str) -> Decision:
     try:
         if parsed_kind is CredentialKind.MECHATRONIC_KEY and simulator.simulates_keys(door):
             return await simulator.present_key(door, parsed_value)
-        if parsed_kind in SECURE_CARDS and gw.config.hardware.backend == "virtual":
-            return await simulator.present_card(door, parsed_kind, parsed_value)
+        if gw.config.hardware.backend == "virtual":
+            if parsed_kind in SECURE_CARDS:
+                return await simulator.present_card(door, parsed_kind, parsed_value)
+            if parsed_kind is CredentialKind.BLE_PHONE_KEY:
+                return await simulator.present_phone(door, parsed_value)
     except SimulatorError as err:
         raise web.HTTPConflict(
             text=json.dumps({"error": str(err)}), content_type="application/json"
@@ -270,6 +273,16 @@ async def enrol_card(request: web.Request) -> web.Response:
     return web.json_response({"credential": credential_to_json(credential)}, status=201)
 
 
+async def new_phone(request: web.Request) -> web.Response:
+    """Simulator: a phone with the reference app, enrolled for a user; 201 with its credential."""
+    body = await _body(request)
+    try:
+        credential = await _gateway(request).simulator.new_phone(_field(body, "user"))
+    except (EnrolmentError, SimulatorError) as err:
+        raise BadRequest(str(err)) from None
+    return web.json_response({"credential": credential_to_json(credential)}, status=201)
+
+
 def make_app(gw: Gateway, *, simulated: bool, enrolment: bool = False) -> web.Application:
     """The aiohttp application for a gateway; simulator routes only on simulated hardware."""
     app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -285,6 +298,7 @@ def make_app(gw: Gateway, *, simulated: bool, enrolment: bool = False) -> web.Ap
         app.router.add_post("/api/doors/{door}/enrol", enrol_card)
     if simulated:
         app.router.add_post("/api/simulator/doors/{door}/present", present)
+        app.router.add_post("/api/simulator/phones", new_phone)
     return app
 
 

@@ -239,3 +239,34 @@ async def test_the_simulator_over_the_web_api(gw: Gateway) -> None:
             answer = await response.json()
     assert answer["decision"]["reason"] == "unknown_credential"
     assert answer["decision"]["assurance"] == "high"  # a genuine tag of this site
+
+
+async def test_a_simulated_phone_opens_the_door_through_the_ble_reader(gw: Gateway) -> None:
+    credential = await gw.simulator.new_phone("ada")
+    decision = await gw.simulator.present_phone("server-room", credential.value)
+    assert (decision.granted, decision.assurance) == (True, AssuranceLevel.HIGH)
+    assert decision.credential_id == credential.id
+    again = await gw.simulator.present_phone("server-room", credential.value)
+    assert again.granted  # a new ephemeral id each time: the reader's cooldown does not apply
+
+
+async def test_simulated_phones_over_the_web_api(gw: Gateway) -> None:
+    base = f"http://127.0.0.1:{gw.web.port}/api/simulator"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{base}/phones", json={"user": "bob"}) as response:
+            assert response.status == 201
+            key_id = (await response.json())["credential"]["value"]
+        async with session.post(f"{base}/phones", json={"user": "carla"}) as response:
+            assert response.status == 400
+            assert "suspended" in (await response.json())["error"]
+        present = f"{base}/doors/server-room/present"
+        body = {"credential": f"ble_phone_key:{key_id}"}
+        async with session.post(present, json=body) as response:
+            assert response.status == 200
+            answer = await response.json()
+        assert answer["decision"]["reason"] == "no_rule_for_door"  # Bob's plan: not that door
+        assert answer["decision"]["assurance"] == "high"
+        body = {"credential": "ble_phone_key:" + "AB" * 16}
+        async with session.post(present, json=body) as response:
+            assert response.status == 409
+            assert "no simulated phone holds key" in (await response.json())["error"]
