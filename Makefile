@@ -29,6 +29,7 @@ bench: $(READY)
 	$(VENV)/bin/python -m bench delta
 	$(VENV)/bin/python -m bench outbox
 	$(VENV)/bin/python -m bench snapshot
+	$(VENV)/bin/python -m bench credentials
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
