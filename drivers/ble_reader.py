@@ -2,10 +2,10 @@
 
 For one door (CREDENTIALS.md, "Smartphone over BLE"):
 
-1. scan for the Luckey service; each advertisement's service data names a rotating ephemeral id
-   (garbage and truncated service data is ignored and counted). Everything is keyed on that id,
-   never on the address, which phones rotate;
-2. smooth the id's RSSI: the median of its last ``RSSI_SAMPLES`` samples heard within
+1. scan for the Luckey service; each advertisement's service data (or, from an iPhone, its local
+   name) names a rotating ephemeral id (garbage and truncated ones are ignored and counted).
+   Everything is keyed on that id, never on the address, which phones rotate;
+2. smooth the id's RSSI: the low median of its last ``RSSI_SAMPLES`` samples heard within
    ``RSSI_WINDOW_S`` (at least ``RSSI_MIN_SAMPLES``);
 3. at or above the door's threshold, and outside the id's cooldown: connect and run the GATT
    flow of ``ReaderHandshake`` with a fresh nonce from the ChallengeBook, each step within
@@ -47,6 +47,7 @@ from drivers.base import CredentialRead, Feedback
 from gateway import ble_protocol
 from gateway.backoff import Backoff
 from gateway.ble_protocol import (
+    LOCAL_NAME_PREFIX,
     NONCE_BYTES,
     PHONE_TO_READER_UUID,
     READER_TO_PHONE_UUID,
@@ -56,6 +57,7 @@ from gateway.ble_protocol import (
     PhoneClaim,
     ReaderHandshake,
     parse_advertisement,
+    parse_local_name,
     proximity_threshold,
 )
 from gateway.challenges import ChallengeBook
@@ -281,18 +283,22 @@ class BleReader:
             return  # stopping: the scanner is not stopped yet, but nothing new may start
         self._counts["adverts"] += 1
         payload = data.service_data.get(SERVICE_UUID)
-        if payload is None:
-            self._counts["adverts_without_service_data"] += 1
-            return
+        name = data.local_name
         try:
-            ephemeral_id = parse_advertisement(payload)
+            if payload is not None:
+                ephemeral_id = parse_advertisement(payload)
+            elif name is not None and name.startswith(LOCAL_NAME_PREFIX):
+                ephemeral_id = parse_local_name(name)  # a phone that cannot send service data
+            else:
+                self._counts["adverts_without_id"] += 1
+                return
         except BleProtocolError as err:
             self._counts["adverts_ignored"] += 1
             log = _LOGGER.warning if self._counts["adverts_ignored"] == 1 else _LOGGER.debug
             log(
-                "BLE reader %s: ignored service data %s: %s",
+                "BLE reader %s: ignored an advertisement (%s): %s",
                 self.reader_id,
-                payload[:32].hex(),
+                f"service data {payload[:32].hex()}" if payload is not None else "local name",
                 err,
             )
             return

@@ -23,6 +23,7 @@ from gateway.ble_protocol import (
     ReaderHello,
     advertisement,
     key_id_for,
+    local_name,
     message_type,
     public_key_bytes,
 )
@@ -91,6 +92,10 @@ class ReferencePhone:
     def service_data(self) -> bytes:
         """The service data to advertise now under SERVICE_UUID."""
         return advertisement(self.ephemeral_id)
+
+    def local_name(self) -> str:
+        """The local name to advertise now instead, where service data cannot be (iOS)."""
+        return local_name(self.ephemeral_id)
 
     def rotate(self) -> None:
         """Advertise a new ephemeral id from now on."""

@@ -54,7 +54,9 @@ class SimPhone:
         rssi_dbm: int = DEFAULT_RSSI_DBM,
         interval_ms: float = ADVERTISING_INTERVAL_MS,
         stall_after: int | None = None,
+        ios: bool = False,
     ) -> None:
+        """``ios``: advertise the ephemeral id in the local name, as an iPhone must."""
         self.phone = phone
         #: Requests (writes and reads) answered per connection before the phone falls silent.
         self.stall_after = stall_after
@@ -62,6 +64,7 @@ class SimPhone:
         self._name = name
         self._rssi_dbm = rssi_dbm
         self._interval_ms = interval_ms
+        self._ios = ios
         self._peripheral: VirtualPeripheral | None = None
         self._advertised = b""
         self._requests: dict[Connection, int] = {}
@@ -212,11 +215,15 @@ class SimPhone:
     async def _advertise(self) -> None:
         service_data = self.phone.service_data()
         self._advertised = service_data
-        await self.peripheral.advertise(
-            advertising_payload(service_data=[(SERVICE_UUID, service_data)]),
-            scan_response_payload(service_uuids=[SERVICE_UUID]),
-            interval_ms=self._interval_ms,
-        )
+        if self._ios:
+            # What CoreBluetooth sends for a foreground app: the UUID list in the advertisement,
+            # the local name (too long to fit beside it) in the scan response.
+            advert = advertising_payload(service_uuids=[SERVICE_UUID])
+            response = scan_response_payload(local_name=self.phone.local_name())
+        else:
+            advert = advertising_payload(service_data=[(SERVICE_UUID, service_data)])
+            response = scan_response_payload(service_uuids=[SERVICE_UUID])
+        await self.peripheral.advertise(advert, response, interval_ms=self._interval_ms)
 
     async def _refresh(self) -> None:
         """Follow the phone's own rotation of its ephemeral id."""

@@ -15,6 +15,7 @@ the tests check the document's tables and worked example against this code.
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
 import hmac
@@ -198,6 +199,31 @@ def parse_advertisement(service_data: bytes) -> bytes:
         )
     _check_version(service_data[0], "service data")
     return bytes(service_data[1:])
+
+
+#: The local-name carrier of the ephemeral id, for phones that cannot advertise service data
+#: (iOS): this prefix (its digit is the version), then the id in RFC 4648 base32 without padding.
+LOCAL_NAME_PREFIX: Final = "LK1"
+LOCAL_NAME_CHARS: Final = len(LOCAL_NAME_PREFIX) + 13  # 8 bytes are 13 base32 characters
+
+
+def local_name(ephemeral_id: bytes) -> str:
+    """The local name a phone advertises to carry its ephemeral id (iOS: the only way)."""
+    if len(ephemeral_id) != EPHEMERAL_ID_BYTES:
+        raise ValueError(f"an ephemeral id is {EPHEMERAL_ID_BYTES} bytes, not {len(ephemeral_id)}")
+    return LOCAL_NAME_PREFIX + base64.b32encode(ephemeral_id).decode("ascii").rstrip("=")
+
+
+def parse_local_name(name: str) -> bytes:
+    """The ephemeral id in a phone's local name; BleProtocolError if it is not one of ours."""
+    if len(name) != LOCAL_NAME_CHARS or not name.startswith(LOCAL_NAME_PREFIX):
+        raise BleProtocolError(
+            f"local name {name[:24]!r} is not {LOCAL_NAME_PREFIX!r} and 13 base32 characters"
+        )
+    try:
+        return base64.b32decode(name[len(LOCAL_NAME_PREFIX) :] + "===", casefold=False)
+    except ValueError:  # binascii.Error: a character outside A-Z 2-7
+        raise BleProtocolError(f"local name {name!r} is not base32 after its prefix") from None
 
 
 # --- Transcript and session keys ----------------------------------------------------------------

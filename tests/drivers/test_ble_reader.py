@@ -165,6 +165,17 @@ async def test_a_near_phone_presents_its_key_once_and_is_disconnected(rig: Rig) 
     assert rig.reader.last_timing == timing
 
 
+async def test_an_iphone_carrying_its_id_in_the_local_name_presents(rig: Rig) -> None:
+    sim = await rig.phone(rssi_dbm=-40, ios=True)
+    rig.reader.start()
+
+    read = await rig.read()
+
+    assert read.value == sim.phone.key_id.hex().upper()
+    proof = parse_proof(read.proof)
+    assert proof.transcript.ephemeral_id == sim.phone.ephemeral_id  # taken from the name
+
+
 async def test_a_phone_too_far_away_is_never_connected(rig: Rig) -> None:
     sim = await rig.phone(rssi_dbm=-70)
     rig.reader.start()
@@ -346,7 +357,7 @@ async def test_garbage_and_truncated_adverts_are_ignored_and_counted(rig: Rig) -
     rig.reader.start()
 
     await until(lambda: rig.reader.counts["adverts_ignored"] >= 10)
-    await until(lambda: rig.reader.counts["adverts_without_service_data"] >= 3)
+    await until(lambda: rig.reader.counts["adverts_without_id"] >= 3)
     assert rig.reader.counts["exchanges"] == 0
 
     sim = await rig.phone()  # a real phone among them still reads

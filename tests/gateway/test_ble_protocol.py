@@ -674,3 +674,38 @@ def test_an_identity_must_match_its_key() -> None:
         ReaderIdentity(fixed_key("a"), key_id_for(fixed_key("b").public_key()))
     with pytest.raises(ValueError, match="must be on P-256"):
         ReaderIdentity.from_private_key(ec.generate_private_key(ec.SECP384R1()))
+
+
+def test_the_local_name_carries_the_ephemeral_id() -> None:
+    eid = bytes.fromhex("0123456789abcdef")
+    name = bp.local_name(eid)
+    assert name == "LK1AERUKZ4JVPG66"
+    assert len(name) == bp.LOCAL_NAME_CHARS
+    assert bp.parse_local_name(name) == eid
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "LK1AERUKZ4JVPG6",  # one character short
+        "LK1AERUKZ4JVPG666",  # one too many
+        "LK2AERUKZ4JVPG66",  # another version
+        "LK1aerukz4jvpg66",  # base32 is upper case
+        "LK1AERUKZ4JVPG01",  # 0 and 1 are not base32
+        "Pixel 9",
+        "",
+    ],
+)
+def test_a_local_name_that_is_not_ours_is_refused(name: str) -> None:
+    with pytest.raises(bp.BleProtocolError):
+        bp.parse_local_name(name)
+
+
+@given(st.text(max_size=40))
+def test_any_local_name_parses_or_is_refused_cleanly(name: str) -> None:
+    try:
+        eid = bp.parse_local_name(name)
+    except bp.BleProtocolError:
+        return
+    assert len(eid) == bp.EPHEMERAL_ID_BYTES
+    assert bp.local_name(eid) == name
