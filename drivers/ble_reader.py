@@ -51,16 +51,15 @@ from gateway.ble_protocol import (
     NONCE_BYTES,
     PHONE_TO_READER_UUID,
     READER_TO_PHONE_UUID,
-    RSSI_PRESETS_DBM,
     SERVICE_UUID,
     BleProtocolError,
     PhoneClaim,
     ReaderHandshake,
     parse_advertisement,
     parse_local_name,
-    proximity_threshold,
 )
 from gateway.challenges import ChallengeBook
+from gateway.proximity import RSSI_PRESETS_DBM, proximity_threshold
 from gateway.reader_identity import ReaderIdentity
 
 _LOGGER = logging.getLogger(__name__)

@@ -15,7 +15,6 @@ from importlib import resources
 from typing import TYPE_CHECKING
 
 from drivers.base import ReaderBank, RelayBank
-from drivers.nfc_reader import NfcReader
 from gateway import codec
 from gateway.backoff import Backoff
 from gateway.cache import ApplyResult, Cache
@@ -28,16 +27,15 @@ from gateway.entry import EntryService
 from gateway.events import EventLog, new_event
 from gateway.hardware import Hardware, build_hardware
 from gateway.model import EventType
-from gateway.nfc_cards import CardError, CardReading, Transceive, read_iso_dep_card
 from gateway.outbox import Outbox
 from gateway.readers import ReaderSet
 from gateway.simulator import DEFAULT_PROXIMITY, Simulator
-from gateway.sun_counters import SunCounters
 from gateway.verifiers import SUN_COUNTERS_FILE, build_verifiers, load_secrets
 from gateway.web import WebServer, make_app
 
 if TYPE_CHECKING:
     from gateway.cloud import CloudService
+    from gateway.nfc_cards import CardReading, Transceive
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -86,9 +84,13 @@ class Gateway:
             self.cache, self.door_modes, self.hardware, self.events, clock, config.doors
         )
         self.reader_set = ReaderSet(self.hardware.readers)
-        for door_id, door in config.doors.items():
-            if door.nfc_reader:
-                self.reader_set.add(NfcReader(door_id, door.nfc_reader, self._read_card))
+        nfc_doors = {d: e.nfc_reader for d, e in config.doors.items() if e.nfc_reader}
+        if nfc_doors:
+            # Imported here, like every kind's modules: nfcpy and libusb only where readers are.
+            from drivers.nfc_reader import NfcReader  # noqa: PLC0415
+
+            for door_id, path in nfc_doors.items():
+                self.reader_set.add(NfcReader(door_id, path, self._read_card))
         if config.hardware.backend != "virtual":  # the virtual one's radios are the simulator's
             self._add_ble_readers()
         self.entry = EntryService(
@@ -155,18 +157,21 @@ class Gateway:
                 )
             await self.cache.start()
             stack.push_async_callback(self.cache.stop)
-            counters = await SunCounters.open(state_dir / SUN_COUNTERS_FILE)
-            counters.start()
-            stack.push_async_callback(counters.close)
-            if counters.reset:
-                await self.events.record(
-                    new_event(
-                        EventType.CACHE_RESET,
-                        self.clock(),
-                        {"store": "sun_counters", "reason": "the file was unreadable"},
+            if self.secrets.nfc is not None:  # NTAG 424 DNA tags can be verified here
+                from gateway.sun_counters import SunCounters  # noqa: PLC0415
+
+                counters = await SunCounters.open(state_dir / SUN_COUNTERS_FILE)
+                counters.start()
+                stack.push_async_callback(counters.close)
+                if counters.reset:
+                    await self.events.record(
+                        new_event(
+                            EventType.CACHE_RESET,
+                            self.clock(),
+                            {"store": "sun_counters", "reason": "the file was unreadable"},
+                        )
                     )
-                )
-            self._verifiers.update(build_verifiers(self.secrets, self.challenges, counters))
+                self._verifiers.update(build_verifiers(self.secrets, self.challenges, counters))
             if self.cache.reset_reason:
                 await self.events.record(
                     new_event(
@@ -253,6 +258,8 @@ class Gateway:
 
     def _read_card(self, uid: bytes, transceive: Transceive) -> CardReading:
         """The card dialogue of the gateway's NFC readers, with this site's keys."""
+        from gateway.nfc_cards import CardError, read_iso_dep_card  # noqa: PLC0415
+
         keys = self.secrets.nfc
         if keys is None:
             raise CardError("this gateway has no NFC keys: only bare UIDs can be read")

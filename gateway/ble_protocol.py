@@ -19,7 +19,6 @@ import base64
 import enum
 import hashlib
 import hmac
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -65,9 +64,6 @@ SESSION_KEY_BYTES: Final = 16  # AES-128-GCM (NIST SP 800-38D), keys from HKDF (
 # --- Behaviour the gateway promises (the driver enforces it; the phone may rely on it) -----------
 EXCHANGE_TIMEOUT_S: Final = 2.5  # connect to message 4, in total
 #: Reference RSSI thresholds (smoothed, dBm) for a door's proximity setting.
-RSSI_PRESETS_DBM: Final[Mapping[str, int]] = {"touch": -35, "near": -45, "far": -60}
-MIN_THRESHOLD_DBM: Final = -100  # below this every phone in the building is "near"
-MAX_THRESHOLD_DBM: Final = -20  # above this no phone ever is
 
 
 class MessageType(enum.IntEnum):
@@ -592,30 +588,3 @@ class PhoneHandshake:
         return _seal(
             to_reader, PHONE_TO_READER_NONCE, MessageType.PHONE_CREDENTIAL, self._key_id + own
         )
-
-
-class ProximityError(ValueError):
-    """A proximity setting that is neither a preset nor a threshold in range."""
-
-
-def proximity_threshold(value: str | int) -> int:
-    """The RSSI threshold (dBm) for a preset name or a number of dBm; ProximityError if neither."""
-    number: int | None = None
-    if isinstance(value, bool):
-        number = None
-    elif isinstance(value, int):
-        number = value
-    elif isinstance(value, str):
-        text = value.strip().lower()
-        if text in RSSI_PRESETS_DBM:
-            return RSSI_PRESETS_DBM[text]
-        match = re.fullmatch(r"([+-]?\d+)\s*(dbm)?", text)
-        if match:
-            number = int(match.group(1))
-    if number is not None and MIN_THRESHOLD_DBM <= number <= MAX_THRESHOLD_DBM:
-        return number
-    presets = ", ".join(f"{name} ({dbm} dBm)" for name, dbm in RSSI_PRESETS_DBM.items())
-    raise ProximityError(
-        f"proximity {value!r} is not allowed; use {presets} or a threshold in dBm from "
-        f"{MIN_THRESHOLD_DBM} to {MAX_THRESHOLD_DBM} (e.g. -50)"
-    )

@@ -15,8 +15,6 @@ from datetime import date, datetime
 from typing import Any, TypeVar, overload
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from gateway import credentials as creds
 from gateway.model import (
     KIND_ASSURANCE,
@@ -510,6 +508,9 @@ def _public_key(obj: Mapping[str, Any], path: str, kind: CredentialKind) -> byte
     if raw is None:
         return None
     where = _join(path, "public_key")
+    # Imported here: cryptography's bindings (~6 MB) only on sites that have phone keys.
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+
     if kind is not CredentialKind.BLE_PHONE_KEY:
         raise FormatError(
             where,

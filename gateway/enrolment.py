@@ -15,7 +15,6 @@ from collections.abc import Callable
 from datetime import datetime
 
 from drivers.base import CredentialRead
-from gateway.ble_protocol import BleProtocolError, key_id_for, load_public_key
 from gateway.cache import Cache
 from gateway.codec import FormatError, credential_to_json
 from gateway.credentials import Refused, canonical_value, parse_kind, redact
@@ -70,6 +69,13 @@ class Enrolment:
     async def enrol_phone(self, user_id: str, public_key: bytes) -> Credential:
         """Register a phone's P-256 public key (SEC1 uncompressed) as ``user_id``'s credential."""
         self._check_user(user_id)
+        # Imported here: cryptography's bindings only on gateways that enrol phones.
+        from gateway.ble_protocol import (  # noqa: PLC0415
+            BleProtocolError,
+            key_id_for,
+            load_public_key,
+        )
+
         try:
             key_id = key_id_for(load_public_key(public_key))
         except BleProtocolError as err:

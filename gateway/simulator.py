@@ -7,6 +7,7 @@ simulated NFC reader, nfcpy's udp device; a plain card as its bare UID the same 
 running the reference app onto the door's virtual Bluetooth radio (bumble), where the door's
 unchanged bleak-based reader finds it, judges its distance and runs the handshake. Each door's
 simulated NFC reader and radio are made on first use; a radio per door, so a phone is at one door.
+What each needs (nfcpy, cryptography, bumble, bleak) is imported on first use too.
 """
 
 from __future__ import annotations
@@ -17,24 +18,21 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from drivers.nfc_emulators import DesfireCard, Ntag424Tag
-from drivers.nfc_reader import NfcReader
-from drivers.nfc_udp_tag import UdpIsoDepTag, UdpType2Tag, free_udp_port
-from drivers.reference_phone import ReferencePhone
 from gateway.challenges import ChallengeBook
 from gateway.enrolment import Enrolment
 from gateway.entry import EntryService
 from gateway.hardware import BoardHardware, Hardware
-from gateway.mechkeys import respond
 from gateway.model import Credential, CredentialKind, Decision
-from gateway.nfc_cards import CardReading, Transceive
 from gateway.readers import ReaderSet
 from gateway.verifiers import SiteSecrets
 
 _LOGGER = logging.getLogger(__name__)
 
-if TYPE_CHECKING:  # bumble and bleak are loaded only once a phone is simulated
+if TYPE_CHECKING:
     from drivers.bleak_bumble import VirtualRadio
+    from drivers.nfc_udp_tag import UdpIsoDepTag, UdpType2Tag
+    from drivers.reference_phone import ReferencePhone
+    from gateway.nfc_cards import CardReading, Transceive
 
 #: How long a presentation waits for its decision before the simulator gives up.
 DECISION_TIMEOUT_S = 5.0
@@ -81,6 +79,8 @@ class Simulator:
         identity = self._secrets.reader
         if identity is None:
             raise SimulatorError("this gateway has no BLE reader key: no phone can trust it")
+        from drivers.reference_phone import ReferencePhone  # noqa: PLC0415
+
         phone = ReferencePhone.generate({identity.reader_id: identity.public_key})
         credential = await self._enrolment.enrol_phone(user_id, phone.public_key_bytes)
         self._phones[credential.value] = phone
@@ -163,6 +163,8 @@ class Simulator:
         key = bytes.fromhex(key_id)
         decided = self._entry.next_decision(door_id)
         challenge = os.urandom(16)
+        from gateway.mechkeys import respond  # noqa: PLC0415
+
         await board.present_key(reader, key, challenge, respond(site_key, key, challenge))
         return await asyncio.wait_for(decided, DECISION_TIMEOUT_S)
 
@@ -185,6 +187,9 @@ class Simulator:
             card.stop()  # taken out of the field
 
     def _card(self, kind: CredentialKind, uid: bytes, port: int) -> UdpIsoDepTag | UdpType2Tag:
+        from drivers.nfc_emulators import DesfireCard, Ntag424Tag  # noqa: PLC0415
+        from drivers.nfc_udp_tag import UdpIsoDepTag, UdpType2Tag  # noqa: PLC0415
+
         if kind is CredentialKind.NFC_UID:
             return UdpType2Tag(uid, port=port)
         keys = self._secrets.nfc
@@ -198,6 +203,9 @@ class Simulator:
         """The udp port of the door's simulated NFC reader, made and started on first use."""
         port = self._nfc_ports.get(door_id)
         if port is None:
+            from drivers.nfc_reader import NfcReader  # noqa: PLC0415
+            from drivers.nfc_udp_tag import free_udp_port  # noqa: PLC0415
+
             port = self._nfc_ports[door_id] = free_udp_port()
             self._readers.add(NfcReader(door_id, f"udp:127.0.0.1:{port}", self._read_card))
         return port

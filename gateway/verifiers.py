@@ -5,30 +5,29 @@ mechatronic site key, the NFC master keys and the BLE reader key. A kind whose k
 or unusable keeps the refusing verifier (``proof_invalid``): an unchecked proof never opens a
 door, and a broken key file never stops the gateway. The virtual backend makes random keys of
 its own on first start, unique to that gateway.
+
+The modules behind each kind (cryptography's bindings, a few MB) are imported only for the kinds
+whose keys are there.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING
 
-from gateway.ble_verifier import BlePhoneVerifier
 from gateway.challenges import ChallengeBook
 from gateway.config import Config
 from gateway.credentials import DEFAULT_VERIFIERS, Verifier
-from gateway.mechkeys import MechanicalKeyVerifier
 from gateway.model import CredentialKind
-from gateway.nfc_cards import NfcKeys
-from gateway.nfc_verifiers import DesfireVerifier, Ntag424Verifier
-from gateway.reader_identity import ReaderIdentity, ReaderIdentityError, load_reader_identity
 from gateway.site_keys import SITE_KEY_FILE, SiteKeyError, load_site_key
-from gateway.sun_counters import SunCounters
+
+if TYPE_CHECKING:
+    from gateway.nfc_cards import NfcKeys
+    from gateway.reader_identity import ReaderIdentity
+    from gateway.sun_counters import SunCounters
 
 _LOGGER = logging.getLogger(__name__)
-T = TypeVar("T")
 
 NTAG424_MASTER_FILE = "nfc_ntag424_master"
 SUN_META_KEY_FILE = "nfc_sun_meta_key"
@@ -53,9 +52,16 @@ def load_secrets(config: Config) -> SiteSecrets:
     create = config.hardware.backend == "virtual"
 
     def key(name: str, what: str) -> bytes | None:
-        return _logged(
-            lambda: load_site_key(state_dir / name, create=create), what, state_dir / name
-        )
+        """The key in ``name``, or None with the reason logged (never the key itself)."""
+        path = state_dir / name
+        try:
+            found = load_site_key(path, create=create)
+        except SiteKeyError as err:
+            _LOGGER.error("%s will be refused: %s", what, err)
+            return None
+        if found is None:
+            _LOGGER.info("no key at %s: %s will be refused", path, what)
+        return found
 
     mech = key(SITE_KEY_FILE, "mechatronic keys")
     ntag = key(NTAG424_MASTER_FILE, "NTAG 424 DNA challenge-response")
@@ -71,6 +77,8 @@ def load_secrets(config: Config) -> SiteSecrets:
         meta = file_master = None
     nfc = None
     if any(k is not None for k in (ntag, meta, desfire)):
+        from gateway.nfc_cards import NfcKeys  # noqa: PLC0415
+
         nfc = NfcKeys(
             ntag424_master=ntag,
             sun_meta_key=meta,
@@ -79,24 +87,18 @@ def load_secrets(config: Config) -> SiteSecrets:
             desfire_aid=bytes.fromhex(config.nfc.desfire_aid),
             system_identifier=bytes.fromhex(config.nfc.system_identifier),
         )
-    reader = _logged(
-        lambda: load_reader_identity(state_dir / READER_KEY_FILE, create=create),
-        "phones over BLE",
-        state_dir / READER_KEY_FILE,
-    )
+    reader = None
+    reader_file = state_dir / READER_KEY_FILE
+    if create or reader_file.exists() or reader_file.is_symlink():
+        from gateway.reader_identity import ReaderIdentityError, load_reader_identity  # noqa: PLC0415
+
+        try:
+            reader = load_reader_identity(reader_file, create=create)
+        except ReaderIdentityError as err:
+            _LOGGER.error("phones over BLE will be refused: %s", err)
+    else:
+        _LOGGER.info("no key at %s: phones over BLE will be refused", reader_file)
     return SiteSecrets(mech, nfc, reader)
-
-
-def _logged(load: Callable[[], T | None], what: str, path: Path) -> T | None:
-    """``load()``, or None with the reason logged (never the key) when the file is unusable."""
-    try:
-        found = load()
-    except (SiteKeyError, ReaderIdentityError) as err:
-        _LOGGER.error("%s will be refused: %s", what, err)
-        return None
-    if found is None:
-        _LOGGER.info("no key at %s: %s will be refused", path, what)
-    return found
 
 
 def build_verifiers(
@@ -108,12 +110,18 @@ def build_verifiers(
     """
     verifiers = dict(DEFAULT_VERIFIERS)
     if secrets.mech_site_key is not None:
+        from gateway.mechkeys import MechanicalKeyVerifier  # noqa: PLC0415
+
         verifiers[CredentialKind.MECHATRONIC_KEY] = MechanicalKeyVerifier(secrets.mech_site_key)
     if secrets.nfc is not None:
+        from gateway.nfc_verifiers import DesfireVerifier, Ntag424Verifier  # noqa: PLC0415
+
         if secrets.nfc.desfire_master is not None:
             verifiers[CredentialKind.DESFIRE] = DesfireVerifier(secrets.nfc, challenges)
         if counters is not None:
             verifiers[CredentialKind.NTAG424] = Ntag424Verifier(secrets.nfc, challenges, counters)
     if secrets.reader is not None:
+        from gateway.ble_verifier import BlePhoneVerifier  # noqa: PLC0415
+
         verifiers[CredentialKind.BLE_PHONE_KEY] = BlePhoneVerifier(challenges)
     return verifiers

@@ -30,8 +30,9 @@ from drivers.bleak_bumble import (
 )
 from drivers.reference_phone import ReferencePhone
 from drivers.sim_phone import SimPhone
-from gateway.ble_protocol import SERVICE_UUID, ProximityError, parse_proof, proximity_threshold
+from gateway.ble_protocol import SERVICE_UUID, parse_proof
 from gateway.challenges import ChallengeBook
+from gateway.proximity import ProximityError, proximity_threshold
 from gateway.reader_identity import ReaderIdentity
 
 DOOR = "front"

@@ -12,7 +12,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import gateway.config
-from gateway.ble_protocol import proximity_threshold
 from gateway.config import (
     BoardEntry,
     CloudSection,
@@ -29,6 +28,7 @@ from gateway.config import (
     load_config,
     parse_config,
 )
+from gateway.proximity import proximity_threshold
 
 EXAMPLE = Path(gateway.config.__file__).parent / "data" / "example.toml"
 DOCS = Path(__file__).parents[2] / "docs" / "configuration.md"
