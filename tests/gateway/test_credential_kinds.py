@@ -7,17 +7,19 @@ The proofs are made by the card emulators and the reference phone with this gate
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import stat
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from drivers.base import CredentialRead
 from drivers.nfc_emulators import DesfireCard, Ntag424Tag
 from drivers.reference_phone import ReferencePhone
 from gateway.app import Gateway
-from gateway.ble_protocol import ReaderHandshake
+from gateway.ble_protocol import ReaderHandshake, public_key_bytes
 from gateway.model import AssuranceLevel, CredentialKind, Reason
 from gateway.nfc_cards import CardReading, NfcKeys, read_iso_dep_card
 from gateway.verifiers import (
@@ -270,3 +272,38 @@ async def test_simulated_phones_over_the_web_api(gw: Gateway) -> None:
         async with session.post(present, json=body) as response:
             assert response.status == 409
             assert "no simulated phone holds key" in (await response.json())["error"]
+
+
+async def phone_read(gw: Gateway, door: str, key_id: str) -> CredentialRead:
+    """What the door's BLE reader hands over for a simulated phone (captured, not decided)."""
+    captured = gw.entry.capture_next(door)
+    presenting = asyncio.create_task(gw.simulator.present_phone(door, key_id))
+    read = await asyncio.wait_for(captured, 5)
+    presenting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await presenting
+    return read
+
+
+async def test_a_replayed_phone_transcript_is_refused(gw: Gateway) -> None:
+    credential = await gw.simulator.new_phone("ada")
+    read = await phone_read(gw, "server-room", credential.value)
+    assert (await gw.entry.handle(read)).granted
+    replayed = await gw.entry.handle(read)
+    assert (replayed.granted, replayed.reason) == (False, Reason.PROOF_REPLAYED)
+
+
+async def test_a_phone_signing_with_another_key_than_enrolled_is_refused(gw: Gateway) -> None:
+    credential = await gw.simulator.new_phone("ada")
+    other = ec.derive_private_key(42, ec.SECP256R1()).public_key()
+    await gw.cache.enrol(dataclasses.replace(credential, public_key=public_key_bytes(other)))
+    decision = await gw.simulator.present_phone("server-room", credential.value)
+    assert (decision.granted, decision.reason) == (False, Reason.PROOF_INVALID)
+
+
+async def test_a_revoked_phone_is_refused(gw: Gateway) -> None:
+    credential = await gw.simulator.new_phone("ada")
+    await gw.cache.enrol(dataclasses.replace(credential, revoked=True))
+    decision = await gw.simulator.present_phone("server-room", credential.value)
+    assert (decision.granted, decision.reason) == (False, Reason.CREDENTIAL_REVOKED)
+    assert decision.assurance is AssuranceLevel.HIGH  # a genuine phone, no longer allowed
