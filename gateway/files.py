@@ -1,7 +1,8 @@
-"""Small state files replaced atomically and durably (written, synced, renamed, dir synced)."""
+"""Small state files written atomically and durably (written, synced, renamed, dir synced)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -16,8 +17,32 @@ def write_atomically(path: Path, text: str) -> None:
     finally:
         os.close(fd)
     tmp.replace(path)
-    # The rename is durable only once the directory entry is on disk too.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _sync_directory(path.parent)  # the rename is durable only once the entry is on disk too
+
+
+def create_secret(path: Path, data: bytes) -> None:
+    """Create ``path`` holding ``data``, 0600 from its first byte, whole or not at all.
+
+    Written to a temporary file, then hard-linked into place: a crash leaves no empty secret
+    behind, and a file another process made meanwhile is kept, never replaced.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:

@@ -8,7 +8,6 @@ log or an error. A gateway makes its own on first start (``create=True``), uniqu
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import os
 import stat
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.ble_protocol import key_id_for, public_key_bytes
+from gateway.files import create_secret
 
 READER_KEY_FILE = "ble_reader_key.pem"
 _MAX_FILE_BYTES = 8192  # a P-256 PKCS#8 PEM is about 240 bytes
@@ -99,30 +99,10 @@ def load_reader_identity(path: Path, *, create: bool = False) -> ReaderIdentity 
 
 
 def _write_new(path: Path) -> None:
-    """A fresh random key, 0600 from the first byte, that appears whole or not at all.
-
-    Written to a temporary file, then hard-linked into place: a crash leaves no empty key file
-    behind, and a key another process made meanwhile is kept, never replaced.
-    """
+    """A fresh random key, unless another process made one meanwhile (files.create_secret)."""
     pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(pem)
-            file.flush()
-            os.fsync(file.fileno())
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the new name is durable too
-    finally:
-        os.close(dir_fd)
+    create_secret(path, pem)

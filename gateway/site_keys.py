@@ -8,11 +8,12 @@ embedded default get a random one made on first start, unique to that gateway.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import stat
 from pathlib import Path
+
+from gateway.files import create_secret
 
 SITE_KEY_FILE = "mech_site_key"
 SITE_KEY_BYTES = 16
@@ -52,25 +53,5 @@ def load_site_key(path: Path, *, create: bool = False) -> bytes | None:
 
 
 def _write_new(path: Path) -> None:
-    """A fresh random key, 0600 from the first byte, that appears whole or not at all.
-
-    Written to a temporary file, then hard-linked into place: a crash leaves no empty key file
-    behind, and a key another process made meanwhile is kept, never replaced.
-    """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as file:
-            file.write(secrets.token_hex(SITE_KEY_BYTES) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the new name is durable too
-    finally:
-        os.close(dir_fd)
+    """A fresh random key, unless another process made one meanwhile (files.create_secret)."""
+    create_secret(path, (secrets.token_hex(SITE_KEY_BYTES) + "\n").encode("ascii"))
