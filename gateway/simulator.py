@@ -99,14 +99,7 @@ class Simulator:
         phone.rotate()  # a fresh ephemeral id: the reader's cooldown is for the id it last saw
         decided = self._entry.next_decision(door_id)
         async with SimPhone(radio, phone):
-            try:
-                return await asyncio.wait_for(decided, DECISION_TIMEOUT_S)
-            except TimeoutError:
-                decided.cancel()
-                raise SimulatorError(
-                    f"the BLE reader at {door_id!r} did not read the phone within "
-                    f"{DECISION_TIMEOUT_S:g} s"
-                ) from None
+            return await _decision(decided, f"the BLE reader at {door_id!r} did not read the phone")
 
     async def _radio(self, door_id: str) -> VirtualRadio:
         """The door's virtual radio with its BLE reader, made and started on first use."""
@@ -166,7 +159,7 @@ class Simulator:
         from gateway.mechkeys import respond  # noqa: PLC0415
 
         await board.present_key(reader, key, challenge, respond(site_key, key, challenge))
-        return await asyncio.wait_for(decided, DECISION_TIMEOUT_S)
+        return await _decision(decided, f"the board at {door_id!r} did not report the key")
 
     async def present_card(self, door_id: str, kind: CredentialKind, uid: str) -> Decision:
         """A card of ``kind`` held to the door's simulated NFC reader until it is decided."""
@@ -176,13 +169,11 @@ class Simulator:
         decided = self._entry.next_decision(door_id)
         card.start()
         try:
-            return await asyncio.wait_for(decided, DECISION_TIMEOUT_S)
-        except TimeoutError:
-            decided.cancel()
-            raise SimulatorError(
-                f"the reader at {door_id!r} did not read the card within {DECISION_TIMEOUT_S:g} s "
-                "(the same card is ignored for 2 s after it was read)"
-            ) from None
+            return await _decision(
+                decided,
+                f"the reader at {door_id!r} did not read the card "
+                "(the same card is ignored for 2 s after it was read)",
+            )
         finally:
             card.stop()  # taken out of the field
 
@@ -209,3 +200,12 @@ class Simulator:
             port = self._nfc_ports[door_id] = free_udp_port()
             self._readers.add(NfcReader(door_id, f"udp:127.0.0.1:{port}", self._read_card))
         return port
+
+
+async def _decision(decided: asyncio.Future[Decision], failure: str) -> Decision:
+    """The decision, once taken; SimulatorError naming ``failure`` after DECISION_TIMEOUT_S."""
+    try:
+        return await asyncio.wait_for(decided, DECISION_TIMEOUT_S)
+    except TimeoutError:
+        decided.cancel()
+        raise SimulatorError(f"{failure} within {DECISION_TIMEOUT_S:g} s") from None
