@@ -99,7 +99,7 @@ class Enrolment:
         if door_id not in self._cache.view.doors:
             raise EnrolmentError(f"unknown door {door_id!r}")
         try:
-            capture = self._entry.capture_next(door_id)
+            capture = self._entry.capture_next(door_id, kinds=[k.value for k in CARD_KINDS])
         except ValueError as err:
             raise EnrolmentError(str(err)) from None
         try:
@@ -118,11 +118,6 @@ class Enrolment:
             value = canonical_value(kind, read.value)
         except ValueError as err:
             raise EnrolmentError(f"the reader sent an unreadable credential: {err}") from None
-        if kind not in CARD_KINDS:
-            raise EnrolmentError(
-                f"a {kind.value} cannot be enrolled at a reader; "
-                "a phone is enrolled with its public key"
-            )
         # The card proves itself now, as it will at every door: a tag that cannot answer the
         # site's key is not enrolled as anything stronger than what it proved.
         identity = self._entry.verify(Presentation(door_id, kind, value, read.proof))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 
 from drivers.base import CommandFailed, CredentialRead, Feedback, ReaderBank
@@ -61,7 +61,8 @@ class EntryService:
         self._tasks: set[asyncio.Task[Decision]] = set()
         self._accepting = False
         self._watchers: dict[str, list[asyncio.Future[Decision]]] = {}
-        self._captures: dict[str, asyncio.Future[CredentialRead]] = {}
+        #: Enrol mode per reader: the waiting future and the kinds it takes (None: any).
+        self._captures: dict[str, tuple[asyncio.Future[CredentialRead], frozenset[str] | None]] = {}
 
     def start(self) -> None:
         """Start taking reads from the readers."""
@@ -79,10 +80,12 @@ class EntryService:
         if not self._accepting:
             _LOGGER.warning("read at %s ignored: the gateway is stopping", read.reader_id)
             return
-        capture = self._captures.pop(read.reader_id, None)
-        if capture is not None and not capture.done():
-            capture.set_result(read)  # enrol mode: this card is being enrolled, not decided
-            return
+        capture = self._captures.get(read.reader_id)
+        if capture is not None and (capture[1] is None or read.kind in capture[1]):
+            del self._captures[read.reader_id]
+            if not capture[0].done():
+                capture[0].set_result(read)  # enrol mode: this card is enrolled, not decided
+                return
         task = asyncio.create_task(self.handle(read), name=f"read-{read.reader_id}")
         self._tasks.add(task)
         task.add_done_callback(self._done)
@@ -93,22 +96,25 @@ class EntryService:
             # The outbox failing is the only way here; it has logged why. Say which read it was.
             _LOGGER.error("presentation at %s failed", task.get_name(), exc_info=task.exception())
 
-    def capture_next(self, reader_id: str) -> asyncio.Future[CredentialRead]:
-        """Enrol mode: the next read at ``reader_id`` is handed over instead of decided.
+    def capture_next(
+        self, reader_id: str, kinds: Collection[str] | None = None
+    ) -> asyncio.Future[CredentialRead]:
+        """Enrol mode: the next read at ``reader_id`` (of ``kinds``, if given) is handed over.
 
-        Cancel the future to leave enrol mode. One capture per reader at a time: ValueError.
+        Reads of other kinds (a passer-by's phone) are decided as usual meanwhile. Cancel the
+        future to leave enrol mode. One capture per reader at a time: ValueError.
         """
         pending = self._captures.get(reader_id)
-        if pending is not None and not pending.done():
+        if pending is not None and not pending[0].done():
             raise ValueError(f"reader {reader_id!r} is already waiting for a card to enrol")
         future: asyncio.Future[CredentialRead] = asyncio.get_running_loop().create_future()
-        self._captures[reader_id] = future
+        self._captures[reader_id] = (future, None if kinds is None else frozenset(kinds))
         return future
 
     def capturing(self, reader_id: str) -> bool:
         """True while ``reader_id`` is in enrol mode."""
         pending = self._captures.get(reader_id)
-        return pending is not None and not pending.done()
+        return pending is not None and not pending[0].done()
 
     def verify(self, presentation: Presentation) -> Verified | Refused:
         """Check a presentation's proof against the cache as it is now (no decision)."""

@@ -138,7 +138,6 @@ async def test_a_card_already_enrolled_is_not_enrolled_again(
 @pytest.mark.parametrize(
     ("read", "message"),
     [
-        (CredentialRead("front", "ble_phone_key", "AB" * 16), "a phone is enrolled with its"),
         (CredentialRead("front", "ntag424", NEW_CARD, b"\x01garbage"), "did not prove itself"),
         (CredentialRead("front", "nfc_uid", "not hex"), "unreadable credential"),
     ],
@@ -152,6 +151,20 @@ async def test_a_read_that_cannot_be_enrolled_is_refused(
     sim_readers(gw).present(read)
     with pytest.raises(EnrolmentError, match=message):
         await enrolling
+
+
+async def test_a_phone_in_enrol_mode_is_decided_and_the_next_card_enrolled(
+    start_gateway: GatewayFactory, event_waiter: Callable[[Gateway], EventWaiter]
+) -> None:
+    gw = await start_gateway()
+    waiter = event_waiter(gw)
+    enrolling = asyncio.create_task(gw.enrolment.enrol_card("front", "ada", timeout_s=5))
+    await asyncio.sleep(0)
+    sim_readers(gw).present(CredentialRead("front", "ble_phone_key", "AB" * 16))  # passing by
+    await waiter.wait_for("access.denied", door="front")
+    assert gw.entry.capturing("front")  # still waiting for a card
+    sim_readers(gw).present(CredentialRead("front", "nfc_uid", NEW_CARD))
+    assert (await enrolling).value == NEW_CARD
 
 
 async def test_one_enrolment_per_reader_at_a_time(start_gateway: GatewayFactory) -> None:
