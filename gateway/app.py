@@ -123,7 +123,7 @@ class Gateway:
                 self,
                 simulated=config.hardware.backend in ("simulated", "virtual"),
                 # Until the web app has an admin login, enrolment is for this machine only.
-                enrolment=ipaddress.ip_address(config.web.host).is_loopback,
+                local=ipaddress.ip_address(config.web.host).is_loopback,
             ),
             config.web.host,
             config.web.port,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -265,7 +266,8 @@ async def enrol_card(request: web.Request) -> web.Response:
             request.match_info["door"], user, float(timeout_s)
         )
     except NothingPresented as err:
-        raise web.HTTPRequestTimeout(
+        # Not 408: clients may resend that on their own, putting the reader back in enrol mode.
+        raise web.HTTPConflict(
             text=json.dumps({"error": str(err)}), content_type="application/json"
         ) from None
     except EnrolmentError as err:
@@ -283,8 +285,37 @@ async def new_phone(request: web.Request) -> web.Response:
     return web.json_response({"credential": credential_to_json(credential)}, status=201)
 
 
-def make_app(gw: Gateway, *, simulated: bool, enrolment: bool = False) -> web.Application:
-    """The aiohttp application for a gateway; simulator routes only on simulated hardware."""
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def local_only(handler: Handler) -> Handler:
+    """Serve ``handler`` only to requests addressed to this machine by its loopback name.
+
+    The routes that make credentials are registered only when the server listens on loopback;
+    checking the Host header as well keeps a web page the gateway's own browser opens from
+    reaching them through a DNS name rebound to 127.0.0.1.
+    """
+
+    async def checked(request: web.Request) -> web.StreamResponse:
+        if request.url.host not in _LOCAL_HOSTS:
+            raise web.HTTPForbidden(
+                text=json.dumps(
+                    {"error": "this route answers requests to 127.0.0.1 or localhost only"}
+                ),
+                content_type="application/json",
+            )
+        return await handler(request)
+
+    return checked
+
+
+def make_app(gw: Gateway, *, simulated: bool, local: bool = False) -> web.Application:
+    """The aiohttp application for a gateway.
+
+    ``simulated``: the simulator's routes. ``local``: the server listens on loopback only, so the
+    routes that make credentials (enrolment, simulated phones) are served, to local requests.
+    """
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[GATEWAY_KEY] = gw
     app.router.add_get("/", index)
@@ -293,12 +324,13 @@ def make_app(gw: Gateway, *, simulated: bool, enrolment: bool = False) -> web.Ap
     app.router.add_get("/api/users", users)
     app.router.add_get("/api/events", events)
     app.router.add_post("/api/decide", decide)
-    if enrolment:
-        app.router.add_post("/api/users/{user}/phones", enrol_phone)
-        app.router.add_post("/api/doors/{door}/enrol", enrol_card)
+    if local:
+        app.router.add_post("/api/users/{user}/phones", local_only(enrol_phone))
+        app.router.add_post("/api/doors/{door}/enrol", local_only(enrol_card))
     if simulated:
         app.router.add_post("/api/simulator/doors/{door}/present", present)
-        app.router.add_post("/api/simulator/phones", new_phone)
+    if simulated and local:
+        app.router.add_post("/api/simulator/phones", local_only(new_phone))
     return app
 
 

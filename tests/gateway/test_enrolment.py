@@ -204,7 +204,7 @@ async def test_enrolment_over_the_local_api(start_gateway: GatewayFactory) -> No
 
         url = f"{base}/api/doors/front/enrol"
         async with session.post(url, json={"user": "ada", "timeout_s": 1}) as response:
-            assert response.status == 408
+            assert response.status == 409
             assert "no card was presented" in (await response.json())["error"]
         posting = asyncio.create_task(session.post(url, json={"user": "ada", "timeout_s": 5}))
         async with asyncio.timeout(5):
@@ -222,8 +222,32 @@ async def test_no_enrolment_routes_when_the_web_app_listens_beyond_this_machine(
 ) -> None:
     gw = Gateway(gateway_config(web={"host": "0.0.0.0", "allow_remote": True}))
     routes = {r.resource.canonical for r in gw.web.app.router.routes() if r.resource}
-    assert "/api/users/{user}/phones" not in routes
-    assert "/api/doors/{door}/enrol" not in routes
-    local = await start_gateway()
+    making_credentials = {
+        "/api/users/{user}/phones",
+        "/api/doors/{door}/enrol",
+        "/api/simulator/phones",
+    }
+    assert not making_credentials & routes
+    local = await start_gateway(gateway_config(hardware={"backend": "virtual"}))
     routes = {r.resource.canonical for r in local.web.app.router.routes() if r.resource}
-    assert {"/api/users/{user}/phones", "/api/doors/{door}/enrol"} <= routes
+    assert making_credentials <= routes
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/users/ada/phones", "/api/doors/front/enrol", "/api/simulator/phones"],
+)
+async def test_credential_routes_refuse_a_request_addressed_to_another_name(
+    start_gateway: GatewayFactory, gateway_config: ConfigFactory, path: str
+) -> None:
+    gw = await start_gateway(gateway_config(hardware={"backend": "virtual"}))
+    before = gw.cache.view.counts()
+    url = f"http://127.0.0.1:{gw.web.port}{path}"
+    headers = {"Host": f"rebound.example:{gw.web.port}"}  # a DNS name rebound to 127.0.0.1
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json={"user": "ada"}, headers=headers) as response,
+    ):
+        assert response.status == 403
+        assert "127.0.0.1 or localhost only" in (await response.json())["error"]
+    assert gw.cache.view.counts() == before
