@@ -223,7 +223,7 @@ async def _phone_runs(gw: Gateway, runs: int, interval_ms: float) -> list[float]
             "server-room",
             "near",
             identity,
-            gw.challenges,
+            gw.ble_challenges,
             scanner_backend=central.scanner_backend,
             client_backend=central.client_backend,
             on_timing=timings.put_nowait,

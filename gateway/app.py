@@ -75,10 +75,13 @@ class Gateway:
         self.events = EventLog(self.outbox)
         self.cache = Cache(state_dir / "cache.db")
         self.door_modes = DoorModeStore(state_dir / "door_modes.json")
-        self.challenges = ChallengeBook()
+        self.challenges = ChallengeBook()  # the NFC readers'
+        self.ble_challenges = ChallengeBook()  # the BLE readers'
         self.secrets = load_secrets(config)  # never logged; the virtual twin's keys use them
         # Filled in again once the SUN counters are open (start): entry reads it per presentation.
-        self._verifiers = build_verifiers(self.secrets, self.challenges, None)
+        self._verifiers = build_verifiers(
+            self.secrets, None, nfc=self.challenges, ble=self.ble_challenges
+        )
         self.hardware: Hardware = build_hardware(config)
         self.doors = DoorController(
             self.cache, self.door_modes, self.hardware, self.events, clock, config.doors
@@ -109,7 +112,7 @@ class Gateway:
             self.reader_set,
             self.entry,
             self.enrolment,
-            self.challenges,
+            self.ble_challenges,
             self._read_card,
             proximity=lambda door_id: (
                 config.doors[door_id].ble_proximity
@@ -171,7 +174,11 @@ class Gateway:
                             {"store": "sun_counters", "reason": "the file was unreadable"},
                         )
                     )
-                self._verifiers.update(build_verifiers(self.secrets, self.challenges, counters))
+                self._verifiers.update(
+                    build_verifiers(
+                        self.secrets, counters, nfc=self.challenges, ble=self.ble_challenges
+                    )
+                )
             if self.cache.reset_reason:
                 await self.events.record(
                     new_event(
@@ -252,7 +259,11 @@ class Gateway:
         for door_id, proximity in doors.items():
             self.reader_set.add(
                 BleReader(
-                    door_id, proximity, identity, self.challenges, adapter=self.config.ble.adapter
+                    door_id,
+                    proximity,
+                    identity,
+                    self.ble_challenges,
+                    adapter=self.config.ble.adapter,
                 )
             )
 

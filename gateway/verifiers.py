@@ -102,9 +102,16 @@ def load_secrets(config: Config) -> SiteSecrets:
 
 
 def build_verifiers(
-    secrets: SiteSecrets, challenges: ChallengeBook, counters: SunCounters | None
+    secrets: SiteSecrets,
+    counters: SunCounters | None,
+    *,
+    nfc: ChallengeBook,
+    ble: ChallengeBook,
 ) -> dict[CredentialKind, Verifier]:
     """One verifier per kind whose keys are there; the refusing one for the rest.
+
+    ``nfc`` and ``ble``: the challenge books of the NFC readers and of the BLE readers, apart so
+    that phones (or radios pretending to be phones) cannot crowd out the cards' challenges.
 
     ``counters``: None until the SUN counters are open; NTAG 424 DNA tags are refused until then.
     """
@@ -117,11 +124,11 @@ def build_verifiers(
         from gateway.nfc_verifiers import DesfireVerifier, Ntag424Verifier  # noqa: PLC0415
 
         if secrets.nfc.desfire_master is not None:
-            verifiers[CredentialKind.DESFIRE] = DesfireVerifier(secrets.nfc, challenges)
+            verifiers[CredentialKind.DESFIRE] = DesfireVerifier(secrets.nfc, nfc)
         if counters is not None:
-            verifiers[CredentialKind.NTAG424] = Ntag424Verifier(secrets.nfc, challenges, counters)
+            verifiers[CredentialKind.NTAG424] = Ntag424Verifier(secrets.nfc, nfc, counters)
     if secrets.reader is not None:
         from gateway.ble_verifier import BlePhoneVerifier  # noqa: PLC0415
 
-        verifiers[CredentialKind.BLE_PHONE_KEY] = BlePhoneVerifier(challenges)
+        verifiers[CredentialKind.BLE_PHONE_KEY] = BlePhoneVerifier(ble)
     return verifiers

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from gateway.challenges import ChallengeBook
 
 
@@ -51,3 +53,20 @@ def test_the_oldest_outstanding_challenge_is_forgotten_beyond_capacity() -> None
     assert len(book) == 3
     assert not book.redeem(first)
     assert all(book.redeem(c) for c in rest)
+
+
+def test_challenges_issued_from_threads_are_each_redeemed_once() -> None:
+    book = ChallengeBook(capacity=10_000)
+    issued: list[bytes] = []
+
+    def issue_many() -> None:
+        issued.extend(book.issue() for _ in range(1000))
+
+    threads = [threading.Thread(target=issue_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(book) == 4000
+    assert all(book.redeem(c) for c in issued)
+    assert len(book) == 0

@@ -157,7 +157,7 @@ def phone_exchange(gw: Gateway, phone: ReferencePhone) -> CredentialRead:
     """The GATT flow of the BLE driver, without the radio."""
     identity = gw.secrets.reader
     assert identity is not None
-    handshake = ReaderHandshake(identity, gw.challenges.issue(16), phone.ephemeral_id)
+    handshake = ReaderHandshake(identity, gw.ble_challenges.issue(16), phone.ephemeral_id)
     phone.on_write(handshake.hello())
     phone.on_write(handshake.prove(phone.read_reply()))
     claim = handshake.finish(phone.read_reply())
