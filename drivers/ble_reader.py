@@ -16,9 +16,9 @@ For one door (CREDENTIALS.md, "Smartphone over BLE"):
 An id that presented is left alone for ``COOLDOWN_S``; one whose exchange failed (counted by
 reason in ``counts``) may try again after ``RETRY_AFTER_FAILURE_S``.
 
-One BleReader serves one door (the reads' ``reader_id``) at one threshold. A gateway with several
-BLE doors runs one per door on its one adapter (BlueZ shares the scan between them); a phone
-above two doors' thresholds at once is then presented at both, so such doors want "touch".
+One BleReader serves one door (the reads' ``reader_id``) at one threshold, on one adapter: a
+phone's signal says how near it is to the radio, not which door it is at, so the configuration
+gives an adapter one door (the simulator gives each door a radio of its own).
 
 Only bleak's public API is used: with no backends given, bleak picks the platform's (BlueZ on the
 Pi); tests pass those of ``drivers.bleak_bumble``.

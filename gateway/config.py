@@ -185,7 +185,12 @@ def _is_proximity(text: str) -> bool:
 
 
 def _is_nfc_path(text: str) -> bool:
-    return text.split(":", 1)[0] in ("usb", "tty", "udp")
+    kind, _, rest = text.partition(":")
+    if kind == "udp":
+        # nfcpy's UDP pseudo-device is a simulator: only one on this machine may be a reader.
+        host = rest.rsplit(":", 1)[0] if rest.count(":") else rest
+        return host in ("127.0.0.1", "localhost")
+    return kind in ("usb", "tty")
 
 
 def _is_hex_of(sizes: range) -> Callable[[str], bool]:
@@ -221,7 +226,7 @@ class DoorEntry:
         metadata={
             "validator": lambda text: not text or _is_nfc_path(text),
             "allowed": 'an nfcpy device path such as "usb", "usb:072f:2200", "tty:AMA0:pn532" '
-            'or "udp:127.0.0.1:54321"',
+            'or "udp:127.0.0.1:54321" (a card simulator on this machine)',
         },
     )
     # Phones open this door over BLE when their smoothed signal reaches this proximity; "": no.
@@ -592,7 +597,28 @@ def _check_doors(config: Config) -> list[ConfigError]:
                     "[[hardware.boards]], so its board is told its fallback level at start",
                 )
             )
+    errors.extend(_check_ble_doors(config))
     return errors
+
+
+def _check_ble_doors(config: Config) -> list[ConfigError]:
+    """One BLE door per adapter: a phone's signal tells how near the radio it is, not which door.
+
+    The virtual backend gives each door its own simulated radio, so any number may have one.
+    """
+    ble_doors = sorted(d for d, e in config.doors.items() if e.ble_proximity)
+    if config.hardware.backend == "virtual" or len(ble_doors) < 2:
+        return []
+    return [
+        ConfigError(
+            f"doors.{ble_doors[1]}.ble_proximity",
+            config.doors[ble_doors[1]].ble_proximity,
+            f'"" (only one door per Bluetooth adapter; {ble_doors[0]} already has it)',
+            f"doors.{ble_doors[1]}.ble_proximity: the Bluetooth adapter {config.ble.adapter} "
+            f"already serves door {ble_doors[0]!r}; an adapter hears how near a phone is to it, "
+            "not which door the phone is at, so it serves one door",
+        )
+    ]
 
 
 def parse_config(

@@ -599,6 +599,7 @@ def test_ble_proximity_presets_and_custom_values(text: str, expected: int) -> No
         ("ble_proximity", "-10"),
         ("ble_proximity", "-101"),
         ("nfc_reader", "bluetooth:hci0"),
+        ("nfc_reader", "udp:10.0.0.5:54321"),  # a simulator elsewhere is no reader
     ],
 )
 def test_bad_reader_settings_are_named(key: str, value: str) -> None:
