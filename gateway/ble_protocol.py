@@ -33,6 +33,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from gateway.credentials import phone_key_id
+
 if TYPE_CHECKING:
     from gateway.reader_identity import ReaderIdentity
 
@@ -150,7 +152,7 @@ def load_public_key(data: bytes) -> ec.EllipticCurvePublicKey:
 
 def key_id_for(public_key: ec.EllipticCurvePublicKey) -> bytes:
     """The 16-byte identifier of a key: the first 16 bytes of SHA-256 over its SEC1 point."""
-    return hashlib.sha256(public_key_bytes(public_key)).digest()[:KEY_ID_BYTES]
+    return phone_key_id(public_key_bytes(public_key))
 
 
 def sign(private_key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:

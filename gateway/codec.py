@@ -454,6 +454,12 @@ def _credential_fields(
     start, end = _validity(obj, path)
     days, revalidated = _revalidation(obj, path, kind)
     public_key = _public_key(obj, path, kind)
+    if public_key is not None and canonical != creds.phone_key_id(public_key).hex().upper():
+        raise FormatError(
+            _join(path, "value"),
+            f"{creds.redact(canonical)!r} is not this public key's id; a phone credential's value "
+            "is the first 16 bytes of SHA-256 over its public key (docs/ble-credential-protocol.md)",
+        )
     user = _id(obj["user"], path, "user")
     if strings is not None:
         user = strings.setdefault(user, user)

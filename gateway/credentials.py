@@ -7,6 +7,7 @@ check are refused with ``proof_invalid``: an unchecked proof never opens a door.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,6 +31,11 @@ VALUE_BYTES: Mapping[CredentialKind, tuple[int, ...]] = {
     CredentialKind.BLE_PHONE_KEY: (16,),  # credential key identifier
     CredentialKind.MECHATRONIC_KEY: (8,),
 }
+
+
+def phone_key_id(public_key: bytes) -> bytes:
+    """A phone key's 16-byte identifier (its credential value): SHA-256 over its SEC1 point."""
+    return hashlib.sha256(public_key).digest()[: VALUE_BYTES[CredentialKind.BLE_PHONE_KEY][0]]
 
 
 def parse_kind(text: str) -> CredentialKind:

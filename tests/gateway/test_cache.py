@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import hashlib
 import io
 import json
 import random
@@ -116,7 +117,14 @@ def rich(version: int = 1) -> SiteBuilder:
         .user("u4")  # no tags at all
         .user("u5", status="former", tags=["staff"])
         .credential("c1", "u1", value="04A1B2C3")
-        .credential("c2", "u1", kind="ble_phone_key", assurance="medium", public_key=PHONE_KEY)
+        .credential(
+            "c2",
+            "u1",
+            kind="ble_phone_key",
+            value=hashlib.sha256(bytes.fromhex(PHONE_KEY)).digest()[:16].hex(),
+            assurance="medium",
+            public_key=PHONE_KEY,
+        )
         .credential(
             "c3",
             "u2",
@@ -1039,11 +1047,11 @@ async def test_lookup_sql_finds_a_credential_by_its_key(make_cache: MakeCache, p
             None,
             None,
         )
-        row = lookup_sql(conn, CredentialKind.DESFIRE, value_for("desfire", 2))
+        row = lookup_sql(conn, CredentialKind.DESFIRE, value_for("desfire", 1))
         assert row == (
             "c3",
             "desfire",
-            value_for("desfire", 2),
+            value_for("desfire", 1),
             "u2",
             int(AssuranceLevel.HIGH),
             1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -1133,8 +1134,11 @@ def test_a_bad_offline_policy_is_named(field: str, value: Any, message: str) -> 
     assert str(info.value) == message
 
 
+PHONE_KEY_ID = hashlib.sha256(bytes.fromhex(PHONE_KEY)).digest()[:16].hex().upper()
+
+
 def test_a_phone_credential_carries_its_public_key() -> None:
-    obj = with_credential(CredentialKind.BLE_PHONE_KEY, "A1" * 16, public_key=PHONE_KEY.upper())
+    obj = with_credential(CredentialKind.BLE_PHONE_KEY, PHONE_KEY_ID, public_key=PHONE_KEY.upper())
     credential = codec.snapshot_from_json(obj).entities["credentials"][0]
     assert credential.public_key == bytes.fromhex(PHONE_KEY)
     assert codec.credential_to_json(credential)["public_key"] == PHONE_KEY
@@ -1154,7 +1158,7 @@ def test_a_phone_credential_carries_its_public_key() -> None:
     ],
 )
 def test_a_bad_public_key_is_refused(key: Any, message: str) -> None:
-    obj = with_credential(CredentialKind.BLE_PHONE_KEY, "A1" * 16, public_key=key)
+    obj = with_credential(CredentialKind.BLE_PHONE_KEY, PHONE_KEY_ID, public_key=key)
     with pytest.raises(FormatError) as err:
         codec.snapshot_from_json(obj)
     assert "credentials[0].public_key" in str(err.value)
@@ -1164,4 +1168,12 @@ def test_a_bad_public_key_is_refused(key: Any, message: str) -> None:
 def test_only_a_phone_credential_has_a_public_key() -> None:
     obj = with_credential(CredentialKind.NTAG424, "A1" * 7, public_key=PHONE_KEY)
     with pytest.raises(FormatError, match="only ble_phone_key has one"):
+        codec.snapshot_from_json(obj)
+
+
+def test_a_phone_credential_value_must_be_its_keys_id() -> None:
+    obj = with_credential(CredentialKind.BLE_PHONE_KEY, "A1" * 16, public_key=PHONE_KEY)
+    with pytest.raises(
+        FormatError, match=r"credentials\[0\]\.value: .* is not this public key's id"
+    ):
         codec.snapshot_from_json(obj)

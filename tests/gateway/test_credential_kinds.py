@@ -294,6 +294,8 @@ async def test_a_replayed_phone_transcript_is_refused(gw: Gateway) -> None:
 
 
 async def test_a_phone_signing_with_another_key_than_enrolled_is_refused(gw: Gateway) -> None:
+    # Site data cannot hold a key id that is not its key's (the codec refuses it); the verifier
+    # checks the signature against the stored key all the same.
     credential = await gw.simulator.new_phone("ada")
     other = ec.derive_private_key(42, ec.SECP256R1()).public_key()
     await gw.cache.enrol(dataclasses.replace(credential, public_key=public_key_bytes(other)))
