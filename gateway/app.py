@@ -139,10 +139,11 @@ class Gateway:
         state_dir = self.config.gateway.state_dir
         # The demo site goes only into a brand-new state directory on simulated hardware: never
         # after a cache reset, never on a gateway wired to real doors.
+        ran_before = (state_dir / "cache.db").exists()
         seed_demo = (
             self.config.demo.seed
             and self.config.hardware.backend in ("simulated", "virtual")
-            and not (state_dir / "cache.db").exists()
+            and not ran_before
         )
         state_dir.mkdir(parents=True, exist_ok=True)
         state_dir.chmod(0o700)  # the cache and outbox name people and their credentials
@@ -163,15 +164,19 @@ class Gateway:
             if self.secrets.nfc is not None:  # NTAG 424 DNA tags can be verified here
                 from gateway.sun_counters import SunCounters  # noqa: PLC0415
 
-                counters = await SunCounters.open(state_dir / SUN_COUNTERS_FILE)
+                counters_path = state_dir / SUN_COUNTERS_FILE
+                missing = ran_before and not counters_path.exists()
+                counters = await SunCounters.open(counters_path)
                 counters.start()
                 stack.push_async_callback(counters.close)
-                if counters.reset:
+                if counters.reset or missing:
+                    # Counting afresh lets a copied SUN URL work once more: say so, loudly.
+                    reason = "the file was unreadable" if counters.reset else "the file was missing"
                     await self.events.record(
                         new_event(
                             EventType.CACHE_RESET,
                             self.clock(),
-                            {"store": "sun_counters", "reason": "the file was unreadable"},
+                            {"store": "sun_counters", "reason": reason},
                         )
                     )
                 self._verifiers.update(
@@ -269,11 +274,11 @@ class Gateway:
 
     def _read_card(self, uid: bytes, transceive: Transceive) -> CardReading:
         """The card dialogue of the gateway's NFC readers, with this site's keys."""
-        from gateway.nfc_cards import CardError, read_iso_dep_card  # noqa: PLC0415
+        from gateway.nfc_cards import NotOurCard, read_iso_dep_card  # noqa: PLC0415
 
         keys = self.secrets.nfc
-        if keys is None:
-            raise CardError("this gateway has no NFC keys: only bare UIDs can be read")
+        if keys is None:  # no card type is covered: the reader takes the card's bare UID
+            raise NotOurCard("this gateway has no NFC keys: only bare UIDs can be read")
         return read_iso_dep_card(uid, transceive, keys, self.challenges)
 
     async def _seed_demo(self) -> None:

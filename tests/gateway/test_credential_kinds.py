@@ -26,6 +26,7 @@ from gateway.verifiers import (
     DESFIRE_MASTER_FILE,
     NTAG424_MASTER_FILE,
     READER_KEY_FILE,
+    SUN_COUNTERS_FILE,
     SUN_FILE_MASTER_FILE,
     SUN_META_KEY_FILE,
 )
@@ -309,3 +310,15 @@ async def test_a_revoked_phone_is_refused(gw: Gateway) -> None:
     decision = await gw.simulator.present_phone("server-room", credential.value)
     assert (decision.granted, decision.reason) == (False, Reason.CREDENTIAL_REVOKED)
     assert decision.assurance is AssuranceLevel.HIGH  # a genuine phone, no longer allowed
+
+
+async def test_lost_sun_counters_are_reported(
+    start_gateway: GatewayFactory, gateway_config: ConfigFactory
+) -> None:
+    config = gateway_config(hardware={"backend": "virtual"})
+    first = await start_gateway(config)
+    await first.stop()
+    (config.gateway.state_dir / SUN_COUNTERS_FILE).unlink()
+    again = await start_gateway(config)
+    resets = [e.event.data for e in again.events.recent(50) if e.event.type == "cache.reset"]
+    assert resets == [{"store": "sun_counters", "reason": "the file was missing"}]
