@@ -73,3 +73,14 @@ def test_a_key_made_meanwhile_by_another_process_is_kept(tmp_path: Path) -> None
 
     assert load_site_key(path) == KEY
     assert [p.name for p in tmp_path.iterdir()] == ["mech_site_key"]  # no temporary left
+
+
+def test_a_stale_temporary_file_does_not_lend_its_mode_to_a_new_key(tmp_path: Path) -> None:
+    path = tmp_path / SITE_KEY_FILE
+    stale = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    stale.write_text("left by a crash")
+    stale.chmod(0o644)
+    key = load_site_key(path, create=True)
+    assert key is not None
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not stale.exists()
