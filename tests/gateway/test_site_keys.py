@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.site_keys import SITE_KEY_BYTES, SiteKeyError, _write_new, load_site_key
+from gateway.site_keys import SITE_KEY_BYTES, SITE_KEY_FILE, SiteKeyError, _write_new, load_site_key
 
 KEY = bytes(range(16))
 
