@@ -222,6 +222,11 @@ class VirtualRadio:
         self._peripherals[controller] = peripheral
         return peripheral
 
+    @property
+    def devices(self) -> int:
+        """How many devices are on the radio (the central and the peripherals)."""
+        return len(self._devices)
+
     async def close(self) -> None:
         """Power every device off and leave the link (idempotent)."""
         devices, self._devices = self._devices, []

@@ -32,12 +32,15 @@ if TYPE_CHECKING:
     from drivers.bleak_bumble import VirtualRadio
     from drivers.nfc_udp_tag import UdpIsoDepTag, UdpType2Tag
     from drivers.reference_phone import ReferencePhone
+    from drivers.sim_phone import SimPhone
     from gateway.nfc_cards import CardReading, Transceive
 
 #: How long a presentation waits for its decision before the simulator gives up.
 DECISION_TIMEOUT_S = 5.0
 #: A simulated phone's proximity threshold where the door has none configured.
 DEFAULT_PROXIMITY = "near"
+#: The most simulated phones one simulator makes (each holds a key pair and a radio device).
+MAX_PHONES = 1000
 #: Kinds presented at the door's simulated NFC reader.
 CARD_KINDS = frozenset({CredentialKind.NFC_UID, CredentialKind.NTAG424, CredentialKind.DESFIRE})
 
@@ -72,7 +75,9 @@ class Simulator:
         self._nfc_ports: dict[str, int] = {}  # door -> the udp port of its simulated NFC reader
         self._radios: dict[str, VirtualRadio] = {}  # door -> its virtual radio, reader on it
         self._radio_lock = asyncio.Lock()
+        self._walk_lock = asyncio.Lock()
         self._phones: dict[str, ReferencePhone] = {}  # key id (hex) -> the phone holding it
+        self._sim_phones: dict[tuple[str, str], SimPhone] = {}  # (door, key id) -> its device
 
     async def new_phone(self, user_id: str) -> Credential:
         """A phone with the reference app, enrolled for ``user_id`` (EnrolmentError if not)."""
@@ -82,6 +87,8 @@ class Simulator:
         from drivers.reference_phone import ReferencePhone  # noqa: PLC0415
 
         phone = ReferencePhone.generate({identity.reader_id: identity.public_key})
+        if len(self._phones) >= MAX_PHONES:
+            raise SimulatorError(f"the simulator holds {MAX_PHONES} phones already")
         credential = await self._enrolment.enrol_phone(user_id, phone.public_key_bytes)
         self._phones[credential.value] = phone
         return credential
@@ -96,10 +103,23 @@ class Simulator:
                 f"no simulated phone holds key {key_id!r}; make one first (POST /api/simulator/phones)"
             )
         radio = await self._radio(door_id)
-        phone.rotate()  # a fresh ephemeral id: the reader's cooldown is for the id it last saw
-        decided = self._entry.next_decision(door_id)
-        async with SimPhone(radio, phone):
-            return await _decision(decided, f"the BLE reader at {door_id!r} did not read the phone")
+        async with self._walk_lock:  # one phone at a time walks up to a door
+            sim = self._sim_phones.get((door_id, key_id.upper()))
+            if sim is None:  # one device on the radio per phone and door, however often it comes
+                sim = self._sim_phones[door_id, key_id.upper()] = SimPhone(radio, phone)
+            phone.rotate()  # a fresh ephemeral id: the reader's cooldown is for the id it saw
+            decided = self._entry.next_decision(door_id)
+            await sim.start()
+            try:
+                return await _decision(
+                    decided, f"the BLE reader at {door_id!r} did not read the phone"
+                )
+            finally:
+                await sim.stop()  # walks away
+
+    def radio_of(self, door_id: str) -> VirtualRadio | None:
+        """The door's virtual radio, once a phone was presented there."""
+        return self._radios.get(door_id)
 
     async def _radio(self, door_id: str) -> VirtualRadio:
         """The door's virtual radio with its BLE reader, made and started on first use."""
@@ -129,6 +149,9 @@ class Simulator:
 
     async def stop(self) -> None:
         """Switch the virtual radios off (after the readers on them stopped)."""
+        phones, self._sim_phones = list(self._sim_phones.values()), {}
+        for phone in phones:
+            await phone.stop()
         radios, self._radios = list(self._radios.values()), {}
         for radio in radios:
             try:
@@ -167,7 +190,8 @@ class Simulator:
             raise SimulatorError(f"a {kind.value} is not a card")
         card = self._card(kind, bytes.fromhex(uid), self._nfc_port(door_id))
         decided = self._entry.next_decision(door_id)
-        card.start()
+        # Starting and stopping open and join nfcpy's blocking frontend: off the event loop.
+        await asyncio.to_thread(card.start)
         try:
             return await _decision(
                 decided,
@@ -175,7 +199,7 @@ class Simulator:
                 "(the same card is ignored for 2 s after it was read)",
             )
         finally:
-            card.stop()  # taken out of the field
+            await asyncio.to_thread(card.stop)  # taken out of the field
 
     def _card(self, kind: CredentialKind, uid: bytes, port: int) -> UdpIsoDepTag | UdpType2Tag:
         from drivers.nfc_emulators import DesfireCard, Ntag424Tag  # noqa: PLC0415

@@ -322,3 +322,12 @@ async def test_lost_sun_counters_are_reported(
     again = await start_gateway(config)
     resets = [e.event.data for e in again.events.recent(50) if e.event.type == "cache.reset"]
     assert resets == [{"store": "sun_counters", "reason": "the file was missing"}]
+
+
+async def test_a_phone_coming_back_is_the_same_device_on_the_radio(gw: Gateway) -> None:
+    credential = await gw.simulator.new_phone("ada")
+    for _ in range(3):
+        assert (await gw.simulator.present_phone("front", credential.value)).granted
+    radio = gw.simulator.radio_of("front")
+    assert radio is not None
+    assert radio.devices == 2  # the gateway's central and the one phone
