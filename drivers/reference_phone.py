@@ -45,6 +45,9 @@ class ReferencePhone:
         rotate_every_s: float = ROTATE_EVERY_S,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        for reader_id, key in reader_keys.items():
+            if not hmac.compare_digest(reader_id, key_id_for(key)):
+                raise ValueError(f"reader id {reader_id.hex()} is not its key's id: list refused")
         self._private_key = private_key
         self._reader_keys = dict(reader_keys)
         self._key_id = key_id_for(private_key.public_key())
