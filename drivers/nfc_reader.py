@@ -7,14 +7,18 @@ How it runs: nfcpy is blocking, so a thread owns the frontend and loops over
   (Type 2, MIFARE Classic, FeliCa…) is read as its bare UID (``nfc_uid``, low assurance) and
   never activated. An ISO-DEP card is activated (RATS) and ``on-connect`` runs ``read_card``
   over the tag's ``transceive``; nfcpy's errors for a card that stopped answering become
-  ``CardGone``. ``on-connect`` returns False, so nfcpy does not wait for the card to leave and
-  the card is sensed again on the next cycle: ``SAME_CARD_COOLDOWN_S`` keeps a card resting on
-  the reader from being presented on every cycle.
+  ``CardGone``. An ISO-DEP card of no type the site's keys cover (``NotOurCard``: a bank card,
+  a phone, a DESFire EV1, any card on a gateway without NFC keys) is read as its bare UID too,
+  like a card that does not speak ISO-DEP. ``on-connect`` returns False, so nfcpy does not wait
+  for the card to leave and the card is sensed again on the next cycle:
+  ``SAME_CARD_COOLDOWN_S`` keeps a card resting on the reader from being presented on every
+  cycle.
 * nfcpy calls ``terminate`` between sense cycles: waiting there on the stop event paces the
   polling (``POLL_INTERVAL_S``) and lets ``stop()`` end the loop after the current cycle.
-* A failed presentation (``CardError``, ``CardGone``, any nfcpy error) is logged with the UID
-  redacted and counted in ``ignored`` by reason; it never ends the loop. A failing frontend
-  (unplugged device: nfcpy's ``connect`` returns False) is closed and reopened with backoff.
+* A failed presentation (any other ``CardError``, ``CardGone``, any nfcpy error) is logged
+  with the UID redacted and counted in ``ignored`` by reason; it never ends the loop. A failing
+  frontend (unplugged device: nfcpy's ``connect`` returns False) is closed and reopened with
+  backoff.
 
 nfcpy logs full UIDs at DEBUG only (``nfc.clf``, ``nfc.tag``): keep the ``nfc`` logger at INFO or
 above in production.
@@ -34,7 +38,7 @@ from typing import Any, Protocol
 from drivers.base import CredentialRead, Feedback
 from gateway.backoff import Backoff
 from gateway.model import CredentialKind
-from gateway.nfc_cards import CardError, CardGone, CardReading, Transceive
+from gateway.nfc_cards import CardError, CardGone, CardReading, NotOurCard, Transceive
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -74,7 +78,7 @@ class ReaderState(enum.StrEnum):
 class IgnoreReason(enum.StrEnum):
     """Why a presentation produced no read."""
 
-    CARD_ERROR = "card_error"  # the card dialogue failed (CardError)
+    CARD_ERROR = "card_error"  # the card dialogue failed (CardError other than NotOurCard)
     CARD_GONE = "card_gone"  # the card stopped answering mid-dialogue (CardGone)
     NFC_ERROR = "nfc_error"  # nfcpy could not activate the card, or failed mid-read
     READER_ERROR = "reader_error"  # the device failed during a read
@@ -123,6 +127,11 @@ def _target_uid(target: Any) -> bytes:
     if brty.endswith("F") and target.sensf_res:
         return bytes(target.sensf_res[1:9])
     return b""
+
+
+def _bare_uid(uid: bytes) -> CardReading:
+    """A card read as nothing but its UID (``nfc_uid``, low assurance: anyone can copy it)."""
+    return CardReading(kind=CredentialKind.NFC_UID, value=uid.hex().upper(), proof=b"")
 
 
 def _is_iso_dep(target: Any) -> bool:
@@ -383,8 +392,7 @@ class NfcReader:
             if _is_iso_dep(target):
                 self._pending_activation = uid
                 return True
-            reading = CardReading(kind=CredentialKind.NFC_UID, value=uid.hex().upper(), proof=b"")
-            self._emit(uid, reading)
+            self._emit(uid, _bare_uid(uid))
         except Exception:
             _LOGGER.exception("reader %s: handling a discovered card failed", self._reader_id)
         return False
@@ -398,6 +406,14 @@ class NfcReader:
             reading = self._read_card(uid, self._transceive_for(tag))
         except CardGone as err:
             self._failed(uid, IgnoreReason.CARD_GONE, str(err))
+        except NotOurCard as err:  # before CardError, its base class
+            _LOGGER.debug(
+                "reader %s: card %s is not of a type the site's keys cover (%s): its bare UID",
+                self._reader_id,
+                _tail(uid),
+                err,
+            )
+            self._emit(uid, _bare_uid(uid))
         except CardError as err:
             self._failed(uid, IgnoreReason.CARD_ERROR, str(err))
         except OSError as err:

@@ -11,7 +11,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,11 +20,12 @@ from firmware_protocol.frame import MAX_ADDRESS, MIN_ADDRESS
 from firmware_protocol.messages import MAX_RELAYS
 from gateway import __version__, access, credentials, ntag424
 from gateway.cache import read_view
-from gateway.config import Config, ConfigError, config_to_dict, load_config
+from gateway.config import Config, ConfigError, NfcSection, config_to_dict, load_config
 from gateway.door_modes import DoorModeStore
 from gateway.doors import desired_mode
 from gateway.explain import decision_to_json, explain
 from gateway.logs import setup_logging
+from gateway.nfc_cards import MAX_SYSTEM_IDENTIFIER, NTAG424_AID, NfcKeys
 from gateway.signing import KeyFileError
 from gateway.sqlite import DatabaseError
 from gateway.view import CacheView
@@ -33,6 +34,8 @@ from gateway.web import WebServerError, user_summary
 EXIT_OK = 0
 EXIT_DENIED = 1
 EXIT_USAGE = 2
+#: ``tags verify-sun --file-master`` diversifies with the configuration's default unless told.
+DEFAULT_SYSTEM_IDENTIFIER = NfcSection().system_identifier
 
 
 class CliError(Exception):
@@ -223,6 +226,56 @@ def _key_argument(text: str, option: str) -> bytes:
     return key
 
 
+def _hex_argument(text: str, option: str, sizes: range) -> bytes:
+    """A non-secret hex value of ``sizes`` bytes (as in the configuration's ``[nfc]``)."""
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        value = b""
+    if len(value) not in sizes:
+        count = str(sizes.start) if len(sizes) == 1 else f"{sizes.start} to {sizes.stop - 1}"
+        raise CliError(f"{option} must be {count} bytes of hex")
+    return value
+
+
+def _file_key_for(args: argparse.Namespace, meta_key: bytes) -> Callable[[bytes], bytes]:
+    """KSDMFileRead of a tag by its UID: ``--file-key`` as given, or derived from the master."""
+    if args.file_key is not None:
+        if args.system_identifier is not None or args.aid is not None:
+            raise CliError("--system-identifier and --aid apply to --file-master only")
+        file_key = _key_argument(args.file_key, "--file-key")
+        return lambda uid: file_key
+    master = _key_argument(args.file_master, "--file-master")
+    system_identifier = _hex_argument(
+        DEFAULT_SYSTEM_IDENTIFIER if args.system_identifier is None else args.system_identifier,
+        "--system-identifier",
+        range(1, MAX_SYSTEM_IDENTIFIER + 1),
+    )
+    aid = _hex_argument(
+        NTAG424_AID.hex() if args.aid is None else args.aid,
+        "--aid",
+        range(ntag424.AID_BYTES, ntag424.AID_BYTES + 1),
+    )
+    # The gateway's own derivation: NfcKeys.sun_file_key, for the UID the PICC data holds.
+    keys = NfcKeys(
+        ntag424_master=None,
+        sun_meta_key=meta_key,
+        sun_file_master=master,
+        desfire_master=None,
+        desfire_aid=aid,  # not used here: no DESFire key is derived
+        system_identifier=system_identifier,
+        ntag424_aid=aid,
+    )
+
+    def derived(uid: bytes) -> bytes:
+        key = keys.sun_file_key(uid)
+        if key is None:  # cannot happen: sun_file_master is set
+            raise CliError("no SUN file master key")
+        return key
+
+    return derived
+
+
 def cmd_tags_verify_sun(args: argparse.Namespace) -> int:
     """Check one SUN message (a tag's URL) with the given keys; exit 0 valid, 1 not valid."""
     try:
@@ -230,13 +283,18 @@ def cmd_tags_verify_sun(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CliError(f"not a SUN message: {err}") from None
     meta_key = _key_argument(args.meta_key, "--meta-key")
-    file_key = _key_argument(args.file_key, "--file-key")
-    result = ntag424.verify_sun(message, meta_key, lambda uid: file_key)
+    file_key_for = _file_key_for(args, meta_key)
+    result = ntag424.verify_sun(message, meta_key, file_key_for)
     decrypted = bool(result.uid)
     if result.valid:
         why = "the MAC verifies"
-    elif decrypted:
+    elif decrypted and args.file_key is not None:
         why = "the MAC does not verify with this file key (or the URL was altered)"
+    elif decrypted:
+        why = (
+            "the MAC does not verify with the file key derived from this master (wrong master, "
+            "system identifier or AID, or the URL was altered)"
+        )
     else:
         why = "the meta-read key does not decrypt the PICC data (wrong key, or not a SUN message)"
     file_data = result.file_data
@@ -323,7 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="verify an NTAG 424 DNA SUN message (exit 0 valid, 1 not valid, 2 bad input)",
         description="Verify the SUN message a tag wrote into its URL: decrypt the PICC data "
         "with the meta-read key, check the MAC with the file-read key, and print the UID, the "
-        "read counter and any encrypted file data.",
+        "read counter and any encrypted file data. The file-read key is given as the tag's "
+        "own (--file-key) or derived from the site's SUN file master key for the UID in the "
+        "message (--file-master), as the gateway does.",
     )
     verify_sun.add_argument(
         "url", metavar="URL", help="the tapped URL, or just its picc_data=…&enc=…&cmac=… part"
@@ -331,8 +391,24 @@ def build_parser() -> argparse.ArgumentParser:
     verify_sun.add_argument(
         "--meta-key", required=True, metavar="HEX|@FILE", help="SDM meta-read key (16 bytes)"
     )
+    file_key = verify_sun.add_mutually_exclusive_group(required=True)
+    file_key.add_argument("--file-key", metavar="HEX|@FILE", help="SDM file-read key of this tag")
+    file_key.add_argument(
+        "--file-master",
+        metavar="HEX|@FILE",
+        help="the site's SUN file master key: each tag's file-read key is derived from it",
+    )
     verify_sun.add_argument(
-        "--file-key", required=True, metavar="HEX|@FILE", help="SDM file-read key of this tag"
+        "--system-identifier",
+        metavar="HEX",
+        help="with --file-master: the [nfc] system_identifier of the site "
+        f"(default {DEFAULT_SYSTEM_IDENTIFIER})",
+    )
+    verify_sun.add_argument(
+        "--aid",
+        metavar="HEX",
+        help="with --file-master: the AID in the tags' key diversification "
+        f"(default {NTAG424_AID.hex().upper()})",
     )
     verify_sun.add_argument("--json", action="store_true")
     verify_sun.set_defaults(func=cmd_tags_verify_sun)

@@ -8,7 +8,8 @@ gateway/nfc_verifiers.py check it, so a failed proof becomes a refused decision 
 Dialogue (APDUs as in the NTAG 424 DNA datasheet NT4H2421Gx and AN12196):
 
 1. GetVersion, ISO-wrapped native command 0x60 (``90 60 00 00 00``, then ``90 AF 00 00 00``
-   twice): byte 1 of the hardware block is the type, 0x04 NTAG, 0x01/0x81 MIFARE DESFire.
+   twice): byte 1 of the hardware block is the type, 0x04 NTAG, 0x01/0x81 MIFARE DESFire. A
+   card that refuses GetVersion (a bank card, a phone) is of neither type.
 2. NTAG 424 DNA: ISO SELECT of the NDEF application by DF name D2760000850101, then
    - with ``ntag424_master``: AuthenticateEV2First (``90 71 00 00 02 KeyNo 00 00``, then
      ``90 AF 00 00 20 E(K, RndA ‖ RndB') 00``) with the tag's diversified key, RndA issued by
@@ -32,7 +33,14 @@ Proof layouts (``CardReading.proof``), the first byte is the layout version:
 
 Per-tag keys (AN10922 §2.2.1): M = UID ‖ AID ‖ system identifier. DESFire cards use the site's
 ``desfire_aid``; NTAG 424 DNA has no DESFire AID, so ``ntag424_aid`` defaults to ``NTAG424_AID``
-below. Limits: cards with random UIDs (DESFire random ID) are refused, LRP mode is not supported.
+below. Limits: cards with random UIDs (DESFire random ID) are not read here, LRP mode is not
+supported.
+
+Cards this dialogue does not cover: ``NotOurCard`` (a ``CardError``) says the card is of no type
+the site's keys cover, so the reader may take its bare UID instead, as for a card that does not
+speak ISO-DEP. Every other ``CardError`` is a card of a covered type whose dialogue failed: it
+gives no reading at all (a tag that looks like an NTAG 424 DNA but fails to authenticate is
+refused, never read as its UID).
 """
 
 from __future__ import annotations
@@ -72,6 +80,7 @@ HW_TYPE_NTAG = 0x04
 HW_TYPES_DESFIRE = frozenset({0x01, 0x81})
 DESFIRE_EV2_MAJOR = 0x12  # EV1 is 0x01 and knows no AuthenticateEV2First; EV3 is 0x33
 RANDOM_ID_FIRST_BYTE = 0x08  # ISO 14443-3: a 4-byte UID starting 08 is a random ID
+_OTHER_CARD = "not an NTAG 424 DNA or DESFire card"
 
 # Native commands (ISO-wrapped: CLA 90, P1 = P2 = 00, Le 00).
 CMD_GET_VERSION = 0x60
@@ -133,6 +142,17 @@ class CardGone(Exception):
 
 class CardError(Exception):
     """The dialogue failed; ``str(err)`` says why in plain words (never key bytes)."""
+
+
+class NotOurCard(CardError):
+    """The card is of a type the site's keys do not cover; its bare UID may be read instead.
+
+    Raised only while identifying the card, before it has sent anything that could be a
+    proof: a card that does not answer GetVersion or is of another type, a DESFire card older
+    than EV2, a random ID, a type for which the site has no key, or a gateway with no NFC keys
+    at all. A card of a covered type whose dialogue or authentication fails raises a plain
+    ``CardError``, never this.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,29 +305,32 @@ def _length_prefixed(data: bytes, name: str) -> tuple[bytes, bytes]:
 def read_iso_dep_card(
     uid: bytes, transceive: Transceive, keys: NfcKeys, challenges: ChallengeBook
 ) -> CardReading:
-    """Identify the card and capture its proof; CardError if that fails, CardGone propagates."""
+    """Identify the card and capture its proof; CardGone propagates.
+
+    NotOurCard if the card is of no type ``keys`` cover, CardError if a card of a covered type
+    fails its dialogue (module docstring).
+    """
     if len(uid) == 4 and uid[0] == RANDOM_ID_FIRST_BYTE:
-        raise CardError("the card shows a random ID: such cards are not supported")
+        raise NotOurCard("the card shows a random ID: such cards are not supported")
     hardware = _get_version(transceive)
     hw_type, hw_major = hardware[1], hardware[3]
     if hw_type == HW_TYPE_NTAG:
         return _read_ntag424(uid, transceive, keys, challenges)
     if hw_type in HW_TYPES_DESFIRE:
         if hw_major < DESFIRE_EV2_MAJOR:
-            raise CardError("a DESFire card older than EV2: it has no AuthenticateEV2First")
+            raise NotOurCard("a DESFire card older than EV2: it has no AuthenticateEV2First")
         return _read_desfire(uid, transceive, keys, challenges)
-    raise CardError(f"not an NTAG 424 DNA or DESFire card (hardware type {hw_type:#04x})")
+    raise NotOurCard(f"{_OTHER_CARD} (hardware type {hw_type:#04x})")
 
 
 def _read_ntag424(
     uid: bytes, transceive: Transceive, keys: NfcKeys, challenges: ChallengeBook
 ) -> CardReading:
-    if len(uid) != UID_BYTES:
+    if keys.ntag424_master is None and keys.sun_file_master is None:
+        raise NotOurCard("no key configured for NTAG 424 DNA tags")
+    if len(uid) != UID_BYTES:  # a covered type that is not what it claims: refused
         raise CardError(f"an NTAG 424 DNA has a 7-byte UID, this one has {len(uid)} bytes")
     auth_key = keys.ntag424_key(uid)
-    sun_file_key = keys.sun_file_key(uid)
-    if auth_key is None and sun_file_key is None:
-        raise CardError("no key configured for NTAG 424 DNA tags")
     _iso(transceive, _select_df_name(NDEF_APPLICATION_DF_NAME), "selecting the NDEF application")
     if auth_key is not None:
         proof = _authenticate(transceive, auth_key, keys.ntag424_key_no, challenges).to_bytes()
@@ -321,7 +344,7 @@ def _read_desfire(
 ) -> CardReading:
     key = keys.desfire_key(uid)
     if key is None:
-        raise CardError("no key configured for DESFire cards")
+        raise NotOurCard("no key configured for DESFire cards")
     data, status = _native(
         transceive, CMD_SELECT_APPLICATION, keys.desfire_aid, "selecting the application"
     )
@@ -331,8 +354,19 @@ def _read_desfire(
 
 
 def _get_version(transceive: Transceive) -> bytes:
-    """The 7-byte hardware block of GetVersion; the other two frames are read and dropped."""
-    hardware, status = _native(transceive, CMD_GET_VERSION, b"", "GetVersion")
+    """The 7-byte hardware block of GetVersion; the other two frames are read and dropped.
+
+    A card that refuses GetVersion outright (an ISO status word such as 6E 00 or 6D 00, or a
+    native error) does not speak the NTAG 424 DNA / DESFire command set: NotOurCard.
+    """
+    response = transceive(_native_apdu(CMD_GET_VERSION, b""))
+    if len(response) < 2:
+        raise CardError("GetVersion: the card's answer is too short")
+    if response[-2] != 0x91:
+        raise NotOurCard(f"GetVersion: {_iso_status(response[-2:])}: {_OTHER_CARD}")
+    hardware, status = response[:-2], response[-1]
+    if status != NATIVE_MORE:
+        raise NotOurCard(f"GetVersion: {_native_status(status)}: {_OTHER_CARD}")
     _expect(status, NATIVE_MORE, hardware, 7, "GetVersion")
     software, status = _native(transceive, CMD_ADDITIONAL_FRAME, b"", "GetVersion")
     _expect(status, NATIVE_MORE, software, 7, "GetVersion")
@@ -430,12 +464,16 @@ def _select_df_name(name: bytes) -> bytes:
     return bytes([0x00, 0xA4, 0x04, 0x0C, len(name)]) + name + b"\x00"
 
 
-def _native(transceive: Transceive, command: int, data: bytes, what: str) -> tuple[bytes, int]:
-    """Send an ISO-wrapped native command; return its data and the native status (SW2)."""
+def _native_apdu(command: int, data: bytes) -> bytes:
     apdu = bytes([0x90, command, 0x00, 0x00])
     if data:
         apdu += bytes([len(data)]) + data
-    response = transceive(apdu + b"\x00")
+    return apdu + b"\x00"
+
+
+def _native(transceive: Transceive, command: int, data: bytes, what: str) -> tuple[bytes, int]:
+    """Send an ISO-wrapped native command; return its data and the native status (SW2)."""
+    response = transceive(_native_apdu(command, data))
     if len(response) < 2:
         raise CardError(f"{what}: the card's answer is too short")
     if response[-2] != 0x91:

@@ -15,7 +15,7 @@ import pytest
 
 from drivers import nfc_reader, nfc_udp_tag
 from drivers.base import CredentialRead, Feedback
-from drivers.nfc_emulators import Ntag424Tag
+from drivers.nfc_emulators import DesfireCard, Ntag424Tag
 from drivers.nfc_reader import IgnoreReason, NfcReader, ReaderState
 from drivers.nfc_udp_tag import UdpIsoDepTag, UdpTagState, UdpType2Tag, type2_memory
 from gateway.challenges import ChallengeBook
@@ -25,6 +25,7 @@ from gateway.nfc_cards import (
     CardError,
     CardReading,
     NfcKeys,
+    NotOurCard,
     Transceive,
     read_iso_dep_card,
 )
@@ -190,6 +191,36 @@ async def test_mifare_classic_like_card_is_read_as_bare_uid(cards: Any, readers:
     assert await reads.next() == CredentialRead("front", "nfc_uid", "A1B2C3D4", b"")
 
 
+async def test_iso_dep_card_that_is_not_ours_is_read_as_bare_uid(
+    cards: Any, readers: Any, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="drivers")
+    tag = cards(UdpIsoDepTag(SelectCard(UID_A)))
+    read_card, reads = StandInReader(), Reads()
+    read_card.fail_with = NotOurCard("not an NTAG 424 DNA or DESFire card")
+    reader = readers(tag.path, read_card, reads, monotonic=clock)
+
+    read = await reads.next()
+
+    assert read == CredentialRead("front", "nfc_uid", UID_A.hex().upper(), b"")
+    assert read_card.calls == [UID_A]  # it went through the dialogue first
+    ours = [r for r in caplog.records if r.name.startswith("drivers.")]
+    assert any(
+        r.levelno == logging.DEBUG and "…E5F6" in r.getMessage() and "not an NTAG" in r.getMessage()
+        for r in ours
+    )
+    assert not [r for r in ours if r.levelno >= logging.WARNING]
+    assert not [r for r in ours if UID_A.hex().upper() in r.getMessage()]
+    # The same cooldown as any read: a card resting on the reader is not read again, nor put
+    # through its dialogue again, until the cooldown is over.
+    await until(lambda: reader.ignored.get("cooldown", 0) >= 3)
+    assert (len(reads.all), len(read_card.calls)) == (1, 1)
+    assert "card_error" not in reader.ignored
+    clock.advance(nfc_reader.SAME_CARD_COOLDOWN_S)
+    assert (await reads.next()).kind == "nfc_uid"
+    assert reader.reads == 2
+
+
 async def test_card_error_is_ignored_and_the_next_card_is_read(
     cards: Any, readers: Any, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -290,13 +321,25 @@ async def test_random_uid_card_is_held_by_its_credential(
     assert len(reads.all) == 1
 
 
+#: A bound stop() meets however loaded the machine: it waits STOP_TIMEOUT_S at most for its
+#: thread. That the thread did end, rather than being given up on, is checked on its own.
+STOP_BOUND_S = nfc_reader.STOP_TIMEOUT_S + 2.0
+
+
+def reader_threads() -> set[threading.Thread]:
+    """The threads of readers named "front" (a reader's thread is named after it)."""
+    return {t for t in threading.enumerate() if t.name == "nfc-reader-front"}
+
+
 async def test_stop_returns_promptly_and_is_idempotent(cards: Any) -> None:
     tag = cards(UdpIsoDepTag(SelectCard(UID_A)))
     reads = Reads()
     reader = NfcReader("front", tag.path, StandInReader(), handler=reads)
     await reader.stop()  # never started: nothing to do
+    others = reader_threads()
     reader.start()
     reader.start()
+    [thread] = reader_threads() - others
     await reads.next()
 
     started = time.monotonic()
@@ -304,20 +347,26 @@ async def test_stop_returns_promptly_and_is_idempotent(cards: Any) -> None:
     elapsed = time.monotonic() - started
     await reader.stop()
 
-    assert elapsed < 1.5  # one udp sense cycle at most (nfcpy waits 1 s for a SENS_RES)
+    # The thread ends after its current sense cycle (nfcpy's udp driver waits up to 1 s for a
+    # SENS_RES): stop() did not give up on it and leave it running.
+    assert not thread.is_alive()
+    assert elapsed < STOP_BOUND_S
     assert reader.state is ReaderState.STOPPED
 
 
 async def test_stop_without_a_card_in_the_field(readers: Any) -> None:
     port = nfc_udp_tag.free_udp_port()
     reader = NfcReader("front", f"udp:127.0.0.1:{port}", StandInReader(), handler=Reads())
+    others = reader_threads()
     reader.start()
+    [thread] = reader_threads() - others
     await until(lambda: reader.state is ReaderState.POLLING)
 
     started = time.monotonic()
     await reader.stop()
 
-    assert time.monotonic() - started < 1.5
+    assert not thread.is_alive()
+    assert time.monotonic() - started < STOP_BOUND_S
     assert reader.state is ReaderState.STOPPED
 
 
@@ -512,4 +561,28 @@ async def test_ntag424_without_the_site_key_is_ignored(
 
     await until(lambda: reader.ignored.get(IgnoreReason.CARD_ERROR.value, 0) == 1)
 
-    assert reads.all == []
+    assert reads.all == []  # refused: never downgraded to its bare UID
+    assert reader.reads == 0
+
+
+@pytest.mark.parametrize("kind", ["bank card", "desfire ev1"])
+async def test_iso_dep_card_of_another_kind_is_its_bare_uid_end_to_end(
+    cards: Any, readers: Any, kind: str
+) -> None:
+    # The real dialogue: a card refusing GetVersion (6D 00, like a bank card or a phone) or a
+    # DESFire EV1 is not one the site's keys cover, so its UID is all that is read.
+    card = (
+        SelectCard(UID_A)
+        if kind == "bank card"
+        else DesfireCard(UID_A, bytes(3), bytes(16), major=1)
+    )
+    tag = cards(UdpIsoDepTag(card))
+    reads = Reads()
+    read_card = functools.partial(read_iso_dep_card, keys=site_keys(), challenges=ChallengeBook())
+    reader = readers(tag.path, read_card, reads)
+
+    read = await reads.next()
+
+    assert read == CredentialRead("front", "nfc_uid", UID_A.hex().upper(), b"")
+    assert card.commands[0] == bytes.fromhex("9060000000")  # GetVersion was asked
+    assert "card_error" not in reader.ignored

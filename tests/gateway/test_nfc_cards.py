@@ -22,6 +22,7 @@ from gateway.nfc_cards import (
     CardReading,
     Ev2Proof,
     NfcKeys,
+    NotOurCard,
     SunProof,
     Transceive,
     parse_proof,
@@ -47,6 +48,14 @@ SECRETS = [k.hex() for k in (KEYS.ntag424_master, KEYS.sun_meta_key, KEYS.sun_fi
 
 def read(card: Ntag424Tag | DesfireCard, keys: NfcKeys = KEYS) -> CardReading:
     return read_iso_dep_card(card.uid, card.respond, keys, ChallengeBook())
+
+
+def refused(card: Ntag424Tag | DesfireCard, keys: NfcKeys = KEYS) -> CardError:
+    """The CardError of a card of a covered type whose dialogue fails: never NotOurCard."""
+    with pytest.raises(CardError) as caught:
+        read(card, keys)
+    assert not isinstance(caught.value, NotOurCard), "a failing covered card was downgraded"
+    return caught.value
 
 
 def assert_plain(err: CardError) -> None:
@@ -145,67 +154,119 @@ def test_a_desfire_card_with_a_4_byte_uid_is_read() -> None:
     assert reading.value == "1A2B3C4D"
 
 
-# --- No proof possible: never a reading --------------------------------------------------------
+# --- Not one of the site's cards: NotOurCard (the reader takes the bare UID) ----------------
+
+NTAG_KEYS_ONLY = dataclasses.replace(KEYS, desfire_master=None)
+DESFIRE_KEY_ONLY = dataclasses.replace(
+    KEYS, ntag424_master=None, sun_meta_key=None, sun_file_master=None
+)
 
 
-def test_an_ntag424_without_any_key_configured_is_an_error() -> None:
-    keys = dataclasses.replace(SUN_ONLY, sun_meta_key=None, sun_file_master=None)
+def test_an_ntag424_without_any_key_configured_is_not_ours() -> None:
     tag = Ntag424Tag.for_site(UID, KEYS)
-    with pytest.raises(CardError, match="no key configured for NTAG 424 DNA"):
-        read(tag, keys)
-    assert not any(c[1] == 0x71 for c in tag.commands)
+    with pytest.raises(NotOurCard, match="no key configured for NTAG 424 DNA"):
+        read(tag, DESFIRE_KEY_ONLY)
+    assert len(tag.commands) == 3  # GetVersion only: no SELECT, no authentication
 
 
-def test_a_desfire_card_without_a_key_configured_is_an_error() -> None:
+def test_an_ntag_with_a_short_uid_on_a_site_without_ntag_keys_is_not_ours() -> None:
+    tag = Ntag424Tag.for_site(UID, KEYS)
+    with pytest.raises(NotOurCard, match="no key configured for NTAG 424 DNA"):
+        read_iso_dep_card(bytes.fromhex("04A1B2C3"), tag.respond, DESFIRE_KEY_ONLY, ChallengeBook())
+
+
+def test_a_desfire_card_without_a_key_configured_is_not_ours() -> None:
     card = DesfireCard.for_site(UID, KEYS)
-    with pytest.raises(CardError, match="no key configured for DESFire"):
-        read(card, dataclasses.replace(KEYS, desfire_master=None))
+    with pytest.raises(NotOurCard, match="no key configured for DESFire"):
+        read(card, NTAG_KEYS_ONLY)
+    assert len(card.commands) == 3  # GetVersion only
 
 
-def test_a_tag_without_sun_is_an_error_in_sun_mode() -> None:
-    tag = Ntag424Tag.for_site(UID, KEYS, sun_enabled=False)
-    with pytest.raises(CardError, match="not a SUN message: SUN parameter 'picc_data' is missing"):
-        read(tag, SUN_ONLY)
-
-
-def test_a_card_of_another_site_refuses_the_key() -> None:
-    other = dataclasses.replace(KEYS, ntag424_master=bytes([7]) * 16)
-    with pytest.raises(CardError, match="refused the key") as caught:
-        read(Ntag424Tag.for_site(UID, other))
-    assert_plain(caught.value)
-
-
-def test_a_desfire_card_without_the_application_is_an_error() -> None:
-    card = DesfireCard(UID, bytes.fromhex("000042"), bytes(16))
-    with pytest.raises(CardError, match="91 A0 \\(application not found\\)"):
-        read(card)
-
-
-def test_a_desfire_ev1_is_refused() -> None:
-    with pytest.raises(CardError, match="older than EV2"):
+def test_a_desfire_ev1_is_not_ours() -> None:
+    with pytest.raises(NotOurCard, match="older than EV2"):
         read(DesfireCard.for_site(UID, KEYS, major=0x01))
 
 
-def test_a_random_id_is_refused() -> None:
+def test_a_random_id_is_not_ours() -> None:
     card = DesfireCard.for_site(bytes.fromhex("08112233"), KEYS)
-    with pytest.raises(CardError, match="random ID"):
+    with pytest.raises(NotOurCard, match="random ID"):
         read(card)
+    assert card.commands == []  # not even asked what it is
 
 
-def test_an_ntag_with_a_short_uid_is_refused() -> None:
-    tag = Ntag424Tag.for_site(UID, KEYS)
-    with pytest.raises(CardError, match="7-byte UID"):
-        read_iso_dep_card(bytes.fromhex("04A1B2C3"), tag.respond, KEYS, ChallengeBook())
-
-
-def test_another_card_type_is_refused() -> None:
+def test_another_card_type_is_not_ours() -> None:
     def ultralight_like(apdu: bytes) -> bytes:
         if apdu[:2] == b"\x90\x60":
             return bytes.fromhex("04030104000F03") + b"\x91\xaf"
         return bytes(7) + b"\x91\xaf" if apdu[:2] == b"\x90\xaf" else b"\x6d\x00"
 
-    with pytest.raises(CardError, match="hardware type 0x03"):
+    with pytest.raises(NotOurCard, match="hardware type 0x03"):
         read_iso_dep_card(UID, _three_frames(ultralight_like), KEYS, ChallengeBook())
+
+
+@pytest.mark.parametrize(
+    ("answer", "complaint"),
+    [
+        (b"\x6e\x00", "GetVersion: the card answered 6E 00 \\(class not supported\\)"),  # bank card
+        (b"\x6d\x00", "GetVersion: the card answered 6D 00"),  # a phone's HCE service
+        (b"\x6a\x82", "GetVersion: the card answered 6A 82"),
+        (b"\x91\x1c", "GetVersion: the card answered 91 1C \\(illegal command\\)"),
+    ],
+)
+def test_a_card_refusing_get_version_is_not_ours(answer: bytes, complaint: str) -> None:
+    commands: list[bytes] = []
+
+    def refusing(apdu: bytes) -> bytes:
+        commands.append(apdu)
+        return answer
+
+    with pytest.raises(NotOurCard, match=complaint):
+        read_iso_dep_card(UID, refusing, KEYS, ChallengeBook())
+    assert commands == [bytes.fromhex("9060000000")]
+
+
+# --- A card of a covered type that fails: CardError, never NotOurCard --------------------------
+
+
+def test_a_tag_without_sun_is_an_error_in_sun_mode() -> None:
+    tag = Ntag424Tag.for_site(UID, KEYS, sun_enabled=False)
+    err = refused(tag, SUN_ONLY)
+    assert "not a SUN message: SUN parameter 'picc_data' is missing" in str(err)
+
+
+@pytest.mark.parametrize("keys", [KEYS, NTAG_KEYS_ONLY], ids=["all keys", "ntag keys only"])
+def test_a_tag_of_another_site_refuses_the_key(keys: NfcKeys) -> None:
+    other = dataclasses.replace(KEYS, ntag424_master=bytes([7]) * 16)
+    err = refused(Ntag424Tag.for_site(UID, other), keys)
+    assert "refused the key" in str(err)
+    assert_plain(err)
+
+
+def test_a_uid_clone_claiming_to_be_an_ntag424_is_never_downgraded() -> None:
+    # A clone answering GetVersion as an NTAG 424 DNA without the site's key looks like one of
+    # ours: it is refused (or its proof goes to the verifier), never read as its bare UID.
+    clone = Ntag424Tag(UID, app_keys={0: bytes(range(16))})
+    assert "refused the key" in str(refused(clone))
+    lax_clone = Ntag424Tag(UID, app_keys={0: bytes(range(16))}, checks_reader=False)
+    reading = read(lax_clone)
+    assert reading.kind is CredentialKind.NTAG424  # gateway/nfc_verifiers.py refuses its proof
+
+
+def test_a_desfire_card_of_another_site_refuses_the_key() -> None:
+    card = DesfireCard(UID, KEYS.desfire_aid, bytes([9]) * 16)
+    assert "refused the key" in str(refused(card))
+
+
+def test_a_desfire_card_without_the_application_is_an_error() -> None:
+    card = DesfireCard(UID, bytes.fromhex("000042"), bytes(16))
+    assert "91 A0 (application not found)" in str(refused(card))
+
+
+def test_an_ntag_with_a_short_uid_is_refused() -> None:
+    tag = Ntag424Tag.for_site(UID, KEYS)
+    with pytest.raises(CardError, match="7-byte UID") as caught:
+        read_iso_dep_card(bytes.fromhex("04A1B2C3"), tag.respond, KEYS, ChallengeBook())
+    assert not isinstance(caught.value, NotOurCard)
 
 
 def _three_frames(transceive: Transceive) -> Transceive:
@@ -219,14 +280,6 @@ def _three_frames(transceive: Transceive) -> Transceive:
         return bytes(14) + b"\x91\x00" if count == 3 else response
 
     return wrapped
-
-
-def test_a_card_answering_iso_errors_is_an_error() -> None:
-    def no_native(_apdu: bytes) -> bytes:
-        return b"\x6e\x00"
-
-    with pytest.raises(CardError, match="GetVersion: the card answered 6E 00"):
-        read_iso_dep_card(UID, no_native, KEYS, ChallengeBook())
 
 
 # --- Damaged transport -------------------------------------------------------------------------
@@ -287,12 +340,18 @@ def test_a_damaged_answer_never_gives_a_reading(card_name: str, damage: str) -> 
         card = factory()
         changed: list[bool] = []
         transceive = _damaging(card.respond, at, DAMAGES[damage], changed)
+        error: CardError | None = None
         try:
             read_iso_dep_card(card.uid, transceive, keys, ChallengeBook())
         except CardError as err:
-            assert_plain(err)
-        else:
+            error = err
+        if error is None:
             assert changed == [False], f"damaged answer {at} gave a reading"
+            continue
+        assert_plain(error)
+        # Only the first answer identifies the card: once it said what it is, a failure is
+        # never NotOurCard (which would let the reader take the bare UID).
+        assert at == 1 or not isinstance(error, NotOurCard), f"answer {at} was downgraded"
 
 
 @pytest.mark.parametrize("card_name", CARDS)

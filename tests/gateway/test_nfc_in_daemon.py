@@ -81,3 +81,23 @@ async def test_a_plain_card_at_the_nfc_reader_is_its_bare_uid(
     field(UdpType2Tag(bytes.fromhex("04A1B2C3D4E5F6"), port=port))  # Ada's demo card
     [granted] = await waiter.wait_for("access.granted", door="front", within_s=10)
     assert (granted.event.data["kind"], granted.event.data["assurance"]) == ("nfc_uid", "low")
+
+
+async def test_an_iso_dep_card_at_a_gateway_without_nfc_keys_is_its_bare_uid(
+    start_gateway: GatewayFactory,
+    gateway_config: ConfigFactory,
+    event_waiter: Callable[[Gateway], EventWaiter],
+    port: int,
+    field: Callable[[UdpIsoDepTag | UdpType2Tag], UdpIsoDepTag | UdpType2Tag],
+) -> None:
+    config = gateway_config(
+        hardware={"backend": "simulated"},
+        doors={"front": {"nfc_reader": f"udp:127.0.0.1:{port}"}},
+    )
+    gw = await start_gateway(config)
+    assert gw.secrets.nfc is None  # no card type is covered: every card is its bare UID
+    waiter = event_waiter(gw)
+    uid = bytes.fromhex("04A1B2C3D4E5F6")  # Ada's demo card, enrolled as nfc_uid
+    field(UdpIsoDepTag(Ntag424Tag(uid), port=port))  # speaks ISO-DEP, so it goes through RATS
+    [granted] = await waiter.wait_for("access.granted", door="front", within_s=10)
+    assert (granted.event.data["kind"], granted.event.data["assurance"]) == ("nfc_uid", "low")
