@@ -44,6 +44,12 @@ class Feedback(enum.StrEnum):
     IDLE = "idle"
 
 
+#: How long a reader shows GRANTED, DENIED, LOW_ASSURANCE or FAULT before its LED goes off, in
+#: seconds. HELD_OPEN, DOOR_ALARM and IDLE stay until the next feedback; the gateway shows a
+#: door's alarm again once a decision's signal has run its course.
+FEEDBACK_SHOWN_S = 3.0
+
+
 class InputRole(enum.StrEnum):
     """What a door input means to its door."""
 

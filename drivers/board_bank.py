@@ -106,8 +106,9 @@ SUPERVISION_TIMEOUT_MS = 3000
 COMMAND_QUEUE_SIZE = 16
 #: How long a STATE_REPORT may take to arrive after the board acknowledged STATE_REQUEST.
 STATE_REPORT_TIMEOUT_S = 2.0
-#: How long GRANTED and DENIED stay on a reader (READER_FEEDBACK duration_ms).
-FEEDBACK_DURATION_MS = 3000
+#: How long GRANTED, DENIED, LOW_ASSURANCE and FAULT stay on a reader (READER_FEEDBACK
+#: duration_ms): ``drivers.base.FEEDBACK_SHOWN_S``.
+FEEDBACK_DURATION_MS = round(base.FEEDBACK_SHOWN_S * 1000)
 
 _U32 = 1 << 32
 _U16 = 0xFFFF

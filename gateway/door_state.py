@@ -19,6 +19,10 @@ Representation: four independent parts rather than one product of states.
 - three alarm flags, each raised and cleared once: ``forced_open_alarm``, ``held_open_alarm``
   and ``tamper_active``.
 
+The reader's resting signal (``reader_signal``) is derived from the alarms alone: forced open
+beats held open beats none (CLEAR). It is what the reader returns to after anything else it
+shows; a ``Feedback`` action is returned whenever it changes, and only then.
+
 Decisions where the rules leave room (docs/door-states.md tells site managers the same):
 
 - A grant made while the door is held unlocked, or an unlock time running when EMERGENCY_OPEN
@@ -96,7 +100,7 @@ class ContactType(enum.StrEnum):
 
 
 class FeedbackKind(enum.StrEnum):
-    """A signal for the door's reader."""
+    """A resting signal for the door's reader, from its active alarms."""
 
     HELD_OPEN_WARNING = "held_open_warning"
     FORCED_OPEN_ALARM = "forced_open_alarm"
@@ -196,7 +200,7 @@ class Emit:
 
 @dataclass(frozen=True, slots=True)
 class Feedback:
-    """Signal something at the door's reader."""
+    """The reader's resting signal changed to ``kind`` (see ``DoorStateMachine.reader_signal``)."""
 
     kind: FeedbackKind
 
@@ -250,6 +254,7 @@ class DoorStateMachine:
         self._held_alarm = False
         self._forced_alarm = False
         self._tamper = False
+        self._signalled = FeedbackKind.CLEAR  # the reader signal last returned
 
     # -- what the door is doing ---------------------------------------------------------------
 
@@ -296,6 +301,16 @@ class DoorStateMachine:
     def tamper_active(self) -> bool:
         """Whether the door's tamper input is active."""
         return self._tamper
+
+    @property
+    def reader_signal(self) -> FeedbackKind:
+        """What the door's reader shows at rest: the forced-open alarm over the held-open
+        warning over nothing (CLEAR)."""
+        if self._forced_alarm:
+            return FeedbackKind.FORCED_OPEN_ALARM
+        if self._held_alarm:
+            return FeedbackKind.HELD_OPEN_WARNING
+        return FeedbackKind.CLEAR
 
     def status(self) -> DoorStatus:
         """A snapshot of the door's state."""
@@ -399,6 +414,7 @@ class DoorStateMachine:
             self._held_at = None
             if self._held_alarm:
                 self._clear_held(now, out, by="mode")
+                self._signal(out)  # a forced-open alarm still active stays on the reader
         elif old in _HELD_MODES and self._open:
             self._held_at = now + self.settings.held_open_s
         self._sync(out, "mode")
@@ -434,6 +450,13 @@ class DoorStateMachine:
 
     def _emit(self, out: list[Action], event_type: EventType, **data: Any) -> None:
         out.append(Emit(event_type, {"door": self.door_id, **data}))
+
+    def _signal(self, out: list[Action]) -> None:
+        """Signal the reader if its resting signal changed (called after the alarms change)."""
+        signal = self.reader_signal
+        if signal is not self._signalled:
+            self._signalled = signal
+            out.append(Feedback(signal))
 
     def _sync(self, out: list[Action], by: str) -> None:
         """Drive the relay to the phase; one SetRelay and one event per change."""
@@ -473,7 +496,7 @@ class DoorStateMachine:
                     held_s=_seconds(held_s),
                     limit_s=self.settings.held_open_s,
                 )
-                out.append(Feedback(FeedbackKind.HELD_OPEN_WARNING))
+                self._signal(out)  # a forced door keeps its door alarm
             else:
                 return
 
@@ -499,7 +522,7 @@ class DoorStateMachine:
         if by is None:
             self._forced_alarm = True
             self._emit(out, EventType.DOOR_FORCED_OPEN, mode=self._mode.value)
-            out.append(Feedback(FeedbackKind.FORCED_OPEN_ALARM))
+            self._signal(out)
         if self._mode not in _HELD_MODES:
             self._held_at = now + self.settings.held_open_s
 
@@ -515,10 +538,9 @@ class DoorStateMachine:
         if self._forced_alarm:
             self._forced_alarm = False
             self._emit(out, EventType.DOOR_FORCED_OPEN, cleared=True, **data)
-            if not self._held_alarm:  # clearing the held-open alarm below clears the reader too
-                out.append(Feedback(FeedbackKind.CLEAR))
         if self._held_alarm:
             self._clear_held(now, out, by="recover" if recovered else "close", held_s=open_s)
+        self._signal(out)  # once both are cleared: the reader goes idle in one step
         if self._unlock_until is not None and self._opened_since_unlock:
             # The grant has been used; in NORMAL the lock follows at once (the caller syncs).
             if self.settings.relock_on_close:
@@ -539,7 +561,6 @@ class DoorStateMachine:
         if held_s is not None:
             data["held_s"] = held_s
         self._emit(out, EventType.DOOR_HELD_OPEN, **data)
-        out.append(Feedback(FeedbackKind.CLEAR))
 
     def _set_tamper(self, active: bool, out: list[Action], *, recovered: bool) -> None:
         if active is self._tamper:

@@ -246,6 +246,17 @@ class DoorController:
         door = self._doors.get(door_id)
         return door.machine.status() if door else None
 
+    def resting_signal(self, door_id: str) -> Feedback:
+        """What the door's reader shows between decisions: DOOR_ALARM while it is forced open,
+        else HELD_OPEN while held open too long, else IDLE (also for a door not driven here)."""
+        door = self._doors.get(door_id)
+        return _SIGNALS[door.machine.reader_signal] if door else Feedback.IDLE
+
+    def show_resting_signal(self, door_id: str) -> None:
+        """Show the door's resting signal on its reader again (after a decision's signal)."""
+        if door_id in self._doors and self.state is ControllerState.RUNNING:
+            self._signal(door_id, self.resting_signal(door_id))
+
     # -- inputs -------------------------------------------------------------------------------
 
     def grant(self, decision: Decision) -> asyncio.Future[None] | None:

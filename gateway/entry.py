@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 
+from drivers import base
 from drivers.base import CommandFailed, CredentialRead, Feedback, ReaderBank
 from gateway import access
 from gateway.cache import Cache
@@ -63,6 +64,8 @@ class EntryService:
         self._watchers: dict[str, list[asyncio.Future[Decision]]] = {}
         #: Enrol mode per reader: the waiting future and the kinds it takes (None: any).
         self._captures: dict[str, tuple[asyncio.Future[CredentialRead], frozenset[str] | None]] = {}
+        #: Per door: the pending return of its reader to the door's alarm after a decision.
+        self._restores: dict[str, asyncio.TimerHandle] = {}
 
     def start(self) -> None:
         """Start taking reads from the readers."""
@@ -74,6 +77,9 @@ class EntryService:
         self._accepting = False
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        for handle in self._restores.values():
+            handle.cancel()
+        self._restores.clear()
 
     def on_read(self, read: CredentialRead) -> None:
         """Driver callback: handle the read in its own task (ignored once stopping)."""
@@ -172,7 +178,8 @@ class EntryService:
 
         The relay command and the event's commit run together; GRANTED is shown only once the
         hardware confirmed the unlock (a door that did not unlock shows FAULT, and the door
-        controller records ``door.relay_failed``).
+        controller records ``door.relay_failed``). The result is shown for ``FEEDBACK_SHOWN_S``;
+        a door alarm it covered is shown again after that.
         """
         confirm = self._doors.grant(decision)
         for watcher in self._watchers.pop(decision.door_id, []):
@@ -194,6 +201,8 @@ class EntryService:
             self._readers.feedback(reader_id, feedback)
         except (LookupError, CommandFailed) as err:  # a door without a reader wired here
             _LOGGER.debug("reader %s cannot show %s: %s", reader_id, feedback, err)
+        else:
+            self._restore_later(decision.door_id)
         shown = (
             "malformed read"
             if presentation is None
@@ -206,6 +215,21 @@ class EntryService:
             decision.door_id,
             decision.reason.value,
         )
+
+    def _restore_later(self, door_id: str) -> None:
+        """The reader shows a decision's signal now: once it has run its course, show the door's
+        alarm again (without one, the reader goes idle by itself)."""
+        pending = self._restores.pop(door_id, None)
+        if pending is not None:
+            pending.cancel()  # the course of this signal is what counts now
+        if self._doors.resting_signal(door_id) is Feedback.IDLE:
+            return
+        loop = asyncio.get_running_loop()
+        self._restores[door_id] = loop.call_later(base.FEEDBACK_SHOWN_S, self._restore, door_id)
+
+    def _restore(self, door_id: str) -> None:
+        self._restores.pop(door_id, None)
+        self._doors.show_resting_signal(door_id)
 
 
 async def _confirmed(confirm: asyncio.Future[None]) -> bool:

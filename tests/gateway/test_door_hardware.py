@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from drivers import base
 from drivers.base import CredentialRead
 from drivers.pty_pair import PtyPair
 from drivers.virtual_board import BoardConfig, BoardState, FdStream, VirtualBoard
@@ -30,6 +31,7 @@ from gateway.site_keys import SITE_KEY_FILE
 from tests.conftest import (
     ADA,
     BOB,
+    UNKNOWN,
     ConfigFactory,
     EventWaiter,
     GatewayFactory,
@@ -133,6 +135,33 @@ async def test_virtual_doors_report_forced_openings_rex_and_tamper(
     await board.tamper(index)
     [tamper] = await waiter.wait_for("door.tamper", door="lobby")
     assert tamper.event.data == {"door": "lobby", "active": True}
+
+
+async def test_a_card_at_a_forced_virtual_door_does_not_silence_its_alarm(
+    start_gateway: GatewayFactory,
+    gateway_config: ConfigFactory,
+    event_waiter: Waiter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(base, "FEEDBACK_SHOWN_S", 0.2)  # the decision's signal, then the alarm
+    gw = await start_gateway(gateway_config(hardware={"backend": "virtual"}))
+    waiter = event_waiter(gw)
+    board, index = virtual_board(gw, "lobby")
+    await waiter.wait_for("board.online")
+    await board.force_open(index)
+    await waiter.wait_for("door.forced_open", door="lobby")
+    await board.wait_for(lambda: led(board, index) is LedPattern.BLINK_RED)
+
+    decision = await gw.entry.handle(CredentialRead("lobby", "nfc_uid", UNKNOWN))
+
+    assert not decision.granted
+    await board.wait_for(lambda: led(board, index) is LedPattern.SOLID_RED)  # denied, for a while
+    await board.wait_for(lambda: led(board, index) is LedPattern.BLINK_RED)  # the alarm again
+    alarm = board.reader_feedback(index)
+    assert alarm is not None
+    assert (alarm.beep, alarm.duration_ms) == (BeepPattern.CONTINUOUS, 0)
+    await board.close_door(index)
+    await board.wait_for(lambda: led(board, index) is LedPattern.OFF)
 
 
 async def test_a_mechatronic_key_on_the_virtual_board_opens_a_high_assurance_door(

@@ -329,6 +329,47 @@ def test_a_forced_door_left_open_raises_both_alarms() -> None:
     assert not d.status().held_open_alarm
 
 
+def test_a_forced_door_left_open_keeps_its_door_alarm_on_the_reader() -> None:
+    d = door(held_open_s=30)
+    assert feedback(d.contact(10.0, OPEN)) == [FeedbackKind.FORCED_OPEN_ALARM]
+    out = d.tick(40.0)
+    assert out == [Emit(HELD_EV, {"door": DOOR, "held_s": 30.0, "limit_s": 30.0})]  # no downgrade
+    assert d.status().held_open_alarm
+    assert d.reader_signal is FeedbackKind.FORCED_OPEN_ALARM
+    out = d.contact(50.0, CLOSED)
+    assert out == [
+        Emit(CLOSED_EV, {"door": DOOR, "open_s": 40.0}),
+        Emit(FORCED_EV, {"door": DOOR, "cleared": True, "open_s": 40.0}),
+        Emit(HELD_EV, {"door": DOOR, "cleared": True, "by": "close", "held_s": 40.0}),
+        Feedback(FeedbackKind.CLEAR),
+    ]
+
+
+def test_the_reader_signal_is_the_most_serious_active_alarm() -> None:
+    d = door(held_open_s=30)
+    seen = [d.reader_signal]
+    d.grant(0.0)
+    d.contact(1.0, OPEN)  # let in: not forced
+    d.tick(31.0)
+    seen.append(d.reader_signal)
+    d.tamper(32.0, active=True)  # tamper is recorded, not shown at the reader
+    seen.append(d.reader_signal)
+    d.contact(33.0, CLOSED)
+    seen.append(d.reader_signal)
+    d.contact(100.0, OPEN)  # forced
+    seen.append(d.reader_signal)
+    d.tick(130.0)
+    seen.append(d.reader_signal)  # forced beats held
+    assert seen == [
+        FeedbackKind.CLEAR,
+        FeedbackKind.HELD_OPEN_WARNING,
+        FeedbackKind.HELD_OPEN_WARNING,
+        FeedbackKind.CLEAR,
+        FeedbackKind.FORCED_OPEN_ALARM,
+        FeedbackKind.FORCED_OPEN_ALARM,
+    ]
+
+
 def test_a_late_tick_runs_deadlines_in_order() -> None:
     d = door(held_open_s=30)
     d.grant(0.0)
@@ -359,6 +400,41 @@ def test_entering_a_held_mode_clears_a_held_open_alarm() -> None:
         SetRelay(True),
         Emit(UNLOCKED_EV, {"door": DOOR, "by": "mode", "mode": "unlocked"}),
     ]
+
+
+@pytest.mark.parametrize("mode", [DoorMode.UNLOCKED, DoorMode.EMERGENCY_OPEN])
+def test_entering_a_held_mode_while_forced_keeps_the_door_alarm(mode: DoorMode) -> None:
+    d = door(held_open_s=30)
+    d.contact(10.0, OPEN)
+    d.tick(40.0)
+    out = d.set_mode(45.0, mode)
+    assert out == [
+        Emit(HELD_EV, {"door": DOOR, "cleared": True, "by": "mode", "held_s": 35.0}),
+        SetRelay(True),
+        Emit(UNLOCKED_EV, {"door": DOOR, "by": "mode", "mode": mode.value}),
+    ]  # no CLEAR: the door is still forced open
+    assert d.status().forced_open_alarm
+    assert not d.status().held_open_alarm
+    assert d.reader_signal is FeedbackKind.FORCED_OPEN_ALARM
+    out = d.contact(50.0, CLOSED)
+    assert out == [
+        Emit(CLOSED_EV, {"door": DOOR, "open_s": 40.0}),
+        Emit(FORCED_EV, {"door": DOOR, "cleared": True, "open_s": 40.0}),
+        Feedback(FeedbackKind.CLEAR),
+    ]
+
+
+def test_mode_changes_while_forced_leave_the_door_alarm_alone() -> None:
+    d = door(held_open_s=30)
+    d.contact(10.0, OPEN)
+    for at, mode in enumerate(
+        [DoorMode.LOCKDOWN, DoorMode.UNLOCKED, DoorMode.NORMAL, DoorMode.EMERGENCY_OPEN], start=11
+    ):
+        assert feedback(d.set_mode(float(at), mode)) == []
+        assert d.reader_signal is FeedbackKind.FORCED_OPEN_ALARM
+    assert feedback(d.set_mode(20.0, DoorMode.NORMAL)) == []  # the held time starts now
+    assert d.tick(50.0) == [Emit(HELD_EV, {"door": DOOR, "held_s": 40.0, "limit_s": 30.0})]
+    assert d.reader_signal is FeedbackKind.FORCED_OPEN_ALARM
 
 
 def test_leaving_a_held_mode_with_the_door_open_starts_the_held_time() -> None:
@@ -761,6 +837,7 @@ def test_invariants_over_random_inputs(
     actions = d.recover(now, *first)
     relay = (relays(actions) or [first[0]])[-1]
     lock_events = [t for t in types(actions) if t in (LOCKED_EV, UNLOCKED_EV)]
+    signal = FeedbackKind.CLEAR  # what the reader was last told to show at rest
     grants: list[float] = []
     lockdowns: list[float] = []
     for step in steps:
@@ -797,6 +874,18 @@ def test_invariants_over_random_inputs(
         if not door_settings.has_contact:
             assert not d.status().forced_open_alarm
             assert not d.status().held_open_alarm
+        for kind in feedback(actions):  # (7) the reader follows the alarms, one signal a change
+            assert kind is not signal
+            signal = kind
+        status = d.status()
+        assert signal is d.reader_signal
+        assert d.reader_signal is (
+            FeedbackKind.FORCED_OPEN_ALARM
+            if status.forced_open_alarm
+            else FeedbackKind.HELD_OPEN_WARNING
+            if status.held_open_alarm
+            else FeedbackKind.CLEAR
+        )
     for a, b in itertools.pairwise(lock_events):  # (3)
         assert a is not b
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from drivers.base import CommandFailed, CredentialRead, Feedback
+from drivers.base import CommandFailed, CredentialRead, Feedback, InputEvent, InputRole
 from gateway import codec, doors
 from gateway.app import Gateway
 from gateway.doors import ControllerState, desired_mode
-from gateway.hardware import DoorReport
+from gateway.hardware import DoorReport, LocalHardware
 from gateway.model import DoorMode, Reason
 from gateway.view import CacheView
 from tests.conftest import (
@@ -656,3 +656,42 @@ async def test_a_read_back_asked_before_a_grant_does_not_undo_it(
     # The stale "off" was not taken as the truth: no "found locked", no second unlock command.
     assert drives == [("front", True)]
     await waiter.wait_for("door.unlocked", door="front", by="grant")
+
+
+# --- the reader's resting signal ------------------------------------------------------------
+
+
+def contact(door: str, level: int) -> InputEvent:
+    """The door's contact at a raw level (normally closed: 1 is open)."""
+    return InputEvent(door, InputRole.CONTACT, level, board_clock_ms=0, address=0, index=0)
+
+
+async def test_a_forced_door_reader_rests_on_the_alarm_through_mode_changes_and_decisions(
+    start_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handlers: list[Callable[[InputEvent], None]] = []  # the simulated backend has no inputs
+    monkeypatch.setattr(
+        LocalHardware, "set_input_handler", lambda self, handler: handlers.append(handler)
+    )
+    gw = await start_gateway()
+    [door_input] = handlers
+    readers = sim_readers(gw)
+    assert gw.doors.resting_signal("front") is Feedback.IDLE
+
+    door_input(contact("front", 1))  # forced open
+    assert gw.doors.resting_signal("front") is Feedback.DOOR_ALARM
+    assert readers.shown.get("front") is Feedback.DOOR_ALARM
+    for mode in (DoorMode.UNLOCKED, DoorMode.LOCKDOWN, DoorMode.NORMAL):
+        await gw.doors.set_mode("front", mode, source="test")
+        assert readers.shown.get("front") is Feedback.DOOR_ALARM  # still forced: no all-clear
+
+    readers.feedback("front", Feedback.GRANTED)  # a decision's signal, run its course
+    gw.doors.show_resting_signal("front")
+    assert readers.shown.get("front") is Feedback.DOOR_ALARM
+
+    door_input(contact("front", 0))
+    assert gw.doors.resting_signal("front") is Feedback.IDLE
+    assert readers.shown.get("front") is Feedback.IDLE
+    assert gw.doors.resting_signal("garage") is Feedback.IDLE  # not a door of the site
+    gw.doors.show_resting_signal("garage")
+    assert "garage" not in readers.shown

@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
-from drivers.base import CredentialRead, Feedback
+from drivers import base
+from drivers.base import CredentialRead, Feedback, InputEvent, InputRole
 from gateway.app import Gateway
 from gateway.events import LoggedEvent
+from gateway.hardware import LocalHardware
 from gateway.model import DoorMode, Event, Reason
 from gateway.outbox import OutboxError
 from tests.conftest import (
@@ -317,3 +319,114 @@ async def test_an_event_that_cannot_be_committed_still_answers_the_reader(
     assert record.levelname == "ERROR"
     assert "card-ada" in record.getMessage()  # the journal keeps who and where...
     assert ADA not in record.getMessage()  # ...but never the full credential value
+
+
+# --- a decision at a door in alarm ----------------------------------------------------------
+
+
+def door_inputs(monkeypatch: pytest.MonkeyPatch) -> list[Callable[[InputEvent], None]]:
+    """The door controller's input handler, once a gateway is built (the simulated backend has
+    no door inputs of its own)."""
+    handlers: list[Callable[[InputEvent], None]] = []
+    monkeypatch.setattr(
+        LocalHardware, "set_input_handler", lambda self, handler: handlers.append(handler)
+    )
+    return handlers
+
+
+def contact(door: str, level: int) -> InputEvent:
+    """The door's contact at a raw level (normally closed: 1 is open)."""
+    return InputEvent(door, InputRole.CONTACT, level, board_clock_ms=0, address=0, index=0)
+
+
+class ReaderLog:
+    """Every signal the simulated readers are told to show, in order."""
+
+    def __init__(self, gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+        readers = sim_readers(gw)
+        show = readers.feedback
+        self._signals: list[tuple[str, Feedback]] = []
+        self._changed = asyncio.Event()
+
+        def feedback(reader_id: str, signal: Feedback) -> None:
+            show(reader_id, signal)
+            self._signals.append((reader_id, signal))
+            self._changed.set()
+
+        monkeypatch.setattr(readers, "feedback", feedback)
+
+    def at(self, door: str) -> list[Feedback]:
+        """What ``door``'s reader was told to show, oldest first."""
+        return [signal for reader, signal in self._signals if reader == door]
+
+    async def wait_for(self, door: str, count: int) -> list[Feedback]:
+        """Once ``door``'s reader was told ``count`` signals: all of them (bounded wait)."""
+        async with asyncio.timeout(5):
+            while len(self.at(door)) < count:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.at(door)
+
+
+@pytest.mark.parametrize(("value", "shown"), [(ADA, Feedback.GRANTED), (UNKNOWN, Feedback.DENIED)])
+async def test_a_forced_door_sounds_its_alarm_again_after_a_decision(
+    start_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch, value: str, shown: Feedback
+) -> None:
+    monkeypatch.setattr(base, "FEEDBACK_SHOWN_S", 0.01)
+    inputs = door_inputs(monkeypatch)
+    gw = await start_gateway()
+    log = ReaderLog(gw, monkeypatch)
+    [door_input] = inputs
+    door_input(contact("front", 1))  # forced open
+    assert gw.doors.resting_signal("front") is Feedback.DOOR_ALARM
+
+    await gw.entry.handle(CredentialRead("front", "nfc_uid", value))
+
+    assert sim_readers(gw).shown["front"] is shown
+    # The decision's signal runs its course, then the door alarm is back: the card did not
+    # silence it.
+    assert await log.wait_for("front", 3) == [Feedback.DOOR_ALARM, shown, Feedback.DOOR_ALARM]
+    status = gw.doors.status("front")
+    assert status is not None
+    assert status.forced_open_alarm
+
+    door_input(contact("front", 0))  # closed: the alarm ends
+    assert log.at("front")[-1] is Feedback.IDLE
+
+
+async def test_a_reader_with_no_alarm_to_return_to_is_left_to_go_idle(
+    start_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(base, "FEEDBACK_SHOWN_S", 0.01)
+    inputs = door_inputs(monkeypatch)
+    gw = await start_gateway()
+    log = ReaderLog(gw, monkeypatch)
+    [door_input] = inputs
+
+    await gw.entry.handle(CredentialRead("front", "nfc_uid", UNKNOWN))  # no alarm at front
+    door_input(contact("lobby", 1))
+    await gw.entry.handle(CredentialRead("lobby", "nfc_uid", UNKNOWN))
+    # The lobby's alarm is back, so a return due earlier at the front would have been shown.
+    assert await log.wait_for("lobby", 3) == [
+        Feedback.DOOR_ALARM,
+        Feedback.DENIED,
+        Feedback.DOOR_ALARM,
+    ]
+    assert log.at("front") == [Feedback.DENIED]
+
+
+async def test_stopping_cancels_a_pending_return_to_the_alarm(
+    start_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(base, "FEEDBACK_SHOWN_S", 0.01)
+    inputs = door_inputs(monkeypatch)
+    gw = await start_gateway()
+    log = ReaderLog(gw, monkeypatch)
+    [door_input] = inputs
+    door_input(contact("front", 1))
+    await gw.entry.handle(CredentialRead("front", "nfc_uid", UNKNOWN))
+
+    await gw.entry.stop()  # the doors keep running
+    await asyncio.sleep(2 * base.FEEDBACK_SHOWN_S)  # past when the return was due
+
+    assert log.at("front") == [Feedback.DOOR_ALARM, Feedback.DENIED]
