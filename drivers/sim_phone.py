@@ -5,7 +5,8 @@ app in the foreground would: flags and the service data (``ReferencePhone.servic
 rotating) in the advertisement, the 128-bit service UUID in the scan response (the two do not
 fit in one 31-byte legacy advertisement). Its GATT service has the two characteristics of the
 protocol; a write to READER_TO_PHONE goes to ``ReferencePhone.on_write``, a read of
-PHONE_TO_READER returns ``ReferencePhone.read_reply()``.
+PHONE_TO_READER returns ``ReferencePhone.read_reply()``, and a disconnection goes to
+``ReferencePhone.on_disconnect`` (the handshake and the prepared reply are forgotten).
 
 Knobs for tests: ``rssi_dbm`` / ``set_distance`` (how loud the gateway hears it),
 ``stall_after`` (answer that many requests of a connection, then fall silent),
@@ -209,6 +210,8 @@ class SimPhone:
     def _on_disconnection(self, connection: Connection) -> None:
         self._requests.pop(connection, None)
         self._abandon(connection)
+        # As the protocol asks of a phone: back to idle, nothing left for the next reader to read.
+        self.phone.on_disconnect()
 
     # --- advertising --------------------------------------------------------------------------
 

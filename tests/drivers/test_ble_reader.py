@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from bleak import BleakScanner
+from bleak import BleakClient, BleakScanner
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, AdvertisementDataCallback, BaseBleakScanner
 from bleak.exc import BleakError
@@ -30,24 +30,31 @@ from drivers.bleak_bumble import (
 )
 from drivers.reference_phone import ReferencePhone
 from drivers.sim_phone import SimPhone
-from gateway.ble_protocol import SERVICE_UUID, parse_proof
+from gateway.ble_protocol import PHONE_TO_READER_UUID, SERVICE_UUID, parse_proof
 from gateway.challenges import ChallengeBook
 from gateway.proximity import ProximityError, proximity_threshold
 from gateway.reader_identity import ReaderIdentity
 
 DOOR = "front"
-WAIT_S = 3.0
+WAIT_S = 5.0  # upper bound for one expected event; the happy path takes tens of milliseconds
 INTERVAL_MS = 20.0  # phones advertise fast here, so tests take tens of milliseconds
+#: A cooldown no test outlives (pytest's own timeout is 60 s): a second read within a test can
+#: then only come from a new ephemeral id, never from the cooldown running out.
+ENDLESS_COOLDOWN_S = 60.0
 
 
 @pytest.fixture(autouse=True)
 def quick(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Timing constants shrunk so that each behaviour shows within a fraction of a second."""
+    """Timing constants shrunk so that each behaviour shows within a fraction of a second.
+
+    The exchange's own timeouts are not shrunk: a phone that answers must never be cut off,
+    however loaded the machine. A test that needs one to fire shortens it itself.
+    """
     monkeypatch.setattr(ble_reader, "COOLDOWN_S", 1.0)
     monkeypatch.setattr(ble_reader, "RETRY_AFTER_FAILURE_S", 0.3)
-    monkeypatch.setattr(ble_reader, "CONNECT_TIMEOUT_S", 0.5)
-    monkeypatch.setattr(ble_reader, "STEP_TIMEOUT_S", 0.2)
-    monkeypatch.setattr(ble_reader, "EXCHANGE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(ble_reader, "CONNECT_TIMEOUT_S", WAIT_S)
+    monkeypatch.setattr(ble_reader, "STEP_TIMEOUT_S", WAIT_S)
+    monkeypatch.setattr(ble_reader, "EXCHANGE_TIMEOUT_S", 2 * WAIT_S)
     monkeypatch.setattr(ble_reader, "RSSI_WINDOW_S", 0.5)
     monkeypatch.setattr(ble_reader, "SCAN_RETRY_BASE_S", 0.02)
 
@@ -68,6 +75,8 @@ class Rig:
         self.identity = ReaderIdentity.generate()
         self.challenges = ChallengeBook()
         self.reads: asyncio.Queue[CredentialRead] = asyncio.Queue()
+        #: When each read was handed over (loop time, in the reader's own turn).
+        self.read_at: list[float] = []
         self.timings: list[ExchangeTiming] = []
         self.reader = self.make_reader(NEAR_DBM)
 
@@ -81,8 +90,12 @@ class Rig:
             client_backend=self.central.client_backend,
             on_timing=self.timings.append,
         )
-        reader.set_handler(self.reads.put_nowait)
+        reader.set_handler(self._on_read)
         return reader
+
+    def _on_read(self, read: CredentialRead) -> None:
+        self.read_at.append(asyncio.get_running_loop().time())
+        self.reads.put_nowait(read)
 
     def enrolled_phone(self) -> ReferencePhone:
         return ReferencePhone.generate({self.identity.reader_id: self.identity.public_key})
@@ -162,7 +175,8 @@ async def test_a_near_phone_presents_its_key_once_and_is_disconnected(rig: Rig) 
     assert rig.reader.counts["reads"] == 1
     [timing] = rig.timings
     assert timing.reader_id == DOOR
-    assert 0 < timing.exchange_s <= timing.first_advert_to_read_s < 1.0
+    # How fast a presentation is belongs to bench/, not here: only that the timing is coherent.
+    assert 0 < timing.exchange_s <= timing.first_advert_to_read_s < WAIT_S
     assert rig.reader.last_timing == timing
 
 
@@ -252,23 +266,30 @@ async def test_phones_beyond_the_connection_bound_wait_their_turn(
     assert rig.reader.counts["deferred"] > 0
 
 
-async def test_cooldown_gives_one_read_per_phone_then_another_after_it(rig: Rig) -> None:
+async def test_cooldown_gives_one_read_per_phone_then_another_after_it(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Hearing a handful of adverts takes about 0.1 s: the cooldown outlasts that many times over.
+    monkeypatch.setattr(ble_reader, "COOLDOWN_S", 2.0)
     sim = await rig.phone()
     rig.reader.start()
     loop = asyncio.get_running_loop()
 
     await rig.read()
-    first_at = loop.time()
-    await rig.heard(10)  # the phone stays in front of the reader...
-    assert loop.time() - first_at < ble_reader.COOLDOWN_S
-    assert rig.reads.empty()  # ...and presents no second time within the cooldown
+    await rig.heard(5)  # the phone stays in front of the reader...
+    heard_at = loop.time()
+    await rig.read()  # ...and presents again once the cooldown is over
 
-    await rig.read()  # it presents again once the cooldown is over
-    assert loop.time() - first_at >= ble_reader.COOLDOWN_S
+    first, second = rig.read_at  # taken as each read was handed over, not when the test woke
+    assert heard_at - first < ble_reader.COOLDOWN_S  # it was heard within the cooldown...
+    assert second - first >= ble_reader.COOLDOWN_S  # ...yet presented no second time in it
     assert sim.connections == 2
 
 
-async def test_a_new_address_with_the_same_ephemeral_id_is_the_same_phone(rig: Rig) -> None:
+async def test_a_new_address_with_the_same_ephemeral_id_is_the_same_phone(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ble_reader, "COOLDOWN_S", ENDLESS_COOLDOWN_S)
     sim = await rig.phone()
     rig.reader.start()
     await rig.read()
@@ -285,21 +306,28 @@ async def test_a_new_address_with_the_same_ephemeral_id_is_the_same_phone(rig: R
     assert sim.connections == 1
 
 
-async def test_a_rotated_ephemeral_id_is_a_new_presentation(rig: Rig) -> None:
+async def test_a_rotated_ephemeral_id_is_a_new_presentation(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ble_reader, "COOLDOWN_S", ENDLESS_COOLDOWN_S)
     sim = await rig.phone()
     rig.reader.start()
-    await rig.read()
+    first = await rig.read()
 
     await sim.rotate()
 
     read = await rig.read()  # no cooldown: the id is new (the reader cannot link the two)
     assert read.value == sim.phone.key_id.hex().upper()
+    assert parse_proof(read.proof).transcript.ephemeral_id != (
+        parse_proof(first.proof).transcript.ephemeral_id
+    )
 
 
 async def test_the_phones_own_rotation_reaches_the_advertisement(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sim_phone, "REFRESH_S", 0.02)
+    monkeypatch.setattr(ble_reader, "COOLDOWN_S", ENDLESS_COOLDOWN_S)
     phone = ReferencePhone.generate(
         {rig.identity.reader_id: rig.identity.public_key}, rotate_every_s=0.2
     )
@@ -309,7 +337,7 @@ async def test_the_phones_own_rotation_reaches_the_advertisement(
 
     first = await rig.read()
     first_at = loop.time()
-    second = await rig.read()  # a new ephemeral id after 0.2 s, so no cooldown applies
+    second = await rig.read()  # a new ephemeral id after 0.2 s: the cooldown does not apply
 
     assert loop.time() - first_at < ble_reader.COOLDOWN_S
     assert first.value == second.value == phone.key_id.hex().upper()
@@ -322,8 +350,9 @@ async def test_the_phones_own_rotation_reaches_the_advertisement(
 
 
 async def test_a_phone_that_stalls_mid_exchange_times_out_and_the_next_phone_still_reads(
-    rig: Rig,
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(ble_reader, "STEP_TIMEOUT_S", 0.2)  # the stalled step: time out soon
     stalling = await rig.phone(stall_after=2)  # answers message 1 and 2, never message 3
     rig.reader.start()
 
@@ -332,6 +361,8 @@ async def test_a_phone_that_stalls_mid_exchange_times_out_and_the_next_phone_sti
     assert rig.reads.empty()
     await stalling.stop()
 
+    # The next phone answers: no short timeout may cut it off on a loaded machine.
+    monkeypatch.setattr(ble_reader, "STEP_TIMEOUT_S", WAIT_S)
     healthy = await rig.phone()
     read = await rig.read()
     assert read.value == healthy.phone.key_id.hex().upper()
@@ -396,7 +427,13 @@ async def test_a_phone_leaving_mid_exchange_counts_as_disconnected(rig: Rig) -> 
     assert (await rig.read()).value == sim.phone.key_id.hex().upper()
 
 
-async def test_stop_is_prompt_with_an_exchange_in_flight_and_disconnects(rig: Rig) -> None:
+async def test_stop_is_prompt_with_an_exchange_in_flight_and_disconnects(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stalled exchange would run into these long after the bound below: stop() must not
+    # wait for them (it takes milliseconds; the bound only has to tell the two apart).
+    monkeypatch.setattr(ble_reader, "STEP_TIMEOUT_S", 6 * WAIT_S)
+    monkeypatch.setattr(ble_reader, "EXCHANGE_TIMEOUT_S", 6 * WAIT_S)
     sim = await rig.phone(stall_after=1)
     rig.reader.start()
     await until(lambda: sim.connected and sim.answered >= 1)
@@ -405,11 +442,34 @@ async def test_stop_is_prompt_with_an_exchange_in_flight_and_disconnects(rig: Ri
     started = loop.time()
     await rig.reader.stop()
 
-    assert loop.time() - started < 0.2
+    assert loop.time() - started < WAIT_S
     assert rig.reader.state is ReaderState.STOPPED
     await until(lambda: not sim.connected)
     assert not [t for t in asyncio.all_tasks() if (t.get_name() or "").startswith("ble-")]
     await rig.reader.stop()  # idempotent
+
+
+async def test_a_phone_disconnected_mid_exchange_keeps_no_stale_reply(rig: Rig) -> None:
+    sim = await rig.phone(stall_after=3)  # prepares message 4, then holds it back...
+    rig.reader.start()
+    await until(lambda: sim.answered >= 3)
+
+    await rig.reader.stop()  # ...and the reader leaves with it unread
+    await until(lambda: not sim.connected)
+    assert rig.reads.empty()
+
+    # Whoever connects next reads nothing: the prepared message 4 went with the link.
+    sim.stall_after = None
+    address = sim.peripheral.address.to_string(with_type_qualifier=False)
+    async with BleakClient(address, backend=rig.central.client_backend, timeout=WAIT_S) as client:
+        assert await client.read_gatt_char(PHONE_TO_READER_UUID) == b""
+
+    rig.reader.start()  # and a fresh exchange is answered as usual
+    read = await rig.read()
+    assert read.value == sim.phone.key_id.hex().upper()
+    proof = parse_proof(read.proof)
+    assert proof.key_id == sim.phone.key_id
+    assert rig.challenges.redeem(proof.transcript.nonce)  # this exchange's nonce, fresh
 
 
 async def test_start_is_idempotent_and_stop_before_start_is_harmless(rig: Rig) -> None:

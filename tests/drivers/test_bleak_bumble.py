@@ -29,6 +29,7 @@ ECHO = "0f1e2d3d-4b5a-4978-8695-a4b3c2d1e0f0"  # read returns what was last writ
 COUNTER = "0f1e2d3e-4b5a-4978-8695-a4b3c2d1e0f0"  # notifies on every write to ECHO
 LOCKED = "0f1e2d3f-4b5a-4978-8695-a4b3c2d1e0f0"  # reads fail with an ATT error
 STALL = "0f1e2d40-4b5a-4978-8695-a4b3c2d1e0f0"  # reads never answer (until released)
+WAIT_S = 5.0  # upper bound for one expected event; the happy path takes milliseconds
 
 
 @pytest.fixture
@@ -51,6 +52,7 @@ class EchoServer:
         self.writes: list[bytes] = []
         self.written = asyncio.Event()
         self.stalled: set[asyncio.Future[bytes]] = set()
+        self.stalling = asyncio.Event()  # a read of STALL reached the server
         self.counter = gatt.Characteristic(
             COUNTER,
             gatt.Characteristic.Properties.NOTIFY,
@@ -103,6 +105,7 @@ class EchoServer:
     async def _stall(self, _connection: Connection) -> bytes:
         stalled: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.stalled.add(stalled)
+        self.stalling.set()
         return await stalled
 
     def abandon_stalled(self) -> None:
@@ -125,7 +128,7 @@ async def first_advert(
 
     scanner = BleakScanner(detected, service_uuids, backend=central.scanner_backend)
     async with scanner:
-        async with asyncio.timeout(2):
+        async with asyncio.timeout(WAIT_S):
             return await found
 
 
@@ -177,14 +180,20 @@ async def test_a_peripheral_below_the_receiver_sensitivity_is_not_heard(
             enough.set()
 
     async with BleakScanner(detected, [SERVICE], backend=central.scanner_backend):
-        await asyncio.wait_for(enough.wait(), 3)
+        await asyncio.wait_for(enough.wait(), WAIT_S)
     assert set(heard) == {b"loud"}
 
     faint.rssi_dbm = bleak_bumble.RECEIVER_SENSITIVITY_DBM  # a step closer: just heard
-    async with asyncio.timeout(3):
-        _device, data = await first_advert(central, [SERVICE])
-        while data.service_data[SERVICE] != b"faint":
-            _device, data = await first_advert(central, [SERVICE])
+    # One scanner, waiting for the faint one: which of two advertisers a fresh scanner hears
+    # first depends on the phase of their timers, and can stay "loud" scanner after scanner.
+    just_heard: asyncio.Future[AdvertisementData] = asyncio.get_running_loop().create_future()
+
+    def faint_heard(_device: BLEDevice, data: AdvertisementData) -> None:
+        if data.service_data[SERVICE] == b"faint" and not just_heard.done():
+            just_heard.set_result(data)
+
+    async with BleakScanner(faint_heard, [SERVICE], backend=central.scanner_backend):
+        data = await asyncio.wait_for(just_heard, WAIT_S)
     assert data.rssi == bleak_bumble.RECEIVER_SENSITIVITY_DBM
 
 
@@ -203,7 +212,7 @@ async def test_rssi_jitter_is_seeded_and_bounded(
             enough.set()
 
     async with BleakScanner(detected, [SERVICE], backend=central.scanner_backend):
-        await asyncio.wait_for(enough.wait(), 3)
+        await asyncio.wait_for(enough.wait(), WAIT_S)
     assert all(-54 <= rssi <= -46 for rssi in seen)
     assert len(set(seen)) > 1
 
@@ -286,7 +295,7 @@ async def test_connect_discover_read_write_notify_disconnect(
         device,
         lambda _client: disconnected.set(),
         backend=central.client_backend,
-        timeout=2,
+        timeout=WAIT_S,
     )
     await client.connect()
     try:
@@ -308,12 +317,12 @@ async def test_connect_discover_read_write_notify_disconnect(
         long_value = bytes(range(256)) * 2  # longer than one ATT PDU at the default MTU
         await client.write_gatt_char(ECHO, long_value, response=True)
         assert await client.read_gatt_char(ECHO) == long_value
-        assert await asyncio.wait_for(notified.get(), 1) == b"\x01"
+        assert await asyncio.wait_for(notified.get(), WAIT_S) == b"\x01"
 
         await client.stop_notify(COUNTER)
         server.written.clear()
         await client.write_gatt_char(ECHO, b"command", response=False)
-        await asyncio.wait_for(server.written.wait(), 1)
+        await asyncio.wait_for(server.written.wait(), WAIT_S)
         assert server.value == b"command"
         assert notified.empty()
     finally:
@@ -331,7 +340,7 @@ async def test_att_errors_become_bleak_gatt_protocol_errors(
     await EchoServer(peripheral).advertise()
     device, _ = await first_advert(central, [SERVICE])
 
-    async with BleakClient(device, backend=central.client_backend, timeout=2) as client:
+    async with BleakClient(device, backend=central.client_backend, timeout=WAIT_S) as client:
         with pytest.raises(BleakGATTProtocolError) as caught:
             await client.read_gatt_char(LOCKED)
         assert caught.value.args  # the ATT error code travels
@@ -350,16 +359,16 @@ async def test_peer_disconnecting_mid_read_is_a_bleak_error_and_calls_back(
     device, _ = await first_advert(central, [SERVICE])
     disconnected = asyncio.Event()
     client = BleakClient(
-        device, lambda _c: disconnected.set(), backend=central.client_backend, timeout=2
+        device, lambda _c: disconnected.set(), backend=central.client_backend, timeout=WAIT_S
     )
     await client.connect()
 
     read = asyncio.create_task(client.read_gatt_char(STALL))
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(server.stalling.wait(), WAIT_S)  # the read is with the server now
     for connection in list(peripheral.device.connections.values()):
         await connection.disconnect()
     with pytest.raises(BleakError, match="disconnected"):
-        await asyncio.wait_for(read, 1)
+        await asyncio.wait_for(read, WAIT_S)
     assert disconnected.is_set()
     assert not client.is_connected
     server.abandon_stalled()
@@ -373,7 +382,7 @@ async def test_a_stalled_read_is_cancelled_by_the_callers_timeout(
     await server.advertise()
     device, _ = await first_advert(central, [SERVICE])
 
-    async with BleakClient(device, backend=central.client_backend, timeout=2) as client:
+    async with BleakClient(device, backend=central.client_backend, timeout=WAIT_S) as client:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.1):
                 await client.read_gatt_char(STALL)
@@ -382,8 +391,11 @@ async def test_a_stalled_read_is_cancelled_by_the_callers_timeout(
 
 
 async def test_connect_times_out_and_the_next_connect_still_works(
-    radio: VirtualRadio, central: BumbleCentral
+    radio: VirtualRadio, central: BumbleCentral, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Were the cancelled attempt not confirmed by the controller, withdrawing it would wait
+    # this long: far beyond the bound below, which a confirmed cancel (milliseconds) meets.
+    monkeypatch.setattr(bleak_bumble, "CONNECT_CANCEL_TIMEOUT_S", 6 * WAIT_S)
     peripheral = await radio.add_peripheral()
     await EchoServer(peripheral).advertise()
     device, _ = await first_advert(central, [SERVICE])
@@ -393,14 +405,14 @@ async def test_connect_times_out_and_the_next_connect_still_works(
     started = loop.time()
     with pytest.raises(TimeoutError):
         await BleakClient(device, backend=central.client_backend, timeout=0.2).connect()
-    assert loop.time() - started < 0.5
+    assert loop.time() - started < WAIT_S
 
     await peripheral.advertise(
         advertising_payload(service_data=[(SERVICE, b"\x01")]),
         scan_response_payload(service_uuids=[SERVICE]),
         interval_ms=20,
     )
-    async with BleakClient(device, backend=central.client_backend, timeout=2) as client:
+    async with BleakClient(device, backend=central.client_backend, timeout=WAIT_S) as client:
         assert await client.read_gatt_char(ECHO) == b"initial"
 
 
@@ -414,7 +426,7 @@ async def test_two_clients_connect_at_once(radio: VirtualRadio, central: BumbleC
     }
 
     async def talk(address: str) -> bytes:
-        async with BleakClient(address, backend=central.client_backend, timeout=2) as client:
+        async with BleakClient(address, backend=central.client_backend, timeout=WAIT_S) as client:
             return bytes(await client.read_gatt_char(ECHO))
 
     values = await asyncio.gather(*(talk(address) for address in devices))
@@ -426,12 +438,14 @@ async def test_scanner_start_and_stop_are_idempotent_and_scanners_share_the_radi
 ) -> None:
     peripheral = await radio.add_peripheral()
     await EchoServer(peripheral).advertise()
-    first = BleakScanner(backend=central.scanner_backend)
+    heard = asyncio.Event()
+    first = BleakScanner(lambda _device, _data: heard.set(), backend=central.scanner_backend)
     await first.start()
     await first.start()
     _device, _data = await first_advert(central, [SERVICE])  # a second scanner comes and goes
     assert central.device.is_scanning
-    await asyncio.sleep(0.05)
+    heard.clear()
+    await asyncio.wait_for(heard.wait(), WAIT_S)  # the first still hears after it left
     assert first.discovered_devices
     await first.stop()
     await first.stop()
@@ -450,5 +464,5 @@ async def test_an_address_rotation_is_seen_as_a_new_device(
     after, data = await first_advert(central, [SERVICE])
     assert after.address != before.address
     assert data.service_data == {SERVICE: b"\x07"}
-    async with BleakClient(after, backend=central.client_backend, timeout=2) as client:
+    async with BleakClient(after, backend=central.client_backend, timeout=WAIT_S) as client:
         assert await client.read_gatt_char(ECHO) == b"initial"

@@ -128,6 +128,21 @@ def test_a_disconnection_forgets_the_handshake(phone: ReferencePhone) -> None:
     assert phone.read_reply() == b""
 
 
+def test_a_disconnection_before_message_4_is_read_leaves_no_stale_reply(
+    phone: ReferencePhone,
+) -> None:
+    gone = connect(phone)
+    phone.on_write(gone.hello())
+    phone.on_write(gone.prove(phone.read_reply()))  # message 4 is prepared...
+    assert phone.read_reply() != b""
+    phone.on_disconnect()  # ...and the reader left before reading it
+    assert phone.read_reply() == b""  # the next reader to connect is not handed it
+    fresh = connect(phone)
+    phone.on_write(fresh.hello())
+    phone.on_write(fresh.prove(phone.read_reply()))
+    assert fresh.finish(phone.read_reply()).key_id == phone.key_id
+
+
 def test_the_ephemeral_id_rotates(phone: ReferencePhone, clock: Clock) -> None:
     first = phone.service_data()
     assert len(first) == bp.ADVERT_BYTES
@@ -175,3 +190,9 @@ def test_every_phone_advertises_its_own_random_id() -> None:
         parse_advertisement(ReferencePhone.generate(READER_KEYS).service_data()) for _ in range(20)
     }
     assert len(ids) == 20
+
+
+def test_a_reader_list_with_a_wrong_id_is_refused() -> None:
+    reader = ec.generate_private_key(ec.SECP256R1()).public_key()
+    with pytest.raises(ValueError, match="is not its key's id"):
+        ReferencePhone.generate({bytes(16): reader})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import pytest
@@ -259,15 +258,13 @@ def test_arbitrary_proofs_never_raise(proof: bytes, value: str) -> None:
         pytest.fail("an arbitrary proof verified")
 
 
-def test_verification_is_fast(site: Site, phone: ReferencePhone) -> None:
+def test_many_outstanding_transactions_each_verify_once(phone: ReferencePhone) -> None:
+    # What verification costs is measured by bench/credentials.py, not here.
+    site = Site()
+    site.challenges = ChallengeBook(monotonic=lambda: 0.0)  # no nonce expires mid-test
+    site.verify = BlePhoneVerifier(site.challenges)
     site.enrol(phone)
-    claims = [site.transact(phone) for _ in range(300)]
-    times: list[float] = []
-    for claim in claims:
-        started = time.perf_counter()
-        result = site.present(claim)
-        times.append(time.perf_counter() - started)
-        assert isinstance(result, Verified)
-    times.sort()
-    p99 = times[int(len(times) * 0.99) - 1]
-    assert p99 < 0.005, f"p99 {p99 * 1e3:.2f} ms"
+    claims = [site.transact(phone) for _ in range(50)]
+    assert all(isinstance(site.present(claim), Verified) for claim in claims)
+    assert len(site.challenges) == 0  # every nonce redeemed
+    assert all(isinstance(site.present(claim), Refused) for claim in claims)
