@@ -16,6 +16,7 @@ return the same bytes, so a reader may read NLEN and then the message.
 
 from __future__ import annotations
 
+import abc
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -112,7 +113,7 @@ def ndef_uri_message(url: str) -> bytes:
     return bytes([0xC1, 1]) + len(payload).to_bytes(4, "big") + b"U" + payload
 
 
-class _IsoDepCard:
+class _IsoDepCard(abc.ABC):
     """What both chips share: APDU framing, GetVersion and AuthenticateEV2First."""
 
     def __init__(
@@ -204,11 +205,13 @@ class _IsoDepCard:
         ti = self._random(ntag424.TI_BYTES)
         return ntag424.ev2_card_response(key, ti, rnd_a) + NATIVE_OK
 
+    @abc.abstractmethod
     def _may_authenticate(self) -> bool:
-        raise NotImplementedError
+        """Whether AuthenticateEV2First is allowed in the card's current state."""
 
+    @abc.abstractmethod
     def _key(self, key_no: int) -> bytes | None:
-        raise NotImplementedError
+        """The card's key ``key_no`` in its selected application; None: no such key."""
 
     def _other_native(self, command: Apdu) -> bytes:
         return NATIVE_ILLEGAL_COMMAND

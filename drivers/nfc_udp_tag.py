@@ -20,6 +20,7 @@ A card is in the reader's field from ``start()`` to ``stop()``; one card per por
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import enum
 import logging
@@ -149,7 +150,7 @@ def _open_listener(host: str, port: int) -> tuple[Any, socket.socket]:
     return clf, sock
 
 
-class _UdpCard:
+class _UdpCard(abc.ABC):
     """A card in a udp reader's field, served by its own thread from ``start()`` to ``stop()``."""
 
     def __init__(self, uid: bytes, sel_res: int, *, port: int, host: str) -> None:
@@ -269,9 +270,9 @@ class _UdpCard:
             self._clf.close()
             self._clf = None
 
+    @abc.abstractmethod
     def _session(self, activated: Any) -> None:
         """Serve one activation; returns when the card goes mute, is released or leaves."""
-        raise NotImplementedError
 
     def _serve(self, first: bytes | None, handle: Callable[[bytes], bytes | None]) -> None:
         """Send ``first``, then answer each frame with ``handle`` (None: stay silent)."""
