@@ -1,0 +1,1 @@
+"""OfficeRnD integration: the Flex API v2 connector, webhooks, and the mapping into the site."""

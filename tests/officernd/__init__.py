@@ -1,0 +1,1 @@
+"""Tests of the OfficeRnD integration, against a fake OfficeRnD built from its documented API."""
