@@ -18,7 +18,7 @@ import logging
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -264,8 +264,21 @@ class Cache:
         then the next snapshot may drop it. FormatError if its user is not in the cache or its
         value belongs to another credential.
         """
+        await self.apply_local(upserts={"credentials": (credential,)})
+
+    async def apply_local(
+        self,
+        *,
+        upserts: Mapping[str, tuple[Any, ...]] | None = None,
+        deletes: Mapping[str, frozenset[str]] | None = None,
+    ) -> None:
+        """Apply changes made at this gateway (enrolment, a local integration), keeping the version.
+
+        Checked like a delta (FormatError names what is wrong, and nothing is applied); an
+        upstream snapshot replaces them, so their owner applies them again after one.
+        """
         async with self._lock:
-            delta = Delta(self.version, self.version, upserts={"credentials": (credential,)})
+            delta = Delta(self.version, self.version, upserts=upserts or {}, deletes=deletes or {})
             self._view.check_delta(delta)
             await self._write_and_swap(delta)
 

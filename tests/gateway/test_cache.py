@@ -1202,3 +1202,25 @@ def test_a_pacer_lets_other_threads_in_once_per_slice(monkeypatch: pytest.Monkey
     for _ in range(80):
         eager()
     assert sleeps == [0] * 10  # the clock is read every 8th call
+
+
+async def test_local_changes_keep_the_version_and_are_checked_like_a_delta(
+    make_cache: MakeCache, path: Path
+) -> None:
+    cache = await applied(make_cache, rich(version=4))
+    tag = Tag("ornd-plan-1", "Hot desk", special=True, owner="officernd")
+    user = User("ornd-u1", "Local Lou", UserStatus.ACTIVE, ("ornd-plan-1",))
+    await cache.apply_local(upserts={"tags": (tag,), "users": (user,)})
+    assert cache.version == 4
+    assert cache.view.users["ornd-u1"] == user
+    with pytest.raises(FormatError, match="still held by user"):
+        await cache.apply_local(deletes={"tags": frozenset({"ornd-plan-1"})})
+    assert "ornd-plan-1" in cache.view.tags  # nothing applied
+    await cache.apply_local(
+        deletes={"users": frozenset({"ornd-u1"}), "tags": frozenset({"ornd-plan-1"})}
+    )
+    assert "ornd-u1" not in cache.view.users
+    await cache.stop()
+    again = await make_cache()
+    assert again.version == 4
+    assert "ornd-plan-1" not in again.view.tags
