@@ -9,12 +9,16 @@ import ipaddress
 import json
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin, get_type_hints
 
 from gateway.proximity import ProximityError, proximity_threshold
+
+if TYPE_CHECKING:
+    from gateway.officernd.mapping import MappingSettings
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["json", "text"]
@@ -310,6 +314,165 @@ class CloudSection:
     snapshot_interval_s: int = field(default=3600, metadata={"min": 60, "max": 86_400})
 
 
+#: OfficeRnD member statuses (OFFICERND.md, "Objects"); ``former`` can never grant access.
+OFFICERND_MEMBER_STATUSES = (
+    "active",
+    "former",
+    "pending",
+    "contact",
+    "not_approved",
+    "drop-in",
+    "lead",
+)
+#: Credential kinds a member custom property may list (a phone key needs an enrolled key).
+OFFICERND_CARD_KINDS = ("nfc_uid", "ntag424", "desfire", "mech_key")
+_RULE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# The site-data id rule (gateway.codec): doors and schedules are named by such ids.
+_SITE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+PLAN_NAME_MAX = 256
+
+
+def https_or_loopback(url: str) -> bool:
+    """True for an https:// URL with a host, or an http:// one to 127.0.0.1, localhost or [::1]."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    if not host or parts.username is not None or parts.password is not None:
+        return False
+    # Plain http only where nothing leaves this machine: tests against a local fake.
+    return parts.scheme == "https" or (parts.scheme == "http" and host in _LOOPBACK_HOSTS)
+
+
+def _is_webhook_url(url: str) -> bool:
+    if url == "":
+        return True
+    parts = urllib.parse.urlsplit(url)
+    return https_or_loopback(url) and parts.path.endswith("/hooks/officernd") and not parts.query
+
+
+def _is_portal_policy(text: str) -> bool:
+    if text in ("active_members", "nobody"):
+        return True
+    return text.startswith("property:") and bool(text.removeprefix("property:").strip())
+
+
+def _check_officernd(section: OfficeRnDSection) -> list[tuple[str, object, str]]:
+    """Known member statuses and card kinds; rule names, plans, doors and schedules usable."""
+    problems: list[tuple[str, object, str]] = []
+    statuses = [s for s in OFFICERND_MEMBER_STATUSES if s != "former"]
+    for i, status in enumerate(section.member_statuses_with_access):
+        if status == "former":
+            allowed = "a status other than former (a former member never has access)"
+            problems.append((f"member_statuses_with_access[{i}]", status, allowed))
+        elif status not in statuses:
+            allowed = "one of " + ", ".join(show_value(s) for s in statuses)
+            problems.append((f"member_statuses_with_access[{i}]", status, allowed))
+    for i, kind in enumerate(section.card_kinds):
+        if kind not in OFFICERND_CARD_KINDS:
+            allowed = "one of " + ", ".join(show_value(k) for k in OFFICERND_CARD_KINDS)
+            if kind == "ble_phone_key":
+                allowed += " (a phone key needs an enrolled public key, never a property)"
+            problems.append((f"card_kinds[{i}]", kind, allowed))
+    for name, rule in section.rules.items():
+        problems.extend(_check_rule(name, rule))
+    return problems
+
+
+def _check_rule(name: str, rule: OfficeRnDRuleEntry) -> list[tuple[str, object, str]]:
+    """One ``[officernd.rules.<name>]``: its name, plans, doors and schedule."""
+    path = f"rules.{name}"
+    if not _RULE_NAME.fullmatch(name):
+        return [(path, name, "a rule name of 1 to 64 of A-Z a-z 0-9 _ -")]
+    problems: list[tuple[str, object, str]] = []
+    for i, plan in enumerate(rule.plans):
+        if not plan.strip() or len(plan) > PLAN_NAME_MAX:
+            allowed = f"a plan name (1 to {PLAN_NAME_MAX} characters) or a 24-hex plan id"
+            problems.append((f"{path}.plans[{i}]", plan, allowed))
+    for i, door in enumerate(rule.doors):
+        if not _SITE_ID.fullmatch(door):
+            problems.append((f"{path}.doors[{i}]", door, "a door id of the site data"))
+    if rule.schedule and not _SITE_ID.fullmatch(rule.schedule):
+        allowed = 'a schedule id of the site data, or "" (at any time)'
+        problems.append((f"{path}.schedule", rule.schedule, allowed))
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class OfficeRnDRuleEntry:
+    """``[officernd.rules.<name>]``: members holding one of ``plans`` may open ``doors``."""
+
+    plans: tuple[str, ...] = field(
+        metadata={"min_items": 1, "allowed": "plan names or 24-hex plan ids"}
+    )
+    doors: tuple[str, ...] = field(metadata={"min_items": 1, "allowed": "door ids"})
+    schedule: str = ""  # a schedule id of the site data; "": at any time
+
+
+@dataclass(frozen=True, slots=True)
+class OfficeRnDSection:
+    """``[officernd]``: how OfficeRnD is followed and mapped (its activation is in the state dir)."""
+
+    poll_interval_s: int = field(
+        default=60,
+        metadata={
+            "min": 0,
+            "max": 86_400,
+            # Below 10 s a poll would spend the read budget for little: off, or at least 10.
+            "validator": lambda seconds: seconds == 0 or seconds >= 10,
+            "allowed": "0 (off) or 10 to 86400",
+        },
+    )
+    reconcile_interval_s: int = field(default=3600, metadata={"min": 300, "max": 86_400})
+    webhook_url: str = field(
+        default="",
+        metadata={
+            "validator": _is_webhook_url,
+            "allowed": "the public https:// URL ending in /hooks/officernd that OfficeRnD posts "
+            'to (http:// only to 127.0.0.1, localhost or [::1]), or "" (polling only)',
+        },
+    )
+    card_property: str = field(
+        default="luckey_cards",
+        metadata={
+            "validator": lambda name: bool(name.strip()),
+            "allowed": "the name of a member custom property",
+        },
+    )
+    portal_access: str = field(
+        default="property:member_app",
+        metadata={
+            "validator": _is_portal_policy,
+            "allowed": '"property:<name>" (a member custom property), "active_members" or "nobody"',
+        },
+    )
+    member_statuses_with_access: tuple[str, ...] = field(
+        default=("active", "drop-in"), metadata={"allowed": "OfficeRnD member statuses"}
+    )
+    card_kinds: tuple[str, ...] = field(
+        default=("nfc_uid", "ntag424", "desfire"), metadata={"allowed": "credential kinds"}
+    )
+    login: bool = True  # members sign in with their OfficeRnD email and password
+    session_minutes: int = field(default=60, metadata={"min": 5, "max": 1440})
+    rules: Mapping[str, OfficeRnDRuleEntry] = field(default_factory=dict)
+
+    def mapping_settings(self) -> MappingSettings:
+        """These settings as the mapping takes them."""
+        # Imported here: loading a configuration must not import the connector (and aiohttp).
+        from gateway.model import CredentialKind  # noqa: PLC0415
+        from gateway.officernd.mapping import MappingSettings  # noqa: PLC0415
+
+        return MappingSettings(
+            card_property=self.card_property,
+            portal_access=self.portal_access,
+            member_statuses_with_access=frozenset(self.member_statuses_with_access),
+            card_kinds=frozenset(CredentialKind(kind) for kind in self.card_kinds),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class DemoSection:
     """``[demo]``: the demo site for a first run."""
@@ -331,11 +494,27 @@ class Config:
     nfc: NfcSection = field(default_factory=NfcSection)
     ble: BleSection = field(default_factory=BleSection)
     cloud: CloudSection = field(default_factory=CloudSection, metadata={"check": _check_cloud})
+    officernd: OfficeRnDSection = field(
+        default_factory=OfficeRnDSection, metadata={"check": _check_officernd}
+    )
     demo: DemoSection = field(default_factory=DemoSection)
     source: Path | None = field(default=None, metadata={"internal": True})
 
 
 # --- the generic loader: walks dataclass fields, their type hints and their metadata ---
+
+
+def _describe_list(hint: Any, meta: Mapping[str, Any], key_path: str) -> str:
+    """Say in words which arrays a ``tuple[X, ...]`` field with constraints ``meta`` accepts."""
+    item = get_args(hint)[0]
+    low, high = meta.get("min_items", 0), meta.get("max_items")
+    if _is_section(item):
+        noun = f"an array of tables [[{key_path}]]"
+    else:
+        noun = f"a list of {meta.get('allowed') or _describe(item, {})}"
+    if high is not None:
+        return f"{noun} ({low} to {high} items)"
+    return f"{noun} (at least {low})" if low else noun
 
 
 def _describe(hint: Any, meta: Mapping[str, Any]) -> str:
@@ -439,17 +618,12 @@ def _load_list(
     """A TOML array as a tuple of ``hint``'s item type; None (errors added) if unusable."""
     item = get_args(hint)[0]
     low, high = meta.get("min_items", 0), meta.get("max_items")
-    if _is_section(item):
-        noun = f"an array of tables [[{key_path}]]"
-    else:
-        noun = f"a list of {meta.get('allowed') or _describe(item, {})}"
-    bounds = f" ({low} to {high} items)" if high is not None else ""
     if (
         not isinstance(raw, list | tuple)
         or len(raw) < low
         or (high is not None and len(raw) > high)
     ):
-        errors.append(ConfigError(key_path, raw, noun + bounds))
+        errors.append(ConfigError(key_path, raw, _describe_list(hint, meta, key_path)))
         return None
     items: list[Any] = []
     failed = False
@@ -533,13 +707,12 @@ def _load(
             continue
         default = _default(f)
         if f.name not in table and default is dataclasses.MISSING:
+            if _is_list(hint):
+                expected = _describe_list(hint, f.metadata, key_path)
+            else:
+                expected = _describe(hint, f.metadata)
             errors.append(
-                ConfigError(
-                    key_path,
-                    None,
-                    _describe(hint, f.metadata),
-                    f"{key_path}: missing; expected {_describe(hint, f.metadata)}",
-                )
+                ConfigError(key_path, None, expected, f"{key_path}: missing; expected {expected}")
             )
             failed = True
             continue

@@ -32,7 +32,9 @@ from gateway.proximity import proximity_threshold
 
 EXAMPLE = Path(gateway.config.__file__).parent / "data" / "example.toml"
 DOCS = Path(__file__).parents[2] / "docs" / "configuration.md"
-SECTIONS = "allowed sections: gateway, web, hardware, doors, events, nfc, ble, cloud, demo"
+SECTIONS = (
+    "allowed sections: gateway, web, hardware, doors, events, nfc, ble, cloud, officernd, demo"
+)
 WEB_KEYS = "allowed keys: host, port, allow_remote"
 LEVELS = 'one of "debug", "info", "warning", "error"'
 
