@@ -13,6 +13,7 @@ BENCHMARKS = {
     "outbox": "bench.outbox",
     "snapshot": "bench.snapshot",
     "credentials": "bench.credentials",
+    "officernd": "bench.officernd",
 }
 
 

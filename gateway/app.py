@@ -27,6 +27,7 @@ from gateway.entry import EntryService
 from gateway.events import EventLog, new_event
 from gateway.hardware import Hardware, build_hardware
 from gateway.model import EventType
+from gateway.officernd.service import OfficeRnDService
 from gateway.outbox import Outbox
 from gateway.readers import ReaderSet
 from gateway.simulator import DEFAULT_PROXIMITY, Simulator
@@ -105,7 +106,16 @@ class Gateway:
             self._verifiers,
             offline_for=self._offline_for,
         )
-        self.enrolment = Enrolment(self.cache, self.entry, self.events, clock)
+        self.officernd = OfficeRnDService(
+            config.officernd, self.cache, self.events, config.gateway.state_dir, clock
+        )
+        self.enrolment = Enrolment(
+            self.cache,
+            self.entry,
+            self.events,
+            clock,
+            phone_allowed=self.officernd.phone_allowed,
+        )
         self.simulator = Simulator(
             self.hardware,
             self.secrets,
@@ -202,6 +212,8 @@ class Gateway:
             if self.cloud is not None:
                 await self.cloud.start()
                 stack.push_async_callback(self.cloud.stop)
+            await self.officernd.start()
+            stack.push_async_callback(self.officernd.stop)
             self.entry.start()
             stack.push_async_callback(self.entry.stop)
             stack.push_async_callback(self.simulator.stop)  # its radios, once readers stopped

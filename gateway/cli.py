@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
+import os
 import signal
 import sqlite3
+import stat
 import sys
 import urllib.error
 import urllib.parse
@@ -14,6 +17,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from drivers.gpio_relays import GpioError
 from firmware_protocol.frame import MAX_ADDRESS, MIN_ADDRESS
@@ -30,6 +34,9 @@ from gateway.signing import KeyFileError
 from gateway.sqlite import DatabaseError
 from gateway.view import CacheView
 from gateway.web import WebServerError, user_summary
+
+if TYPE_CHECKING:
+    from gateway.officernd.activation import Activation
 
 EXIT_OK = 0
 EXIT_DENIED = 1
@@ -323,6 +330,410 @@ def cmd_tags_verify_sun(args: argparse.Namespace) -> int:
     return EXIT_OK if result.valid else EXIT_DENIED
 
 
+# --- officernd ----------------------------------------------------------------------------------
+
+#: How long the CLI waits for a running daemon to answer a reload or a status request.
+DAEMON_TIMEOUT_S = 1.0
+#: How long it waits for the daemon's full sync (a large organisation takes seconds).
+SYNC_TIMEOUT_S = 300.0
+#: The most of a client secret file read (a secret is at most 1000 characters).
+SECRET_FILE_MAX_BYTES = 4096
+
+
+def _daemon_url(config: Config, path: str) -> str:
+    """The URL of ``path`` on this configuration's local web server."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(config.web.host, config.web.host)  # noqa: S104
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{config.web.port}{path}"
+
+
+def _notify_reload(config: Config) -> None:
+    """Ask a running daemon to reload its OfficeRnD activation, and say what came of it."""
+    url = _daemon_url(config, "/api/officernd/reload")
+    # The URL is always http:// to the configured local web server.
+    request = urllib.request.Request(  # noqa: S310
+        url, data=b"{}", headers={"content-type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=DAEMON_TIMEOUT_S):  # noqa: S310
+            pass
+    except urllib.error.HTTPError as err:
+        if err.code == 404:
+            print(
+                "the running gateway predates this command and cannot reload OfficeRnD: "
+                "restart it to use this"
+            )
+        else:
+            print(
+                f"the running gateway could not reload OfficeRnD ({_error_text(err)}): restart it"
+            )
+        return
+    except urllib.error.URLError as err:
+        if isinstance(err.reason, ConnectionRefusedError):
+            print("the gateway is not running: it will use this when it starts")
+        else:
+            print(f"no answer from a gateway at {url} ({err.reason}): restart it if it is running")
+        return
+    except OSError as err:  # a timeout while reading the answer
+        print(f"no answer from a gateway at {url} ({err}): restart it if it is running")
+        return
+    print("the running gateway reloaded its OfficeRnD activation")
+
+
+def _daemon_status(config: Config) -> dict[str, object] | None:
+    """The running daemon's OfficeRnD status, or None if no daemon answers with one."""
+    url = _daemon_url(config, "/api/officernd/status")
+    try:
+        with urllib.request.urlopen(url, timeout=DAEMON_TIMEOUT_S) as response:  # noqa: S310
+            body = json.load(response)
+    except (OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _read_client_secret(path: Path) -> str:
+    """The secret in ``path`` without one trailing newline; never echoed, even in errors."""
+    try:
+        # O_NONBLOCK: a named pipe is refused below rather than waited on.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise CliError(f"{path} is a symbolic link: give the file itself") from None
+        raise CliError(f"cannot read the client secret file {path}: {err.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CliError(f"{path} is not a regular file")
+        data = os.read(fd, SECRET_FILE_MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > SECRET_FILE_MAX_BYTES:
+        raise CliError(f"{path} is over {SECRET_FILE_MAX_BYTES} bytes: not a client secret")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CliError(f"{path} is not UTF-8 text") from None
+    secret = text.removesuffix("\n").removesuffix("\r")
+    if not secret:
+        raise CliError(f"{path} is empty: put the client secret in it")
+    return secret
+
+
+def cmd_officernd_activate(args: argparse.Namespace) -> int:
+    """Check OfficeRnD credentials, store them, and tell a running gateway."""
+    from gateway.officernd import activation as act  # noqa: PLC0415 - aiohttp only when needed
+    from gateway.officernd.client import OfficeRnDError  # noqa: PLC0415
+
+    config = _config(args)
+    secret = _read_client_secret(args.client_secret_file)
+    hosts = {}
+    if args.api_base is not None:
+        hosts["api_base"] = args.api_base
+    if args.identity_url is not None:
+        hosts["identity_url"] = args.identity_url
+    scopes = act.scopes_for(config.officernd)
+    try:
+        activation, report = asyncio.run(
+            act.activate(
+                config.gateway.state_dir,
+                args.org,
+                args.client_id,
+                secret,
+                scopes=scopes,
+                **hosts,
+            )
+        )
+    except OfficeRnDError as err:
+        raise CliError(act.describe_failure(err, org=args.org)) from None
+    except OSError as err:
+        where = act.folder(config.gateway.state_dir)
+        raise CliError(f"cannot store the activation in {where}: {err}") from None
+    if report.members_visible:
+        members = "yes"
+    else:
+        members = "none seen (the organisation has no member yet, or the app may not see them)"
+    rate = "not told" if report.read_rate_remaining is None else str(report.read_rate_remaining)
+    print(f"activated: OfficeRnD organisation {activation.org}")
+    print(f"  client id: {activation.client_id}")
+    print(f"  api base: {activation.api_base}")
+    print(f"  scopes granted: {', '.join(report.scopes) or 'none listed'}")
+    print(f"  members visible: {members}")
+    print(f"  read requests left this minute: {rate}")
+    print(f"  stored in: {act.folder(config.gateway.state_dir)} (client secret 0600)")
+    _notify_reload(config)
+    return EXIT_OK
+
+
+def cmd_officernd_sync(args: argparse.Namespace) -> int:
+    """A full OfficeRnD sync: by the running gateway, or here when none runs."""
+    config = _config(args)
+    summary = _sync_through_daemon(config)
+    if summary is None:
+        summary = _sync_here(config)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return EXIT_OK
+    print(
+        f"synced {summary['members']} members, {summary['companies']} companies, "
+        f"{summary['memberships']} memberships, {summary['plans']} plans"
+    )
+    print(
+        f"  → {summary['users']} users, {summary['tags']} plan tags, {summary['cards']} cards, "
+        f"{summary['rules']} plan rules"
+    )
+    print(f"  {summary['changed']} changes, {summary['requests']} requests, {summary['seconds']} s")
+    problems = summary.get("problem_list", [])
+    if problems:
+        print(f"  {summary['problems']} problems in OfficeRnD's data, e.g.:")
+        for problem in problems[:20]:
+            print(f"    - {problem}")
+    return EXIT_OK
+
+
+def _sync_through_daemon(config: Config) -> dict[str, Any] | None:
+    """The summary of a full sync run by the running gateway; None if none is running."""
+    url = _daemon_url(config, "/api/officernd/sync")
+    request = urllib.request.Request(  # noqa: S310 - http:// to the local web server
+        url, data=b"{}", headers={"content-type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=SYNC_TIMEOUT_S) as response:  # noqa: S310
+            body = json.load(response)
+    except urllib.error.HTTPError as err:
+        if err.code == 404:
+            raise CliError("the running gateway cannot sync OfficeRnD: restart it") from None
+        raise CliError(f"the running gateway's sync failed: {_error_text(err)}") from None
+    except urllib.error.URLError as err:
+        if isinstance(err.reason, ConnectionRefusedError):
+            return None
+        raise CliError(f"no answer from a gateway at {url} ({err.reason})") from None
+    if not isinstance(body, dict):
+        raise CliError(f"the gateway at {url} answered something else than a summary")
+    return body
+
+
+def _sync_here(config: Config) -> dict[str, Any]:
+    """Run a full sync in this process against the state directory (no gateway is running)."""
+    from gateway.officernd.activation import describe_failure  # noqa: PLC0415
+    from gateway.officernd.client import OfficeRnDError  # noqa: PLC0415
+
+    activation = _stored_activation(config)
+    if activation is None:
+        raise CliError(
+            "OfficeRnD is not activated: run `luckey-gateway officernd activate --org SLUG "
+            "--client-id ID --client-secret-file PATH` first"
+        )
+    try:
+        return asyncio.run(_full_sync(config, activation))
+    except OfficeRnDError as err:
+        raise CliError(f"the sync failed: {describe_failure(err)}") from None
+    except DatabaseError as err:
+        raise CliError(f"cannot open the cache: {err}") from None
+
+
+async def _full_sync(config: Config, activation: Activation) -> dict[str, Any]:
+    """One full sync into the cache file, recorded in the outbox like the daemon's."""
+    import aiohttp  # noqa: PLC0415
+
+    from gateway.cache import Cache  # noqa: PLC0415
+    from gateway.events import EventLog  # noqa: PLC0415
+    from gateway.officernd.activation import scopes_for  # noqa: PLC0415
+    from gateway.officernd.client import OfficeRnDClient  # noqa: PLC0415
+    from gateway.officernd.service import sync_options  # noqa: PLC0415
+    from gateway.officernd.sync import OfficeRnDSync  # noqa: PLC0415
+    from gateway.outbox import Outbox  # noqa: PLC0415
+
+    state_dir = config.gateway.state_dir
+    cache = Cache(state_dir / "cache.db")
+    outbox = Outbox(state_dir / "outbox.db", max_rows=config.events.max_rows)
+    await cache.start()
+    try:
+        await outbox.start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                client = OfficeRnDClient(activation.settings(scopes_for(config.officernd)), session)
+                sync = OfficeRnDSync(
+                    client,
+                    cache,
+                    EventLog(outbox),
+                    sync_options(config.officernd),
+                    state_dir=state_dir / "officernd",
+                )
+                summary = await sync.full_sync()
+        finally:
+            await outbox.stop()
+    finally:
+        await cache.stop()
+    return summary.to_json() | {"problem_list": list(summary.problems[:50])}
+
+
+def _stored_activation(config: Config) -> Activation | None:
+    """The stored OfficeRnD activation or None; CliError if it is damaged or unsafe."""
+    from gateway.officernd import activation as act  # noqa: PLC0415
+
+    try:
+        return act.load_activation(config.gateway.state_dir)
+    except act.ActivationError as err:
+        raise CliError(str(err)) from None
+
+
+def cmd_officernd_status(args: argparse.Namespace) -> int:
+    """Show the stored OfficeRnD activation (never its secrets) and the daemon's live status."""
+    config = _config(args)
+    activation = _stored_activation(config)
+    daemon = _daemon_status(config)
+    stored: dict[str, object] = {"activated": activation is not None}
+    if activation is not None:
+        stored |= {
+            "org": activation.org,
+            "client_id": activation.client_id,
+            "api_base": activation.api_base,
+            "identity_url": activation.identity_url,
+            "activated_at": activation.activated_at.isoformat(),
+            "webhook_id": activation.webhook_id,
+            "client_secret": "stored (0600)",
+            "webhook_secret": None if activation.webhook_secret is None else "stored (0600)",
+        }
+    if args.json:
+        print(json.dumps({**stored, "daemon": daemon}, indent=2))
+        return EXIT_OK
+    if activation is None:
+        print(
+            "OfficeRnD is not activated: run `luckey-gateway officernd activate --org SLUG "
+            "--client-id ID --client-secret-file PATH`"
+        )
+    else:
+        for key, value in stored.items():
+            if key != "activated":
+                print(f"{key.replace('_', ' ')}: {'none' if value is None else value}")
+    if daemon is None:
+        print("gateway: not running (or not answering)")
+    else:
+        print("gateway:")
+        for key, value in daemon.items():
+            shown = value if isinstance(value, str) else json.dumps(value)
+            print(f"  {key}: {shown}")
+    return EXIT_OK
+
+
+def _confirmed(question: str) -> bool:
+    """True if the operator answers yes at the terminal; CliError without a terminal."""
+    if not sys.stdin.isatty():
+        raise CliError("not deactivating without confirmation: stdin is not a terminal; add --yes")
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def cmd_officernd_deactivate(args: argparse.Namespace) -> int:
+    """Remove the OfficeRnD activation (after confirmation) and tell a running gateway."""
+    from gateway.officernd import activation as act  # noqa: PLC0415
+
+    config = _config(args)
+    state_dir = config.gateway.state_dir
+    try:
+        activation = act.load_activation(state_dir)
+    except act.ActivationError as err:
+        activation = None
+        what = "the damaged OfficeRnD activation"
+        print(f"note: {err}")  # deactivating is how a damaged activation is cleared
+    else:
+        if activation is None:
+            print("OfficeRnD is not activated: nothing to remove")
+            return EXIT_OK
+        what = f"the OfficeRnD activation of organisation {activation.org}"
+    if not args.yes and not _confirmed(f"Remove {what} from this gateway?"):
+        print("nothing changed")
+        return EXIT_DENIED
+    try:
+        removed = act.remove_activation(state_dir)
+    except (act.ActivationError, OSError) as err:
+        raise CliError(f"cannot remove the activation: {err}") from None
+    if not removed:
+        print("OfficeRnD is not activated: nothing to remove")
+        return EXIT_OK
+    print(f"removed {what} from {act.folder(state_dir)}")
+    if activation is not None and activation.webhook_id is not None:
+        print(
+            f"the webhook {activation.webhook_id} stays registered in OfficeRnD: delete it "
+            "there if it is no longer wanted"
+        )
+    _notify_reload(config)
+    return EXIT_OK
+
+
+def _add_officernd_parsers(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """``luckey-gateway officernd ...``: activate, status, deactivate (one subparser each)."""
+    officernd = sub.add_parser("officernd", help="the OfficeRnD integration").add_subparsers(
+        dest="officernd_command", required=True
+    )
+    activate = officernd.add_parser(
+        "activate",
+        parents=[common],
+        help="check OfficeRnD credentials and store them (exit 0 activated, 2 refused)",
+        description="Check the organisation and the API application's Client ID and Secret "
+        "against OfficeRnD with a real request; only if they work, store them in the state "
+        "directory (the secret mode 0600) and tell a running gateway to use them.",
+    )
+    activate.add_argument(
+        "--org",
+        required=True,
+        metavar="SLUG",
+        help="the administration portal name (OfficeRnD → Settings → General, or the admin "
+        "URL …/admin/<name>)",
+    )
+    activate.add_argument(
+        "--client-id",
+        required=True,
+        metavar="ID",
+        help="the application's Client ID (Settings → Data & Extensibility → Developer Tools)",
+    )
+    activate.add_argument(
+        "--client-secret-file",
+        required=True,
+        type=Path,
+        metavar="PATH",
+        help="a file holding the Client Secret (kept off the command line); it may be removed "
+        "afterwards: the gateway keeps its own copy",
+    )
+    activate.add_argument(
+        "--api-base", metavar="URL", help="the Flex API v2 base (default: OfficeRnD's global one)"
+    )
+    activate.add_argument(
+        "--identity-url",
+        metavar="URL",
+        help="the token endpoint (default: OfficeRnD's global one)",
+    )
+    activate.set_defaults(func=cmd_officernd_activate)
+
+    status = officernd.add_parser(
+        "status",
+        parents=[common],
+        help="show the stored activation (never its secrets) and the running gateway's status",
+    )
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_officernd_status)
+
+    deactivate = officernd.add_parser(
+        "deactivate", parents=[common], help="remove the stored OfficeRnD activation"
+    )
+    deactivate.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    deactivate.set_defaults(func=cmd_officernd_deactivate)
+
+    sync = officernd.add_parser(
+        "sync",
+        parents=[common],
+        help="run a full sync now and print a summary (through the running gateway, if any)",
+    )
+    sync.add_argument("--once", action="store_true", required=True, help="one full sync, then exit")
+    sync.add_argument("--json", action="store_true")
+    sync.set_defaults(func=cmd_officernd_sync)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(
@@ -421,6 +832,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--physics", action="store_true", help="doors open when unlocked and close again"
     )
     sim.set_defaults(func=cmd_sim_board)
+
+    _add_officernd_parsers(sub, common)
     return parser
 
 

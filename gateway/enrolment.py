@@ -60,15 +60,24 @@ class Enrolment:
         entry: EntryService,
         events: EventLog,
         clock: Callable[[], datetime],
+        *,
+        phone_allowed: Callable[[str], bool | None] = lambda _user_id: None,
     ) -> None:
+        """``phone_allowed``: an integration's say on a user's phone keys (None: no say)."""
         self._cache = cache
         self._entry = entry
         self._events = events
         self._clock = clock
+        self._phone_allowed = phone_allowed
 
     async def enrol_phone(self, user_id: str, public_key: bytes) -> Credential:
         """Register a phone's P-256 public key (SEC1 uncompressed) as ``user_id``'s credential."""
         self._check_user(user_id)
+        if self._phone_allowed(user_id) is False:
+            raise EnrolmentError(
+                f"user {user_id!r} has no OfficeRnD Member App access, which a phone key needs "
+                "(their cards and fobs still work); grant it in OfficeRnD first"
+            )
         # Imported here: cryptography's bindings only on gateways that enrol phones.
         from gateway.ble_protocol import (  # noqa: PLC0415
             BleProtocolError,

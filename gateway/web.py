@@ -331,6 +331,10 @@ def make_app(gw: Gateway, *, simulated: bool, local: bool = False) -> web.Applic
         app.router.add_post("/api/simulator/doors/{door}/present", present)
     if simulated and local:
         app.router.add_post("/api/simulator/phones", local_only(new_phone))
+    # Imported here: the OfficeRnD pages need the web module's local_only.
+    from gateway.officernd.routes import add_officernd_routes  # noqa: PLC0415
+
+    add_officernd_routes(app, gw, local=local, local_only=local_only)
     return app
 
 

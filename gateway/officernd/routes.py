@@ -1,0 +1,208 @@
+"""The OfficeRnD pages and endpoints of the local web app.
+
+- ``POST /hooks/officernd``: OfficeRnD's webhook deliveries (reachable from outside through
+  whatever publishes the gateway; the signature is what is trusted, not the address).
+- ``GET /api/officernd/status``: activation, sync state, webhook counts and problems.
+- ``POST|DELETE /api/officernd/activation``, ``POST /api/officernd/reload``, ``POST
+  /api/officernd/sync``: Settings → OfficeRnD; served on a loopback server to local requests.
+- ``GET /officernd``: the settings page.
+- ``/member`` and ``/api/member/...`` (``[officernd] login``): members log in with their
+  OfficeRnD email and password (``gateway.member_api``), over HTTPS or from this machine only
+  (a TLS reverse proxy on the gateway), since the password crosses that link.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from gateway.member_api import add_member_routes
+from gateway.officernd.activation import (
+    ActivationError,
+    activate,
+    describe_failure,
+    remove_activation,
+    scopes_for,
+)
+from gateway.officernd.client import DEFAULT_API_BASE, DEFAULT_IDENTITY_URL, OfficeRnDError
+from gateway.officernd.login import LoginLimiter, MemberLogin, Sessions
+from gateway.officernd.service import OfficeRnDService
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+_LOGGER = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SERVICE_KEY: web.AppKey[OfficeRnDService] = web.AppKey("officernd")
+GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("officernd-gateway")
+
+
+def _json_error(cls: type[web.HTTPException], message: str) -> web.HTTPException:
+    return cls(text=json.dumps({"error": message}), content_type="application/json")
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise _json_error(
+            web.HTTPBadRequest, "the body must be JSON (Content-Type: application/json)"
+        )
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        raise _json_error(web.HTTPBadRequest, "the body must be a JSON object")
+    return body
+
+
+def _text(body: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = body.get(key, default)
+    if not isinstance(value, str) or not value.strip():
+        raise _json_error(web.HTTPBadRequest, f"'{key}' is required and must be a non-empty string")
+    return value
+
+
+async def status(request: web.Request) -> web.Response:
+    """Activation, sync state, webhook counts and problems (never a secret)."""
+    return web.json_response(request.app[SERVICE_KEY].status())
+
+
+async def activate_route(request: web.Request) -> web.Response:
+    """Check the organisation and application against OfficeRnD; store them only if they work."""
+    service = request.app[SERVICE_KEY]
+    gw = request.app[GATEWAY_KEY]
+    body = await _body(request)
+    org = _text(body, "org")
+    try:
+        _, report = await activate(
+            gw.config.gateway.state_dir,
+            org,
+            _text(body, "client_id"),
+            _text(body, "client_secret"),
+            api_base=_text(body, "api_base", DEFAULT_API_BASE),
+            identity_url=_text(body, "identity_url", DEFAULT_IDENTITY_URL),
+            scopes=scopes_for(gw.config.officernd),
+        )
+    except ActivationError as err:
+        raise _json_error(web.HTTPBadRequest, str(err)) from None
+    except OfficeRnDError as err:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": describe_failure(err, org=org), "kind": type(err).__name__}),
+            content_type="application/json",
+        ) from None
+    await service.reload()
+    return web.json_response(
+        {
+            "activated": True,
+            "org": report.org,
+            "scopes": list(report.scopes),
+            "members_visible": report.members_visible,
+            "read_rate_remaining": report.read_rate_remaining,
+        }
+    )
+
+
+async def deactivate_route(request: web.Request) -> web.Response:
+    """Forget the activation and remove what OfficeRnD made from the cache."""
+    service = request.app[SERVICE_KEY]
+    gw = request.app[GATEWAY_KEY]
+    had = remove_activation(gw.config.gateway.state_dir)
+    removed = await service.reload()  # not activated any more: OfficeRnD's entities go
+    return web.json_response({"deactivated": had, "removed": removed})
+
+
+async def reload_route(request: web.Request) -> web.Response:
+    """Take up an activation the CLI stored or removed."""
+    await request.app[SERVICE_KEY].reload()
+    return web.Response(status=204)
+
+
+async def sync_route(request: web.Request) -> web.Response:
+    """A full sync now; its summary."""
+    service = request.app[SERVICE_KEY]
+    try:
+        summary = await service.sync_now()
+    except RuntimeError as err:
+        raise _json_error(web.HTTPConflict, str(err)) from None
+    except OfficeRnDError as err:
+        raise _json_error(web.HTTPBadGateway, describe_failure(err)) from None
+    return web.json_response(summary.to_json() | {"problem_list": list(summary.problems[:50])})
+
+
+async def page(request: web.Request) -> web.StreamResponse:
+    """Settings → OfficeRnD (plain HTML and JS)."""
+    text = resources.files("gateway").joinpath("web/officernd.html").read_text(encoding="utf-8")
+    return web.Response(text=text, content_type="text/html")
+
+
+@web.middleware
+async def member_over_tls(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Member routes only over HTTPS or from this machine (a TLS proxy): passwords cross them."""
+    if not request.path.startswith(("/api/member/", "/member")):
+        return await handler(request)
+    if not _private_link(request):
+        raise _json_error(
+            web.HTTPForbidden,
+            "members log in over HTTPS only: publish the gateway through a TLS reverse proxy",
+        )
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    if forwarded and not request.secure:
+        # From the reverse proxy on this machine: the member's address is the last hop it
+        # added (what the client wrote before it is the client's to forge). The login limits
+        # count per member address, not per proxy.
+        client = forwarded.rsplit(",", 1)[-1].strip()
+        with contextlib.suppress(ValueError):
+            request = request.clone(remote=str(ipaddress.ip_address(client)))
+    return await handler(request)
+
+
+def _private_link(request: web.Request) -> bool:
+    if request.secure:
+        return True
+    try:
+        return ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:
+        return False
+
+
+def add_officernd_routes(
+    app: web.Application, gw: Gateway, *, local: bool, local_only: Callable[[Handler], Handler]
+) -> None:
+    """Add the OfficeRnD pages and endpoints; the settings ones only on a loopback server."""
+    service = gw.officernd
+    app[SERVICE_KEY] = service
+    app[GATEWAY_KEY] = gw
+    app.router.add_post(service.webhook_path, service.receiver.handle)
+    app.router.add_get("/api/officernd/status", status)
+    if local:
+        app.router.add_get("/officernd", local_only(page))
+        app.router.add_post("/api/officernd/activation", local_only(activate_route))
+        app.router.add_delete("/api/officernd/activation", local_only(deactivate_route))
+        app.router.add_post("/api/officernd/reload", local_only(reload_route))
+        app.router.add_post("/api/officernd/sync", local_only(sync_route))
+    section = gw.config.officernd
+    if section.login:
+        prefix = section.mapping_settings().user_id_prefix
+        login = MemberLogin(
+            lambda: service.client,
+            Sessions(ttl_s=section.session_minutes * 60.0),
+            LoginLimiter(),
+            user_id_prefix=prefix,
+            user_exists=lambda user_id: user_id in gw.cache.view.users,
+        )
+        app.middlewares.append(member_over_tls)
+        add_member_routes(
+            app,
+            login=login,
+            view=lambda: gw.cache.view,
+            enrol_phone=gw.enrolment.enrol_phone,
+            secure_cookies=True,
+        )

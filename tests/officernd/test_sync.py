@@ -1,0 +1,528 @@
+"""The OfficeRnD sync against the fake OfficeRnD over real HTTP, into a real SQLite cache.
+
+Each test reads the outcome where the product reads it: the cache view, and the decision the
+gateway would take for a member's card at a door.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway import access
+from gateway.cache import Cache
+from gateway.credentials import Verified
+from gateway.events import EventLog
+from gateway.model import CredentialKind, Reason, UserStatus
+from gateway.officernd.client import ALL_SCOPES, OfficeRnDClient, OfficeRnDSettings, Unreachable
+from gateway.officernd.mapping import MappingSettings
+from gateway.officernd.reconcile import RuleSpec
+from gateway.officernd.service import remove_officernd_entities
+from gateway.officernd.sync import OfficeRnDSync, SyncOptions
+from gateway.officernd.webhooks import WebhookEvent
+from gateway.outbox import Outbox
+from tests.conftest import read_outbox
+from tests.gateway.sitebuilder import PHONE_KEY, site
+from tests.officernd.fake import FakeOfficeRnD
+
+CARD = "04A1B2C3D4E5F6"
+
+
+@dataclass
+class Rig:
+    fake: FakeOfficeRnD
+    cache: Cache
+    sync: OfficeRnDSync
+    client: OfficeRnDClient
+    state_dir: Path
+    now: list[datetime]
+
+    def decide(self, member_id: str, value: str = CARD, door: str = "front") -> Reason:
+        """The decision for the member's card at ``door``, as the gateway would take it."""
+        view = self.cache.view
+        credential = view.credential(CredentialKind.NFC_UID, value)
+        if credential is None:
+            return Reason.UNKNOWN_CREDENTIAL
+        assert credential.user_id == "ornd-" + member_id
+        return access.decide(
+            Verified(credential, credential.assurance), door, self.now[0], view
+        ).reason
+
+    def user(self, member_id: str) -> Any:
+        return self.cache.view.users.get("ornd-" + member_id)
+
+    def event(self, event_type: str, object_id: str | None) -> WebhookEvent:
+        entity = {"member": "members", "membership": "memberships", "company": "companies"}
+        return WebhookEvent(
+            event_id=f"ev-{object_id}-{event_type}",
+            event_type=event_type,
+            object_id=object_id,
+            entity=entity.get(
+                event_type.split(".", maxsplit=1)[0], event_type.split(".", maxsplit=1)[0] + "s"
+            ),
+            created_at="",
+        )
+
+
+def cloud_site(**extra_rules: Any) -> Any:
+    builder = (
+        site(tz="Europe/Rome")
+        .door("front", min_assurance="low")
+        .door("back", min_assurance="low")
+        .user("staff-1", tags=["staff"])
+        .credential("staff-card", "staff-1", value="04000000000001")
+        .rule("staff-rule", tags=["staff"], doors=["front", "back"])
+    )
+    for rule_id, fields in extra_rules.items():
+        builder = builder.rule(rule_id, **fields)
+    return builder
+
+
+RigFactory = Callable[..., "asyncio.Future[Rig]"]
+
+
+@pytest.fixture
+async def rig_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    made: list[tuple[OfficeRnDSync, Cache, Outbox, aiohttp.ClientSession, FakeOfficeRnD]] = []
+
+    async def make(
+        *,
+        rules: dict[str, RuleSpec] | None = None,
+        snapshot: Any = None,
+        mapping: MappingSettings | None = None,
+        poll_interval_s: float = 0,
+        fake: FakeOfficeRnD | None = None,
+    ) -> Rig:
+        now = [datetime(2026, 11, 30, 10, 0, tzinfo=UTC)]
+        if fake is None:
+            fake = FakeOfficeRnD(clock=lambda: now[0])
+            await fake.__aenter__()
+        cache = Cache(tmp_path / "cache.db")
+        await cache.start()
+        await cache.apply_snapshot((snapshot or cloud_site()).snapshot())
+        outbox = Outbox(tmp_path / "outbox.db", max_rows=10_000)
+        await outbox.start()
+        session = aiohttp.ClientSession()
+        settings = OfficeRnDSettings(
+            org=fake.org,
+            client_id=fake.client_id,
+            client_secret=fake.client_secret,
+            api_base=fake.api_base,
+            identity_url=fake.identity_url,
+            scopes=ALL_SCOPES,
+        )
+
+        async def no_wait(_: float) -> None:
+            await asyncio.sleep(0)
+
+        client = OfficeRnDClient(settings, session, sleep=no_wait, max_retries=2)
+        options = SyncOptions(
+            mapping=mapping or MappingSettings(),
+            rules=rules if rules is not None else {"members": RuleSpec(("Hot desk",), ("front",))},
+            poll_interval_s=poll_interval_s,
+        )
+        sync = OfficeRnDSync(
+            client, cache, EventLog(outbox), options, state_dir=tmp_path, clock=lambda: now[0]
+        )
+        made.append((sync, cache, outbox, session, fake))
+        return Rig(fake, cache, sync, client, tmp_path, now)
+
+    yield make
+    for sync, cache, outbox, session, fake in made:
+        await sync.stop()
+        await session.close()
+        await outbox.stop()
+        await cache.stop()
+        await fake.__aexit__(None, None, None)
+
+
+Make = Callable[..., Any]
+
+
+def add_member_with_card(fake: FakeOfficeRnD, name: str, *, card: str = CARD, **fields: Any) -> str:
+    properties = {"luckey_cards": f"nfc_uid:{card}", **fields.pop("properties", {})}
+    member: str = fake.add_member(name, properties=properties, **fields)["_id"]
+    return member
+
+
+async def test_a_full_sync_brings_members_plan_tags_cards_and_the_configured_rule(
+    rig_factory: Make,
+) -> None:
+    rig: Rig = await rig_factory()
+    hot = rig.fake.add_plan("Hot desk")["_id"]
+    rig.fake.add_plan("Meeting room")
+    ada = add_member_with_card(rig.fake, "Ada Lovelace")
+    bob = add_member_with_card(rig.fake, "Bob", card="04B0B0B0B0B0B0")
+    rig.fake.add_membership(hot, member=ada, start="2026-01-01")
+
+    summary = await rig.sync.full_sync()
+
+    assert (summary.members, summary.plans, summary.users, summary.tags, summary.cards) == (
+        2,
+        2,
+        2,
+        2,
+        2,
+    )
+    assert summary.rules == 1
+    # One page per listing and one token: nothing more than paging needs.
+    assert summary.requests == 5
+    view = rig.cache.view
+    assert rig.user(ada).tags == ("ornd-plan-" + hot,)
+    assert rig.user(bob).tags == ()
+    assert view.tags["ornd-plan-" + hot].name == "Hot desk"
+    assert view.tags["ornd-plan-" + hot].special
+    rule = view.rules["ornd-rule-members"]
+    assert rule.tags == frozenset({"ornd-plan-" + hot})
+    assert rule.doors == frozenset({"front"})
+    assert rig.decide(ada) is Reason.GRANTED
+    assert rig.decide(ada, door="back") is Reason.NO_RULE_FOR_DOOR
+    assert rig.decide(bob, "04B0B0B0B0B0B0") is Reason.NO_RULE_FOR_DOOR
+    # The cloud's own data is untouched.
+    assert "staff-1" in view.users
+    assert "staff-rule" in view.rules
+    # A second sync with nothing changed changes nothing.
+    again = await rig.sync.full_sync()
+    assert again.changed == 0
+    events = [data for _, kind, data in read_outbox(rig.state_dir) if kind == "cache.updated"]
+    assert [e["source"] for e in events] == ["officernd"]
+
+
+async def test_membership_webhooks_open_and_close_the_door(rig_factory: Make) -> None:
+    rig: Rig = await rig_factory()
+    hot = rig.fake.add_plan("Hot desk")["_id"]
+    ada = add_member_with_card(rig.fake, "Ada")
+    await rig.sync.full_sync()
+    assert rig.decide(ada) is Reason.NO_RULE_FOR_DOOR
+    rig.sync.start()
+
+    membership = rig.fake.add_membership(hot, member=ada, start="2026-11-01")
+    applied = rig.sync.applied
+    rig.sync.submit(rig.event("membership.created", membership["_id"]))
+    await asyncio.wait_for(applied.wait(), 10)
+    assert rig.decide(ada) is Reason.GRANTED
+
+    rig.fake.remove("memberships", membership["_id"])
+    applied = rig.sync.applied
+    rig.sync.submit(rig.event("membership.removed", membership["_id"]))
+    await asyncio.wait_for(applied.wait(), 10)
+    assert rig.decide(ada) is Reason.NO_RULE_FOR_DOOR
+    assert rig.sync.webhooks_processed == 2
+
+
+async def test_a_removed_or_former_member_loses_access_at_once(rig_factory: Make) -> None:
+    rig: Rig = await rig_factory()
+    hot = rig.fake.add_plan("Hot desk")["_id"]
+    ada = add_member_with_card(rig.fake, "Ada")
+    bob = add_member_with_card(rig.fake, "Bob", card="04B0B0B0B0B0B0")
+    for member in (ada, bob):
+        rig.fake.add_membership(hot, member=member, start="2026-01-01")
+    await rig.sync.full_sync()
+    rig.sync.start()
+
+    rig.fake.update("members", ada, status="former")
+    rig.fake.remove("members", bob)
+    applied = rig.sync.applied
+    rig.sync.submit(rig.event("member.updated", ada))
+    rig.sync.submit(rig.event("member.removed", bob))
+    await asyncio.wait_for(applied.wait(), 10)
+
+    assert rig.user(ada).status is UserStatus.FORMER
+    # A former member's cards are not mapped: the card is gone, nothing opens.
+    assert rig.decide(ada) is Reason.UNKNOWN_CREDENTIAL
+    assert rig.user(bob) is None
+    assert rig.cache.view.credential(CredentialKind.NFC_UID, "04B0B0B0B0B0B0") is None
+
+
+async def test_a_company_membership_covers_every_member_of_the_company(rig_factory: Make) -> None:
+    rig: Rig = await rig_factory()
+    hot = rig.fake.add_plan("Hot desk")["_id"]
+    acme = rig.fake.add_company("Acme")["_id"]
+    ada = add_member_with_card(rig.fake, "Ada", company=acme)
+    bob = add_member_with_card(rig.fake, "Bob", card="04B0B0B0B0B0B0", company=acme)
+    await rig.sync.full_sync()
+    rig.sync.start()
+
+    membership = rig.fake.add_membership(hot, company=acme, start="2026-01-01")
+    applied = rig.sync.applied
+    rig.sync.submit(rig.event("membership.created", membership["_id"]))
+    await asyncio.wait_for(applied.wait(), 10)
+    assert rig.decide(ada) is Reason.GRANTED
+    assert rig.decide(bob, "04B0B0B0B0B0B0") is Reason.GRANTED
+
+    # Bob leaves the company: the company's plan no longer covers him.
+    rig.fake.update("members", bob, company=None)
+    applied = rig.sync.applied
+    rig.sync.submit(rig.event("member.updated", bob))
+    await asyncio.wait_for(applied.wait(), 10)
+    assert rig.decide(bob, "04B0B0B0B0B0B0") is Reason.NO_RULE_FOR_DOOR
+    assert rig.decide(ada) is Reason.GRANTED
+
+
+async def test_polling_finds_changes_and_falls_back_to_listing_memberships(
+    rig_factory: Make,
+) -> None:
+    rig: Rig = await rig_factory()
+    hot = rig.fake.add_plan("Hot desk")["_id"]
+    ada = add_member_with_card(rig.fake, "Ada")
+    await rig.sync.full_sync()
+    rig.now[0] += timedelta(minutes=5)
+
+    membership = rig.fake.add_membership(hot, member=ada, start="2026-11-01")
+    read = await rig.sync.poll_once()
+    assert read >= 1
+    assert rig.decide(ada) is Reason.GRANTED
+    # The fake, like OfficeRnD at times, refuses modifiedAt on memberships: a full listing.
+    assert rig.sync.status()["memberships_polled_by"] == "full listing"
+
+    # A membership deleted in OfficeRnD is seen by the next poll (the full listing shows it).
+    rig.now[0] += timedelta(minutes=5)
+    rig.fake.remove("memberships", membership["_id"])
+    await rig.sync.poll_once()
+    assert rig.decide(ada) is Reason.NO_RULE_FOR_DOOR
+
+
+async def test_polling_uses_modified_at_where_it_is_accepted(rig_factory: Make) -> None:
+    fake = FakeOfficeRnD(modified_filter_on_memberships=True)
+    await fake.__aenter__()
+    rig: Rig = await rig_factory(fake=fake)
+    hot = fake.add_plan("Hot desk")["_id"]
+    ada = add_member_with_card(fake, "Ada")
+    await rig.sync.full_sync()
+    fake.add_membership(hot, member=ada, start="2026-11-01")
+    before = len(fake.requests)
+    await rig.sync.poll_once()
+    assert rig.decide(ada) is Reason.GRANTED
+    assert rig.sync.status()["memberships_polled_by"] == "modifiedAt"
+    paths = [r for r in fake.requests[before:] if "memberships" in r.path]
+    assert paths
+    assert all("modifiedAt[$gte]" in r.query for r in paths)
+
+
+async def test_the_reconciliation_catches_a_member_deleted_without_a_webhook(
+    rig_factory: Make,
+) -> None:
+    rig: Rig = await rig_factory()
+    hot = rig.fake.add_plan("Hot desk")["_id"]
+    ada = add_member_with_card(rig.fake, "Ada")
+    rig.fake.add_membership(hot, member=ada, start="2026-01-01")
+    await rig.sync.full_sync()
+    assert rig.decide(ada) is Reason.GRANTED
+    rig.fake.remove("members", ada)
+    await rig.sync.poll_once()  # a poll cannot see a deletion
+    assert rig.user(ada) is not None
+    await rig.sync.full_sync()
+    assert rig.user(ada) is None
+    assert rig.cache.view.credential(CredentialKind.NFC_UID, CARD) is None
+
+
+async def test_an_outage_or_revoked_credentials_never_wipe_the_cache(rig_factory: Make) -> None:
+    rig: Rig = await rig_factory()
+    hot = rig.fake.add_plan("Hot desk")["_id"]
+    ada = add_member_with_card(rig.fake, "Ada")
+    rig.fake.add_membership(hot, member=ada, start="2026-01-01")
+    await rig.sync.full_sync()
+
+    rig.fake.fail_next("/members", 503, times=10)
+    with pytest.raises(Unreachable) as failure:
+        await rig.sync.full_sync()
+    assert failure.value.status == 503
+    assert rig.decide(ada) is Reason.GRANTED
+
+    rig.fake.revoke_client()
+    rig.fake.expire_tokens()
+    rig.sync.start()
+    rig.sync.submit(rig.event("member.updated", ada))
+    for _ in range(200):
+        if rig.sync.status()["state"] == "error":
+            break
+        await asyncio.sleep(0.02)
+    status = rig.sync.status()
+    assert status["state"] == "error"
+    assert "did not accept the Client ID" in status["last_error"]
+    assert rig.decide(ada) is Reason.GRANTED  # an OfficeRnD problem never locks members out
+
+
+async def test_what_an_upstream_snapshot_replaced_is_put_back(rig_factory: Make) -> None:
+    rig: Rig = await rig_factory()
+    hot = rig.fake.add_plan("Hot desk")["_id"]
+    ada = add_member_with_card(rig.fake, "Ada")
+    rig.fake.add_membership(hot, member=ada, start="2026-01-01")
+    applied = rig.sync.applied
+    rig.sync.start()
+    await asyncio.wait_for(applied.wait(), 10)  # its first full sync
+    requests = len(rig.fake.requests)
+
+    applied = rig.sync.applied
+    newer = cloud_site()
+    newer.version = 2
+    await rig.cache.apply_snapshot(newer.snapshot())  # the cloud's data only
+    await asyncio.wait_for(applied.wait(), 10)
+
+    assert rig.cache.version == 2
+    assert rig.decide(ada) is Reason.GRANTED
+    assert len(rig.fake.requests) == requests  # put back from what it knew: no requests
+
+
+async def test_a_membership_that_ends_stops_opening_the_next_day(rig_factory: Make) -> None:
+    rig: Rig = await rig_factory()
+    hot = rig.fake.add_plan("Hot desk")["_id"]
+    ada = add_member_with_card(rig.fake, "Ada")
+    rig.fake.add_membership(hot, member=ada, start="2026-01-01", end="2026-11-30")
+    await rig.sync.full_sync()
+    assert rig.decide(ada) is Reason.GRANTED  # the last day counts
+
+    rig.now[0] = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)  # 00:30 on 1 December in Rome
+    rig.sync.start()
+    for _ in range(200):
+        if rig.user(ada).tags == ():
+            break
+        await asyncio.sleep(0.02)
+    assert rig.decide(ada) is Reason.NO_RULE_FOR_DOOR
+
+
+async def test_phone_keys_follow_member_app_access(rig_factory: Make) -> None:
+    rig: Rig = await rig_factory()
+    hot = rig.fake.add_plan("Hot desk")["_id"]
+    ada = add_member_with_card(rig.fake, "Ada", properties={"member_app": True})
+    rig.fake.add_membership(hot, member=ada, start="2026-01-01")
+    await rig.sync.full_sync()
+    assert rig.sync.phone_allowed("ornd-" + ada) is True
+    assert rig.sync.phone_allowed("staff-1") is None
+    phone = _phone_credential("ornd-" + ada)
+    await rig.cache.apply_local(upserts={"credentials": (phone,)})
+
+    rig.fake.update(
+        "members", ada, properties={"member_app": False, "luckey_cards": f"nfc_uid:{CARD}"}
+    )
+    rig.sync.start()
+    applied = rig.sync.applied
+    rig.sync.submit(rig.event("member.updated", ada))
+    await asyncio.wait_for(applied.wait(), 10)
+    held = rig.cache.view.credential(CredentialKind.BLE_PHONE_KEY, phone.value)
+    assert held is not None
+    assert held.revoked
+    assert rig.sync.phone_allowed("ornd-" + ada) is False
+    assert rig.decide(ada) is Reason.GRANTED  # cards and fobs keep working
+
+    rig.fake.update(
+        "members", ada, properties={"member_app": True, "luckey_cards": f"nfc_uid:{CARD}"}
+    )
+    applied = rig.sync.applied
+    rig.sync.submit(rig.event("member.updated", ada))
+    await asyncio.wait_for(applied.wait(), 10)
+    held = rig.cache.view.credential(CredentialKind.BLE_PHONE_KEY, phone.value)
+    assert held is not None
+    assert not held.revoked
+    assert not (rig.state_dir / "phone_policy.json").read_text().count(phone.id)
+
+
+def _phone_credential(user_id: str) -> Any:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from gateway.ble_protocol import key_id_for
+    from gateway.model import AssuranceLevel, Credential
+
+    key = bytes.fromhex(PHONE_KEY)
+    point = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), key)
+    return Credential(
+        id="phone-1",
+        user_id=user_id,
+        kind=CredentialKind.BLE_PHONE_KEY,
+        value=key_id_for(point).hex().upper(),
+        assurance=AssuranceLevel.HIGH,
+        public_key=key,
+    )
+
+
+async def test_a_deleted_plan_still_named_by_a_cloud_rule_keeps_its_tag(rig_factory: Make) -> None:
+    rig: Rig = await rig_factory()
+    hot = rig.fake.add_plan("Hot desk")["_id"]
+    ada = add_member_with_card(rig.fake, "Ada")
+    rig.fake.add_membership(hot, member=ada, start="2026-01-01")
+    await rig.sync.full_sync()
+    tag = "ornd-plan-" + hot
+    newer = cloud_site(**{"cloud-hot": {"tags": [tag], "doors": ["back"]}})
+    newer.version = 2
+    newer.tag(tag, special=True, owner="officernd", name="Hot desk")
+    await rig.cache.apply_snapshot(newer.snapshot())
+
+    rig.fake.remove("plans", hot)
+    summary = await rig.sync.full_sync()
+    assert tag in rig.cache.view.tags  # kept, or the cloud's rule would dangle
+    assert any("cloud-hot" in p for p in summary.problems)
+    # Memberships of an unknown plan give nothing: Ada no longer carries the tag.
+    assert rig.user(ada).tags == ()
+    assert rig.decide(ada, door="back") is Reason.NO_RULE_FOR_DOOR
+
+
+async def test_a_card_already_held_outside_officernd_is_left_out(rig_factory: Make) -> None:
+    rig: Rig = await rig_factory()
+    ada = add_member_with_card(rig.fake, "Ada", card="04000000000001")  # staff-1's card
+    summary = await rig.sync.full_sync()
+    held = rig.cache.view.credential(CredentialKind.NFC_UID, "04000000000001")
+    assert held is not None
+    assert held.id == "staff-card"
+    assert rig.user(ada) is not None
+    assert any("staff-card" in p for p in summary.problems)
+    assert rig.sync.status()["problem_count"] >= 1
+
+
+async def test_config_rules_name_plans_and_doors_that_must_exist(rig_factory: Make) -> None:
+    rules = {
+        "ok": RuleSpec(("hot desk",), ("front", "nowhere")),
+        "no-plan": RuleSpec(("Moon base",), ("front",)),
+        "no-schedule": RuleSpec(("Hot desk",), ("front",), schedule="weekends"),
+    }
+    rig: Rig = await rig_factory(rules=rules)
+    hot = rig.fake.add_plan("Hot desk")["_id"]
+    summary = await rig.sync.full_sync()
+    assert set(rig.cache.view.rules) >= {"ornd-rule-ok"}
+    assert "ornd-rule-no-plan" not in rig.cache.view.rules
+    assert "ornd-rule-no-schedule" not in rig.cache.view.rules
+    assert rig.cache.view.rules["ornd-rule-ok"].doors == frozenset({"front"})
+    assert rig.cache.view.rules["ornd-rule-ok"].tags == frozenset({"ornd-plan-" + hot})
+    text = " ".join(summary.problems)
+    assert "'nowhere'" in text
+    assert "'Moon base'" in text
+    assert "'weekends'" in text
+
+
+async def test_deactivation_removes_everything_officernd_made(rig_factory: Make) -> None:
+    rig: Rig = await rig_factory()
+    hot = rig.fake.add_plan("Hot desk")["_id"]
+    ada = add_member_with_card(rig.fake, "Ada")
+    rig.fake.add_membership(hot, member=ada, start="2026-01-01")
+    await rig.sync.full_sync()
+    removed = await remove_officernd_entities(rig.cache, SyncOptions())
+    assert removed == 4  # user, plan tag, card, rule
+    view = rig.cache.view
+    assert not [u for u in view.users if u.startswith("ornd-")]
+    assert not [t for t in view.tags.values() if t.owner == "officernd"]
+    assert "staff-1" in view.users
+    assert "staff-rule" in view.rules
+
+
+async def test_the_running_sync_polls_on_its_own(rig_factory: Make) -> None:
+    rig: Rig = await rig_factory(poll_interval_s=0.05)
+    hot = rig.fake.add_plan("Hot desk")["_id"]
+    ada = add_member_with_card(rig.fake, "Ada")
+    rig.sync.start()
+    for _ in range(200):
+        if rig.user(ada) is not None:
+            break
+        await asyncio.sleep(0.02)
+    rig.fake.add_membership(hot, member=ada, start="2026-01-01")
+    for _ in range(300):
+        if rig.decide(ada) is Reason.GRANTED:
+            break
+        await asyncio.sleep(0.02)
+    assert rig.decide(ada) is Reason.GRANTED
+    assert rig.sync.status()["last_poll_at"] is not None
