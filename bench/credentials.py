@@ -31,7 +31,8 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from bench.decision import free_port, percentile
+from bench.decision import free_port
+from bench.stats import percentile
 from drivers.base import CredentialRead
 from drivers.ble_reader import BleReader, ExchangeTiming
 from drivers.bleak_bumble import VirtualRadio

@@ -43,6 +43,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from bench.stats import percentile
 from drivers.base import CredentialRead
 from gateway import access, credentials
 from gateway.app import Gateway
@@ -66,12 +67,6 @@ POLL_S = 0.005
 WARMUP = 10
 #: Upper bound of the random pause between samples, so they do not run in lockstep.
 GAP_MAX_S = 0.01
-
-
-def percentile(samples: list[float], q: float) -> float:
-    """The q-quantile (0..1) of samples, nearest-rank."""
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def cloud_gateway_config(broker: Broker, cloud: FakeCloud, state_dir: Path) -> Config:

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.stats import percentile
 from drivers.pty_pair import PtyPair
 from drivers.virtual_board import BoardConfig, FdStream, VirtualBoard
 from firmware_protocol import (
@@ -97,12 +98,6 @@ def write_site_key(state_dir: Path) -> None:
     fd = os.open(state_dir / SITE_KEY_FILE, os.O_WRONLY | os.O_CREAT, 0o600)
     with os.fdopen(fd, "w") as file:
         file.write(SITE_KEY.hex())
-
-
-def percentile(samples: list[float], q: float) -> float:
-    """The q-quantile (0..1) of samples, nearest-rank."""
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def measure(samples: int, baud: int, poll_ms: float) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.stats import percentile
 from gateway import access
 from gateway.app import Gateway
 from gateway.config import parse_config
@@ -51,12 +52,6 @@ from tests.officernd.fake import FakeOfficeRnD, populate
 CARD = "04BE0C4A000001"
 WARMUP = 5
 WAIT_S = 30.0
-
-
-def percentile(samples: list[float], q: float) -> float:
-    """The q-quantile (0..1) of samples, nearest-rank."""
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def give_cards(fake: FakeOfficeRnD, share: float, seed: int) -> int:

@@ -36,6 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.stats import percentile
+
 #: Serves until its standard input closes; prints "READY <port> <bytes> <gzip bytes>".
 SERVER_MODULE = "bench.snapshot"
 GATEWAY_ID = "gw-1"
@@ -56,12 +58,6 @@ while True:
     except (BrokenPipeError, OSError):
         break
 """
-
-
-def percentile(samples: array[int] | list[int], q: float) -> float:
-    """The q-quantile (0..1) of samples, nearest-rank."""
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 def status_kb(field: str) -> int:

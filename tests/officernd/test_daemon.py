@@ -16,6 +16,7 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.config import Config
+from gateway.officernd.activation import activate, remove_activation
 from tests.conftest import ConfigFactory, GatewayFactory
 from tests.officernd.fake import FakeOfficeRnD
 
@@ -44,6 +45,18 @@ def officernd_config(gateway_config: ConfigFactory, **officernd: Any) -> Config:
     } | officernd
     config = gateway_config(officernd=values, web={"port": probe.web.port})
     return config
+
+
+async def activate_for(fake: FakeOfficeRnD, config: Config) -> None:
+    """Activate the gateway of ``config`` against ``fake``, as the CLI does."""
+    await activate(
+        config.gateway.state_dir,
+        fake.org,
+        fake.client_id,
+        fake.client_secret,
+        api_base=fake.api_base,
+        identity_url=fake.identity_url,
+    )
 
 
 async def eventually(
@@ -195,18 +208,9 @@ async def test_activate_sync_webhooks_login_and_deactivate(
 async def test_a_gateway_restarted_after_a_cli_deactivation_drops_officernd_members(
     fake: FakeOfficeRnD, start_gateway: GatewayFactory, gateway_config: ConfigFactory
 ) -> None:
-    from gateway.officernd.activation import activate, remove_activation
-
     fake.add_member("Ada", properties={"luckey_cards": f"nfc_uid:{CARD}"})
     config = officernd_config(gateway_config, webhook_url="")
-    await activate(
-        config.gateway.state_dir,
-        fake.org,
-        fake.client_id,
-        fake.client_secret,
-        api_base=fake.api_base,
-        identity_url=fake.identity_url,
-    )
+    await activate_for(fake, config)
     gw = await start_gateway(config)
 
     async def synced() -> bool:
@@ -223,17 +227,8 @@ async def test_a_gateway_restarted_after_a_cli_deactivation_drops_officernd_memb
 async def test_login_limits_count_the_member_address_a_local_proxy_forwards(
     fake: FakeOfficeRnD, start_gateway: GatewayFactory, gateway_config: ConfigFactory
 ) -> None:
-    from gateway.officernd.activation import activate
-
     config = officernd_config(gateway_config, webhook_url="")
-    await activate(
-        config.gateway.state_dir,
-        fake.org,
-        fake.client_id,
-        fake.client_secret,
-        api_base=fake.api_base,
-        identity_url=fake.identity_url,
-    )
+    await activate_for(fake, config)
     gw = await start_gateway(config)
     async with aiohttp.ClientSession() as session:
         web = Web(gw, session)
