@@ -14,10 +14,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from drivers.base import CredentialRead
 from gateway.app import Gateway
 from gateway.config import Config
 from gateway.officernd.activation import activate, remove_activation
-from tests.conftest import ConfigFactory, GatewayFactory
+from tests.conftest import ConfigFactory, GatewayFactory, sim_readers
 from tests.officernd.fake import FakeOfficeRnD
 
 CARD = "04D0D0D0D0D0D1"
@@ -247,3 +248,40 @@ async def test_login_limits_count_the_member_address_a_local_proxy_forwards(
         assert statuses[20] == 429  # that address spent its 20 failures
         # Another member behind the same proxy is not locked out by it.
         assert await attempt(99, "203.0.113.8") == 401
+
+
+async def test_a_card_enrolled_at_a_reader_for_a_synced_member_opens_and_stays(
+    fake: FakeOfficeRnD, start_gateway: GatewayFactory, gateway_config: ConfigFactory
+) -> None:
+    hot = fake.add_plan("Hot desk")["_id"]
+    ada = fake.add_member("Ada")["_id"]  # no card in OfficeRnD
+    fake.add_membership(hot, member=ada, start="2026-01-01")
+    config = officernd_config(gateway_config, webhook_url="")
+    await activate_for(fake, config)
+    gw = await start_gateway(config)
+
+    async def synced() -> bool:
+        return "ornd-" + ada in gw.cache.view.users
+
+    await eventually(synced, "the member to arrive")
+    enrolling = asyncio.create_task(gw.enrolment.enrol_card("front", "ornd-" + ada, timeout_s=5))
+    await asyncio.sleep(0)
+    sim_readers(gw).present(CredentialRead("front", "nfc_uid", CARD))
+    credential = await enrolling
+    assert credential.user_id == "ornd-" + ada
+
+    assert gw.officernd.sync is not None
+    summary = await gw.officernd.sync.full_sync()  # OfficeRnD does not own it: it stays
+    assert summary.changed == 0
+    decision = await gw.entry.handle(CredentialRead("front", "nfc_uid", CARD))
+    assert decision.granted
+    assert decision.rule_id == "ornd-rule-members"
+
+    async with aiohttp.ClientSession() as session:
+        web = Web(gw, session)
+        async with session.get(web.base + "/officernd") as reply:
+            assert reply.status == 200
+            assert "Settings → OfficeRnD" in await reply.text()
+        status, body = await web.call("POST", "/api/officernd/sync")
+        assert status == 200
+        assert body["members"] == 1

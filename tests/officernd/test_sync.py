@@ -526,3 +526,40 @@ async def test_the_running_sync_polls_on_its_own(rig_factory: Make) -> None:
         await asyncio.sleep(0.02)
     assert rig.decide(ada) is Reason.GRANTED
     assert rig.sync.status()["last_poll_at"] is not None
+
+
+async def test_a_renamed_plan_renames_its_tag_and_the_rule_follows_the_new_name(
+    rig_factory: Make,
+) -> None:
+    rig: Rig = await rig_factory(rules={"members": RuleSpec(("Flex desk",), ("front",))})
+    hot = rig.fake.add_plan("Hot desk")["_id"]
+    ada = add_member_with_card(rig.fake, "Ada", email=None)  # no email: mapped all the same
+    rig.fake.add_membership(hot, member=ada, start="2026-01-01")
+    await rig.sync.full_sync()
+    assert "ornd-rule-members" not in rig.cache.view.rules  # no plan of that name yet
+    assert rig.decide(ada) is Reason.NO_RULE_FOR_DOOR
+    rig.now[0] += timedelta(minutes=5)
+    rig.fake.update("plans", hot, name="Flex desk")
+    await rig.sync.poll_once()
+    assert rig.cache.view.tags["ornd-plan-" + hot].name == "Flex desk"
+    assert rig.decide(ada) is Reason.GRANTED
+
+
+async def test_a_webhook_whose_re_fetch_fails_is_kept_and_processed_later(
+    rig_factory: Make,
+) -> None:
+    rig: Rig = await rig_factory()
+    hot = rig.fake.add_plan("Hot desk")["_id"]
+    ada = add_member_with_card(rig.fake, "Ada")
+    applied = rig.sync.applied
+    rig.sync.start()
+    await asyncio.wait_for(applied.wait(), 10)
+
+    membership = rig.fake.add_membership(hot, member=ada, start="2026-01-01")
+    rig.fake.fail_next("/memberships/", 500, times=3)  # more than the client's own retries
+    applied = rig.sync.applied
+    rig.sync.submit(rig.event("membership.created", membership["_id"]))
+    await asyncio.wait_for(applied.wait(), 30)
+    assert rig.decide(ada) is Reason.GRANTED
+    assert rig.sync.status()["state"] == "ok"
+    assert rig.sync.webhooks_processed == 1
