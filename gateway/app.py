@@ -32,7 +32,7 @@ from gateway.outbox import Outbox
 from gateway.readers import ReaderSet
 from gateway.simulator import DEFAULT_PROXIMITY, Simulator
 from gateway.verifiers import SUN_COUNTERS_FILE, build_verifiers, load_secrets
-from gateway.web import WebServer, make_app
+from gateway.web import WebServer, make_app, make_public_app
 
 if TYPE_CHECKING:
     from gateway.cloud import CloudService
@@ -141,6 +141,11 @@ class Gateway:
             config.web.host,
             config.web.port,
         )
+        self.public_web = (
+            WebServer(make_public_app(self), config.web.public_host, config.web.public_port)
+            if config.web.public_port
+            else None
+        )
         self._stack = AsyncExitStack()
         self._started = False
 
@@ -221,6 +226,9 @@ class Gateway:
             stack.push_async_callback(self.reader_set.stop)
             stack.push_async_callback(self.web.stop)
             await self.web.start()
+            if self.public_web is not None:
+                stack.push_async_callback(self.public_web.stop)
+                await self.public_web.start()
             await self.events.record(
                 new_event(
                     EventType.GATEWAY_STARTED, self.clock(), {"cache_version": self.cache.version}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import ipaddress
 import json
 import os
 import signal
@@ -348,6 +349,11 @@ def _daemon_url(config: Config, path: str) -> str:
     return f"http://{host}:{config.web.port}{path}"
 
 
+def _loopback_web(config: Config) -> bool:
+    """Whether the web server listens on loopback (only then are the settings routes served)."""
+    return ipaddress.ip_address(config.web.host).is_loopback
+
+
 def _notify_reload(config: Config) -> None:
     """Ask a running daemon to reload its OfficeRnD activation, and say what came of it."""
     url = _daemon_url(config, "/api/officernd/reload")
@@ -359,7 +365,12 @@ def _notify_reload(config: Config) -> None:
         with urllib.request.urlopen(request, timeout=DAEMON_TIMEOUT_S):  # noqa: S310
             pass
     except urllib.error.HTTPError as err:
-        if err.code == 404:
+        if err.code == 404 and not _loopback_web(config):
+            print(
+                "the gateway's settings routes are served only on a loopback web server "
+                f"(web.host is {config.web.host}): restart the gateway to use this"
+            )
+        elif err.code == 404:
             print(
                 "the running gateway predates this command and cannot reload OfficeRnD: "
                 "restart it to use this"
@@ -500,6 +511,11 @@ def _sync_through_daemon(config: Config) -> dict[str, Any] | None:
         with urllib.request.urlopen(request, timeout=SYNC_TIMEOUT_S) as response:  # noqa: S310
             body = json.load(response)
     except urllib.error.HTTPError as err:
+        if err.code == 404 and not _loopback_web(config):
+            raise CliError(
+                "the gateway's settings routes are served only on a loopback web server "
+                f"(web.host is {config.web.host}): stop the gateway to sync from here"
+            ) from None
         if err.code == 404:
             raise CliError("the running gateway cannot sync OfficeRnD: restart it") from None
         raise CliError(f"the running gateway's sync failed: {_error_text(err)}") from None
@@ -516,6 +532,7 @@ def _sync_here(config: Config) -> dict[str, Any]:
     """Run a full sync in this process against the state directory (no gateway is running)."""
     from gateway.officernd.activation import describe_failure  # noqa: PLC0415
     from gateway.officernd.client import OfficeRnDError  # noqa: PLC0415
+    from gateway.officernd.sync import RefusedByCache  # noqa: PLC0415
 
     activation = _stored_activation(config)
     if activation is None:
@@ -527,6 +544,8 @@ def _sync_here(config: Config) -> dict[str, Any]:
         return asyncio.run(_full_sync(config, activation))
     except OfficeRnDError as err:
         raise CliError(f"the sync failed: {describe_failure(err)}") from None
+    except RefusedByCache as err:
+        raise CliError(f"the sync was refused: {err}") from None
     except DatabaseError as err:
         raise CliError(f"cannot open the cache: {err}") from None
 

@@ -88,6 +88,10 @@ def _is_ip_address(value: str) -> bool:
 
 def _check_web_remote(web: WebSection) -> list[tuple[str, object, str]]:
     """Refuse a non-loopback listen address unless remote access was asked for explicitly."""
+    if web.public_port and web.public_port == web.port:
+        return [
+            ("public_port", web.public_port, f"0 (none) or a port other than web.port ({web.port})")
+        ]
     if web.allow_remote or ipaddress.ip_address(web.host).is_loopback:
         return []
     allowed = (
@@ -116,6 +120,16 @@ class WebSection:
     )
     port: int = field(default=8080, metadata={"min": 1, "max": 65535})
     allow_remote: bool = False
+    # A second listener serving only what outsiders may reach (OfficeRnD's webhooks, member
+    # login), for a TLS reverse proxy or tunnel to publish; 0: none.
+    public_port: int = field(default=0, metadata={"min": 0, "max": 65535})
+    public_host: str = field(
+        default="127.0.0.1",
+        metadata={"validator": _is_ip_address, "allowed": "an IP address such as 127.0.0.1"},
+    )
+    # Take a member's address from the X-Forwarded-For the reverse proxy on this machine adds
+    # (its last entry); only when the proxy sets it, or clients could choose their own.
+    trust_forwarded_for: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,7 +76,8 @@ class Enrolment:
         if self._phone_allowed(user_id) is False:
             raise EnrolmentError(
                 f"user {user_id!r} has no OfficeRnD Member App access, which a phone key needs "
-                "(their cards and fobs still work); grant it in OfficeRnD first"
+                "(their cards and fobs still work); grant it in OfficeRnD first, or try again "
+                "once the gateway has synced with OfficeRnD"
             )
         # Imported here: cryptography's bindings only on gateways that enrol phones.
         from gateway.ble_protocol import (  # noqa: PLC0415

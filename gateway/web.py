@@ -287,6 +287,13 @@ async def new_phone(request: web.Request) -> web.Response:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_PROXY_HEADERS = (
+    "Forwarded",
+    "X-Forwarded-For",
+    "X-Forwarded-Host",
+    "X-Forwarded-Proto",
+    "X-Real-IP",
+)
 
 
 def local_only(handler: Handler) -> Handler:
@@ -298,7 +305,10 @@ def local_only(handler: Handler) -> Handler:
     """
 
     async def checked(request: web.Request) -> web.StreamResponse:
-        if request.url.host not in _LOCAL_HOSTS:
+        # A reverse proxy in front of this port would make every request look local (it may
+        # even rewrite Host to 127.0.0.1): anything it marks as forwarded is not from here.
+        forwarded = any(header in request.headers for header in _PROXY_HEADERS)
+        if forwarded or request.url.host not in _LOCAL_HOSTS:
             raise web.HTTPForbidden(
                 text=json.dumps(
                     {"error": "this route answers requests to 127.0.0.1 or localhost only"}
@@ -332,9 +342,21 @@ def make_app(gw: Gateway, *, simulated: bool, local: bool = False) -> web.Applic
     if simulated and local:
         app.router.add_post("/api/simulator/phones", local_only(new_phone))
     # Imported here: the OfficeRnD pages need the web module's local_only.
-    from gateway.officernd.routes import add_officernd_routes  # noqa: PLC0415
+    from gateway.officernd.routes import add_admin_routes, add_public_routes  # noqa: PLC0415
 
-    add_officernd_routes(app, gw, local=local, local_only=local_only)
+    add_public_routes(app, gw)
+    if local:
+        add_admin_routes(app, gw, local_only=local_only)
+    return app
+
+
+def make_public_app(gw: Gateway) -> web.Application:
+    """The application of ``[web] public_port``: only what outsiders may reach."""
+    from gateway.officernd.routes import add_public_routes  # noqa: PLC0415
+
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[GATEWAY_KEY] = gw
+    add_public_routes(app, gw)
     return app
 
 

@@ -31,6 +31,17 @@ def _answer(status: int, **body: object) -> web.Response:
     return web.json_response(body, status=status)
 
 
+async def _read_up_to(request: web.Request, limit: int) -> bytes:
+    """The body, or its first ``limit`` bytes (it may arrive in many pieces)."""
+    body = bytearray()
+    while len(body) < limit:
+        chunk = await request.content.read(limit - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
+
+
 class WebhookReceiver:
     """``handle`` serves ``POST /hooks/officernd``; events go to ``submit`` in arrival order."""
 
@@ -61,7 +72,9 @@ class WebhookReceiver:
             return _answer(404, error="no OfficeRnD webhook is set up on this gateway")
         if (request.content_length or 0) > MAX_BODY_BYTES:
             return self._reject(413, WebhookRejected("body too large"))
-        raw = await request.content.read(MAX_BODY_BYTES + 1)
+        raw = await _read_up_to(request, MAX_BODY_BYTES + 1)
+        if len(raw) > MAX_BODY_BYTES:
+            return self._reject(413, WebhookRejected("body too large"))
         try:
             verify(secret, raw, request.headers.get(SIGNATURE_HEADER), now=self._wall_clock())
         except WebhookRejected as err:

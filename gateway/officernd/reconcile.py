@@ -11,6 +11,7 @@ user from elsewhere still names is kept (so one odd entity never blocks the whol
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -263,6 +264,9 @@ def _deletable_tags(
         if not user.id.startswith(settings.user_id_prefix):
             for tag in gone.intersection(user.tags):
                 named.setdefault(tag, f"user {user.id}")
+    override = view.site.lockdown_override_tag
+    if override in gone:
+        named.setdefault(override, "the site's lockdown override")
     for tag, holder in sorted(named.items()):
         problems.append(
             f"Plan tag {tag} is kept: its plan is gone from OfficeRnD but {holder} still names it."
@@ -275,7 +279,16 @@ def _free_cards(
 ) -> tuple[Credential, ...]:
     """The cards whose value no credential OfficeRnD does not own holds already."""
     out = []
+    twice = Counter((card.kind, card.value) for card in cards)
     for card in cards:
+        if twice[(card.kind, card.value)] > 1:
+            # Two of OfficeRnD's own cards with one value (a mapping of part of the members
+            # cannot see it): neither, as a whole mapping would decide.
+            problems.append(
+                f"Card {card.kind.value}:{redact(card.value)} is listed for more than one "
+                f"member; left out for {card.user_id}."
+            )
+            continue
         held = view.credential(card.kind, card.value)
         if held is not None and held.id != card.id and held.id not in deleted:
             problems.append(

@@ -1,14 +1,16 @@
 """The OfficeRnD pages and endpoints of the local web app.
 
-- ``POST /hooks/officernd``: OfficeRnD's webhook deliveries (reachable from outside through
-  whatever publishes the gateway; the signature is what is trusted, not the address).
-- ``GET /api/officernd/status``: activation, sync state, webhook counts and problems.
-- ``POST|DELETE /api/officernd/activation``, ``POST /api/officernd/reload``, ``POST
-  /api/officernd/sync``: Settings → OfficeRnD; served on a loopback server to local requests.
-- ``GET /officernd``: the settings page.
+Public (``add_public_routes``; also on ``[web] public_port``, the listener a proxy publishes):
+
+- ``POST /hooks/officernd``: OfficeRnD's webhook deliveries (the signature is what is trusted,
+  not the address).
 - ``/member`` and ``/api/member/...`` (``[officernd] login``): members log in with their
   OfficeRnD email and password (``gateway.member_api``), over HTTPS or from this machine only
   (a TLS reverse proxy on the gateway), since the password crosses that link.
+
+Settings → OfficeRnD (``add_admin_routes``; on a loopback ``[web] port`` only, to local
+requests): ``GET /officernd`` (the page), ``GET /api/officernd/status``, ``POST|DELETE
+/api/officernd/activation``, ``POST /api/officernd/reload``, ``POST /api/officernd/sync``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from gateway.member_api import add_member_routes
 from gateway.officernd.activation import (
@@ -143,25 +146,29 @@ async def page(request: web.Request) -> web.StreamResponse:
     return web.Response(text=text, content_type="text/html")
 
 
-@web.middleware
-async def member_over_tls(request: web.Request, handler: Handler) -> web.StreamResponse:
+def member_over_tls(trust_forwarded_for: bool) -> Middleware:
     """Member routes only over HTTPS or from this machine (a TLS proxy): passwords cross them."""
-    if not request.path.startswith(("/api/member/", "/member")):
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith(("/api/member/", "/member")):
+            return await handler(request)
+        if not _private_link(request):
+            raise _json_error(
+                web.HTTPForbidden,
+                "members log in over HTTPS only: publish the gateway through a TLS reverse proxy",
+            )
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        if trust_forwarded_for and forwarded and not request.secure:
+            # From the reverse proxy on this machine: the member's address is the last hop it
+            # added (what the client wrote before it is the client's to forge), so the login
+            # limits count per member, not per proxy.
+            client = forwarded.rsplit(",", 1)[-1].strip()
+            with contextlib.suppress(ValueError):
+                request = request.clone(remote=str(ipaddress.ip_address(client)))
         return await handler(request)
-    if not _private_link(request):
-        raise _json_error(
-            web.HTTPForbidden,
-            "members log in over HTTPS only: publish the gateway through a TLS reverse proxy",
-        )
-    forwarded = request.headers.get("X-Forwarded-For", "")
-    if forwarded and not request.secure:
-        # From the reverse proxy on this machine: the member's address is the last hop it
-        # added (what the client wrote before it is the client's to forge). The login limits
-        # count per member address, not per proxy.
-        client = forwarded.rsplit(",", 1)[-1].strip()
-        with contextlib.suppress(ValueError):
-            request = request.clone(remote=str(ipaddress.ip_address(client)))
-    return await handler(request)
+
+    return middleware
 
 
 def _private_link(request: web.Request) -> bool:
@@ -173,36 +180,39 @@ def _private_link(request: web.Request) -> bool:
         return False
 
 
-def add_officernd_routes(
-    app: web.Application, gw: Gateway, *, local: bool, local_only: Callable[[Handler], Handler]
-) -> None:
-    """Add the OfficeRnD pages and endpoints; the settings ones only on a loopback server."""
+def add_public_routes(app: web.Application, gw: Gateway) -> None:
+    """What outsiders may reach: OfficeRnD's webhooks and, if enabled, member login."""
     service = gw.officernd
-    app[SERVICE_KEY] = service
-    app[GATEWAY_KEY] = gw
     app.router.add_post(service.webhook_path, service.receiver.handle)
-    app.router.add_get("/api/officernd/status", status)
-    if local:
-        app.router.add_get("/officernd", local_only(page))
-        app.router.add_post("/api/officernd/activation", local_only(activate_route))
-        app.router.add_delete("/api/officernd/activation", local_only(deactivate_route))
-        app.router.add_post("/api/officernd/reload", local_only(reload_route))
-        app.router.add_post("/api/officernd/sync", local_only(sync_route))
     section = gw.config.officernd
-    if section.login:
-        prefix = section.mapping_settings().user_id_prefix
-        login = MemberLogin(
-            lambda: service.client,
-            Sessions(ttl_s=section.session_minutes * 60.0),
-            LoginLimiter(),
-            user_id_prefix=prefix,
-            user_exists=lambda user_id: user_id in gw.cache.view.users,
-        )
-        app.middlewares.append(member_over_tls)
-        add_member_routes(
-            app,
-            login=login,
-            view=lambda: gw.cache.view,
-            enrol_phone=gw.enrolment.enrol_phone,
-            secure_cookies=True,
-        )
+    if not section.login:
+        return
+    login = MemberLogin(
+        lambda: service.client,
+        Sessions(ttl_s=section.session_minutes * 60.0),
+        LoginLimiter(),
+        user_id_prefix=section.mapping_settings().user_id_prefix,
+        user_exists=lambda user_id: user_id in gw.cache.view.users,
+    )
+    app.middlewares.append(member_over_tls(gw.config.web.trust_forwarded_for))
+    add_member_routes(
+        app,
+        login=login,
+        view=lambda: gw.cache.view,
+        enrol_phone=gw.enrolment.enrol_phone,
+        secure_cookies=True,
+    )
+
+
+def add_admin_routes(
+    app: web.Application, gw: Gateway, *, local_only: Callable[[Handler], Handler]
+) -> None:
+    """Settings → OfficeRnD: status, activation, deactivation, reload, sync (local requests)."""
+    app[SERVICE_KEY] = gw.officernd
+    app[GATEWAY_KEY] = gw
+    app.router.add_get("/officernd", local_only(page))
+    app.router.add_get("/api/officernd/status", local_only(status))
+    app.router.add_post("/api/officernd/activation", local_only(activate_route))
+    app.router.add_delete("/api/officernd/activation", local_only(deactivate_route))
+    app.router.add_post("/api/officernd/reload", local_only(reload_route))
+    app.router.add_post("/api/officernd/sync", local_only(sync_route))

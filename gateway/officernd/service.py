@@ -9,6 +9,7 @@ A damaged activation is reported and nothing is removed (the cache keeps what it
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -115,7 +116,7 @@ class OfficeRnDService:
         """A full sync at once (OfficeRnDError if it fails; RuntimeError if not activated)."""
         if self.sync is None:
             raise RuntimeError(self.problem or "OfficeRnD is not activated on this gateway")
-        return await self.sync.full_sync()
+        return await self.sync.request_full_sync()
 
     def phone_allowed(self, user_id: str) -> bool | None:
         """Whether a member may use a phone key; None for users OfficeRnD does not own."""
@@ -208,7 +209,8 @@ class OfficeRnDService:
 
 async def remove_officernd_entities(cache: Cache, options: SyncOptions) -> int:
     """Delete every user, plan tag, card and plan rule OfficeRnD made; how many went."""
-    changes = plan_changes(cache.view, Target.empty(), options.mapping)
+    # A scan of the whole cache: off the loop, where decisions keep being made.
+    changes = await asyncio.to_thread(plan_changes, cache.view, Target.empty(), options.mapping)
     if not changes.empty:
         await cache.apply_local(upserts=changes.upserts, deletes=changes.deletes)
     return changes.count

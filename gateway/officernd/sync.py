@@ -20,7 +20,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -31,10 +31,10 @@ from gateway.cache import Cache
 from gateway.codec import FormatError
 from gateway.events import EventLog, new_event
 from gateway.files import write_atomically
-from gateway.model import EventType
+from gateway.model import Credential, EventType
 from gateway.officernd.client import MAX_PAGE_SIZE, ApiError, OfficeRnDClient, OfficeRnDError
 from gateway.officernd.listings import NOBODY, RESOURCES, Affected, Listings, Obj
-from gateway.officernd.mapping import MappedSite, MappingSettings, map_entities
+from gateway.officernd.mapping import MappingSettings, map_entities
 from gateway.officernd.reconcile import (
     Changes,
     RuleSpec,
@@ -58,6 +58,12 @@ RETRY_BASE_S = 5.0
 RETRY_CAP_S = 300.0
 #: Webhook re-fetches in flight at once.
 FETCH_CONCURRENCY = 4
+#: A webhook event whose re-fetch failed this often is dropped for a full sync instead.
+MAX_EVENT_ATTEMPTS = 5
+#: Events waiting at most; past it the oldest go, and a full sync catches up.
+MAX_QUEUED_EVENTS = 10_000
+#: A partial re-mapping of more members than this runs in a worker thread.
+THREAD_ABOVE_MEMBERS = 500
 #: Problems shown in the status (all are logged once).
 STATUS_PROBLEMS = 50
 #: Phone keys revoked for lack of Member App access, restored when it comes back.
@@ -73,6 +79,7 @@ class SyncOptions:
     poll_interval_s: float = 60.0  # 0: no polling (webhooks and reconciliation only)
     reconcile_interval_s: float = 3600.0
     page_size: int = MAX_PAGE_SIZE
+    date_check_s: float = DATE_CHECK_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +107,10 @@ class SyncSummary:
         out["seconds"] = round(self.seconds, 3)
         out["problems"] = len(self.problems)
         return out
+
+
+class RefusedByCache(Exception):
+    """The cache refused OfficeRnD's changes (removals were still applied where possible)."""
 
 
 def iso(moment: datetime) -> str:
@@ -135,6 +146,14 @@ class OfficeRnDSync:
         self._mapped_on: date | None = None
         self._policy_revoked = self._load_policy()
         self._queue: collections.deque[WebhookEvent] = collections.deque()
+        self._attempts: collections.Counter[str] = collections.Counter()
+        self._full_wanted = True  # a full sync is due at once (the first one, or to catch up)
+        self._full_requests: list[asyncio.Future[SyncSummary]] = []
+        self._next_full = 0.0
+        self._next_poll = 0.0
+        self._retry_at = 0.0  # OfficeRnD failed: no request before this (monotonic)
+        self._offline_retry_at = 0.0  # the cache refused: no re-apply before this
+        self._backoff = Backoff(RETRY_BASE_S, RETRY_CAP_S)
         self._wake = asyncio.Event()
         self._seen_version = cache.version
         self._upstream_changed = False
@@ -169,6 +188,9 @@ class OfficeRnDSync:
             self._remove_listener()
             self._remove_listener = None
         task, self._task = self._task, None
+        for future in self._full_requests:
+            future.cancel()
+        self._full_requests = []
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -176,8 +198,23 @@ class OfficeRnDSync:
 
     def submit(self, event: WebhookEvent) -> None:
         """Queue a verified, first-seen webhook event; processed in order, soon after."""
+        if len(self._queue) >= MAX_QUEUED_EVENTS:
+            self._queue.popleft()
+            self._full_wanted = True  # what the dropped event said, a full listing will show
+            self._log_once("queue-full", "OfficeRnD webhook events pile up: a full sync follows")
         self._queue.append(event)
         self._wake.set()
+
+    async def request_full_sync(self) -> SyncSummary:
+        """A full sync now, run by the sync's own task (so nothing it does overlaps)."""
+        if self._task is None:
+            return await self.full_sync()
+        future: asyncio.Future[SyncSummary] = asyncio.get_running_loop().create_future()
+        self._full_requests.append(future)
+        self._full_wanted = True
+        self._retry_at = 0.0  # asked for by a person: now, not after the backoff
+        self._wake.set()
+        return await future
 
     def _on_view(self, view: CacheView) -> None:
         # Local changes keep the version; a new one came from upstream and may have replaced
@@ -190,52 +227,95 @@ class OfficeRnDSync:
     # -- the task -----------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        backoff = Backoff(RETRY_BASE_S, RETRY_CAP_S)
+        now = self._monotonic()
+        self._next_full = now + self._options.reconcile_interval_s
+        self._next_poll = now + self._options.poll_interval_s
+        offline_backoff = Backoff(RETRY_BASE_S, RETRY_CAP_S)
         while True:
-            try:
-                await self.full_sync()
-                break
-            except OfficeRnDError as err:
-                self._failed("full sync", err)
-                await asyncio.sleep(backoff.next_delay())
-        next_poll = self._monotonic() + self._options.poll_interval_s
-        next_full = self._monotonic() + self._options.reconcile_interval_s
-        while True:
-            now = self._monotonic()
-            due = [next_full, now + DATE_CHECK_S]
-            if self._options.poll_interval_s > 0:
-                due.append(next_poll)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, min(due) - now))
-            self._wake.clear()
-            try:
-                if self._queue:
-                    await self._process_webhooks()
-                if self._upstream_changed:
-                    await self._reapply()
-                now = self._monotonic()
-                if now >= next_full:
-                    next_full = now + self._options.reconcile_interval_s
-                    await self.full_sync()
-                    next_poll = now + self._options.poll_interval_s
-                elif self._options.poll_interval_s > 0 and now >= next_poll:
-                    next_poll = now + self._options.poll_interval_s
-                    await self.poll_once()
-                if self._today() != self._mapped_on:
-                    await self._remap_all()
-            except OfficeRnDError as err:
-                self._failed("sync", err)
-                # Try again soon, but not in a tight loop (queued events stay queued).
-                retry_at = self._monotonic() + backoff.next_delay()
-                next_poll = min(next_poll, retry_at) if self._options.poll_interval_s else next_poll
-                if self._queue:
-                    await asyncio.sleep(max(0.0, retry_at - self._monotonic()))
-                    self._wake.set()
+            await self._sleep_until_due()
+            # Work that needs no request comes first, on its own: an OfficeRnD outage must not
+            # hold up putting members back after a snapshot, or ending memberships at midnight.
+            if await self._guarded("re-applying", self._offline_work) is None:
+                self._offline_retry_at = self._monotonic() + offline_backoff.next_delay()
             else:
-                backoff.reset()
-                if self._link_failed:
-                    self._link_failed = False
-                    self.state, self.last_error = "ok", None
+                offline_backoff.reset()
+            did = await self._guarded("sync", self._online_work)
+            if did is None:
+                self._link_failed = True
+                self._retry_at = self._monotonic() + self._backoff.next_delay()
+            elif did and self._link_failed:
+                self._link_failed = False
+                self._backoff.reset()
+                self.state, self.last_error = "ok", None
+
+    async def _sleep_until_due(self) -> None:
+        now = self._monotonic()
+        due = [now + self._options.date_check_s]
+        online = max(now, self._retry_at)
+        if self._full_wanted:
+            due.append(online)
+        due.append(max(self._next_full, self._retry_at))
+        if self._queue and self._target is not None:
+            due.append(online)
+        if self._options.poll_interval_s > 0:
+            due.append(max(self._next_poll, self._retry_at))
+        if self._upstream_changed:
+            due.append(max(now, self._offline_retry_at))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), max(0.0, min(due) - now))
+        self._wake.clear()
+
+    async def _guarded(self, what: str, work: Callable[[], Awaitable[bool]]) -> bool | None:
+        """Run one step: its result, or None if it failed (logged and shown, never fatal)."""
+        try:
+            return await work()
+        except (OfficeRnDError, RefusedByCache, OSError) as err:
+            self._failed(what, err)
+        except Exception as err:  # a defect: said loudly, and the sync goes on
+            _LOGGER.exception("OfficeRnD %s failed unexpectedly", what)
+            self._failed(what, err)
+        return None
+
+    async def _offline_work(self) -> bool:
+        if self._monotonic() < self._offline_retry_at:
+            return False
+        if self._upstream_changed:
+            await self._reapply()
+        if self._target is not None and self._today() != self._mapped_on:
+            await self._remap_all()
+        return True
+
+    async def _online_work(self) -> bool:
+        """A due full sync, queued webhooks, a due poll; True if any request went through."""
+        now = self._monotonic()
+        if now < self._retry_at:
+            return False
+        did = False
+        if self._full_wanted or now >= self._next_full:
+            self._full_wanted = True
+            requests, self._full_requests = self._full_requests, []
+            try:
+                summary = await self.full_sync()
+            except BaseException as err:
+                for future in requests:
+                    if not future.done():
+                        future.set_exception(err)
+                raise
+            for future in requests:
+                if not future.done():
+                    future.set_result(summary)
+            self._full_wanted = bool(self._full_requests)  # asked for while this one ran
+            self._next_full = now + self._options.reconcile_interval_s
+            self._next_poll = now + self._options.poll_interval_s
+            did = True
+        if self._queue and self._target is not None:
+            await self._process_webhooks()
+            did = True
+        if self._options.poll_interval_s > 0 and now >= self._next_poll:
+            self._next_poll = now + self._options.poll_interval_s
+            await self.poll_once()
+            did = True
+        return did
 
     # -- full sync ------------------------------------------------------------------------------
 
@@ -249,10 +329,8 @@ class OfficeRnDSync:
         self._listings.replace(dict(zip(RESOURCES, lists, strict=True)))
         self._poll_since = since
         self._memberships_filter = True  # try the filter again once a reconciliation went well
-        changes = await self._remap_all()
+        changes, target = await self._remap_all()
         objects = self._listings.objects
-        target = self._target
-        assert target is not None
         summary = SyncSummary(
             members=len(objects["members"]),
             companies=len(objects["companies"]),
@@ -284,7 +362,7 @@ class OfficeRnDSync:
         page_size = self._options.page_size
         return [obj async for obj in self._client.list(resource, params, page_size=page_size)]
 
-    async def _remap_all(self) -> Changes:
+    async def _remap_all(self) -> tuple[Changes, Target]:
         """Map every listing as of today and apply the difference (no requests)."""
         today = self._today()
         objects = self._listings.objects
@@ -299,9 +377,10 @@ class OfficeRnDSync:
                 settings=self._settings,
             )
         )
-        self._mapped_on = today
         target = build_target(mapped, self._options.rules, self._cache.view)
-        return await self._apply_target(target, scope=None)
+        result = await self._apply_target(target, scope=None)
+        self._mapped_on = today  # only once applied: a refusal is tried again
+        return result
 
     async def _reapply(self) -> None:
         """After an upstream change: put back whatever of ours it replaced (no requests)."""
@@ -310,7 +389,9 @@ class OfficeRnDSync:
             return
         view = self._cache.view
         rules, _ = resolve_rules(self._options.rules, self._target.tags, view)
+        self._upstream_changed = True  # until it went through
         await self._apply_target(replace(self._target, rules=rules), scope=None)
+        self._upstream_changed = False
 
     # -- webhooks and polls -------------------------------------------------------------------
 
@@ -332,10 +413,30 @@ class OfficeRnDSync:
             if unnamed:
                 await self.poll_once()
         except OfficeRnDError:
-            self._queue.extendleft(reversed(batch))  # kept, in order, for the next attempt
+            self._requeue(batch)
             raise
         await self._remap(affected)
         self.webhooks_processed += len(batch)
+        for event in batch:
+            self._attempts.pop(event.event_id, None)
+
+    def _requeue(self, batch: list[WebhookEvent]) -> None:
+        """Keep failed events, in order, for the next attempt; give up on one after a few."""
+        kept = []
+        for event in batch:
+            self._attempts[event.event_id] += 1
+            if self._attempts[event.event_id] < MAX_EVENT_ATTEMPTS:
+                kept.append(event)
+            else:
+                del self._attempts[event.event_id]
+                self._full_wanted = True  # a full listing shows what it was about
+                _LOGGER.warning(
+                    "OfficeRnD event %s (%s) could not be processed %d times; a full sync follows",
+                    event.event_id,
+                    event.event_type,
+                    MAX_EVENT_ATTEMPTS,
+                )
+        self._queue.extendleft(reversed(kept))
 
     async def _refetch(self, keys: list[tuple[str, str]]) -> Affected:
         gate = asyncio.Semaphore(FETCH_CONCURRENCY)
@@ -404,27 +505,35 @@ class OfficeRnDSync:
             return
         objects = self._listings.objects
         members, memberships = self._listings.scope(affected.members)
-        part = map_entities(
+        mapping = functools.partial(
+            map_entities,
             members,
-            objects["companies"].values(),
+            list(objects["companies"].values()),
             memberships,
-            objects["plans"].values(),
+            list(objects["plans"].values()),
             today=self._today(),
             settings=self._settings,
         )
+        part = (
+            await asyncio.to_thread(mapping) if len(members) > THREAD_ABOVE_MEMBERS else mapping()
+        )
         prefix = self._settings.user_id_prefix
         scope = frozenset(prefix + key for key in affected.members)
+        if _cards_of(part.credentials, scope) != _cards_of(self._target.cards.values(), scope):
+            # Cards changed hands: whether a card is someone else's too (then nobody's) takes
+            # every member's cards to know.
+            await self._remap_all()
+            return
         await self._apply_target(
             merge_target(self._target, part, scope, self._options.rules, self._cache.view),
             scope=scope,
-            part=part,
         )
 
     # -- applying -------------------------------------------------------------------------------
 
     async def _apply_target(
-        self, target: Target, *, scope: frozenset[str] | None, part: MappedSite | None = None
-    ) -> Changes:
+        self, target: Target, *, scope: frozenset[str] | None
+    ) -> tuple[Changes, Target]:
         """Bring the cache to ``target`` (for ``scope``'s users only, or for everyone)."""
         previous = self._target
         view = self._cache.view
@@ -448,15 +557,9 @@ class OfficeRnDSync:
         for problem in target.problems:
             self._log_once(problem, problem)
         if not changes.empty:
-            try:
-                await self._cache.apply_local(upserts=changes.upserts, deletes=changes.deletes)
-            except FormatError as err:
-                # Not expected (plan_changes leaves out what the cache would refuse); if it
-                # happens the cache keeps what it had and the next reconciliation tries again.
-                self._log_once(f"refused {err}", f"the cache refused OfficeRnD's changes: {err}")
-                self.last_error = f"the cache refused OfficeRnD's changes: {err}"
-                self.state = "error"
-                return changes
+            if changes.revoked:  # remembered before they happen: a crash must not lose them
+                self._save_policy(self._policy_revoked | changes.revoked)
+            await self._write(changes)
             self.changes_applied += changes.count
             self.last_change_at = self._clock()
             await self._events.record(
@@ -475,18 +578,44 @@ class OfficeRnDSync:
         self._seen_version = self._cache.version
         if changes.revoked or changes.restored:
             self._policy_revoked = (self._policy_revoked | changes.revoked) - changes.restored
-            self._save_policy()
+            self._save_policy(self._policy_revoked)
         self.applied.set()
         self.applied = asyncio.Event()
-        return changes
+        return changes, target
+
+    async def _write(self, changes: Changes) -> None:
+        """Apply ``changes`` to the cache; if refused, at least every removal of access."""
+        try:
+            # Shielded: a stop() arriving mid-write must not leave the file and the view apart.
+            await asyncio.shield(
+                self._cache.apply_local(upserts=changes.upserts, deletes=changes.deletes)
+            )
+            return
+        except FormatError as err:
+            refusal = err
+        # Not expected (plan_changes leaves out what the cache would refuse). Whatever is wrong,
+        # members who lost access must lose it: their removals and revocations go through alone.
+        removals = {k: v for k, v in changes.deletes.items() if k in ("users", "credentials")}
+        revoked = tuple(
+            c for c in changes.upserts.get("credentials", ()) if c.id in changes.revoked
+        )
+        with contextlib.suppress(FormatError):
+            if removals or revoked:
+                await asyncio.shield(
+                    self._cache.apply_local(
+                        upserts={"credentials": revoked} if revoked else {}, deletes=removals
+                    )
+                )
+        message = f"the cache refused OfficeRnD's changes ({refusal}); removals were applied"
+        self._log_once(f"refused {refusal}", message)
+        raise RefusedByCache(message)
 
     # -- helpers --------------------------------------------------------------------------------
 
     def _today(self) -> date:
         return self._clock().astimezone(self._cache.view.tz).date()
 
-    def _failed(self, what: str, err: OfficeRnDError) -> None:
-        self._link_failed = True
+    def _failed(self, what: str, err: Exception) -> None:
         self.state = "error"
         self.last_error = f"{what} failed: {err}"
         self._log_once(f"{what}:{type(err).__name__}", self.last_error + "; retrying")
@@ -508,10 +637,10 @@ class OfficeRnDSync:
             _LOGGER.warning("cannot read %s (%s); starting afresh", self._policy_path, err)
             return frozenset()
 
-    def _save_policy(self) -> None:
+    def _save_policy(self, revoked: frozenset[str]) -> None:
         if self._policy_path is not None:
             self._policy_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_atomically(self._policy_path, json.dumps(sorted(self._policy_revoked)))
+            write_atomically(self._policy_path, json.dumps(sorted(revoked)))
 
     def status(self) -> dict[str, Any]:
         """What the web app and ``officernd status`` show."""
@@ -553,6 +682,11 @@ def _phones_concerned(previous: Target, target: Target, scope: frozenset[str]) -
         or (user in previous.users) != (user in target.users)
         for user in scope
     )
+
+
+def _cards_of(cards: Iterable[Credential], scope: frozenset[str]) -> set[tuple[str, str, str]]:
+    """The (user, kind, value) of the cards of ``scope``'s users."""
+    return {(c.user_id, c.kind.value, c.value) for c in cards if c.user_id in scope}
 
 
 def _iso_or_none(moment: datetime | None) -> str | None:

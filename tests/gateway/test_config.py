@@ -35,7 +35,7 @@ DOCS = Path(__file__).parents[2] / "docs" / "configuration.md"
 SECTIONS = (
     "allowed sections: gateway, web, hardware, doors, events, nfc, ble, cloud, officernd, demo"
 )
-WEB_KEYS = "allowed keys: host, port, allow_remote"
+WEB_KEYS = "allowed keys: host, port, allow_remote, public_port, public_host, trust_forwarded_for"
 LEVELS = 'one of "debug", "info", "warning", "error"'
 
 
@@ -549,7 +549,14 @@ def test_config_to_dict_is_json_ready_and_parses_back(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "[web]\nport = 9000\n[demo]\nseed = false\n"))
     plain = config_to_dict(config)
     assert plain["gateway"]["state_dir"] == str(tmp_path / "var")
-    assert plain["web"] == {"host": "127.0.0.1", "port": 9000, "allow_remote": False}
+    assert plain["web"] == {
+        "host": "127.0.0.1",
+        "port": 9000,
+        "allow_remote": False,
+        "public_port": 0,
+        "public_host": "127.0.0.1",
+        "trust_forwarded_for": False,
+    }
     assert "source" not in plain
     assert json.loads(json.dumps(plain)) == plain
     assert parse_config(plain, source=config.source) == config

@@ -18,7 +18,7 @@ from drivers.base import CredentialRead
 from gateway.app import Gateway
 from gateway.config import Config
 from gateway.officernd.activation import activate, remove_activation
-from tests.conftest import ConfigFactory, GatewayFactory, sim_readers
+from tests.conftest import ConfigFactory, GatewayFactory, pick_free_port, sim_readers
 from tests.officernd.fake import FakeOfficeRnD
 
 CARD = "04D0D0D0D0D0D1"
@@ -36,7 +36,9 @@ async def fake() -> AsyncIterator[FakeOfficeRnD]:
         yield server
 
 
-def officernd_config(gateway_config: ConfigFactory, **officernd: Any) -> Config:
+def officernd_config(
+    gateway_config: ConfigFactory, web: dict[str, Any] | None = None, **officernd: Any
+) -> Config:
     probe = gateway_config()
     url = f"http://127.0.0.1:{probe.web.port}/hooks/officernd"
     values = {
@@ -44,7 +46,7 @@ def officernd_config(gateway_config: ConfigFactory, **officernd: Any) -> Config:
         "poll_interval_s": 0,
         "rules": {"members": {"plans": ["Hot desk"], "doors": ["front"]}},
     } | officernd
-    config = gateway_config(officernd=values, web={"port": probe.web.port})
+    config = gateway_config(officernd=values, web={"port": probe.web.port} | (web or {}))
     return config
 
 
@@ -228,7 +230,7 @@ async def test_a_gateway_restarted_after_a_cli_deactivation_drops_officernd_memb
 async def test_login_limits_count_the_member_address_a_local_proxy_forwards(
     fake: FakeOfficeRnD, start_gateway: GatewayFactory, gateway_config: ConfigFactory
 ) -> None:
-    config = officernd_config(gateway_config, webhook_url="")
+    config = officernd_config(gateway_config, {"trust_forwarded_for": True}, webhook_url="")
     await activate_for(fake, config)
     gw = await start_gateway(config)
     async with aiohttp.ClientSession() as session:
@@ -285,3 +287,58 @@ async def test_a_card_enrolled_at_a_reader_for_a_synced_member_opens_and_stays(
         status, body = await web.call("POST", "/api/officernd/sync")
         assert status == 200
         assert body["members"] == 1
+
+
+async def test_the_public_listener_serves_webhooks_and_members_and_nothing_else(
+    fake: FakeOfficeRnD, start_gateway: GatewayFactory, gateway_config: ConfigFactory
+) -> None:
+    public = pick_free_port()
+    config = officernd_config(
+        gateway_config,
+        {"public_port": public},
+        webhook_url=f"http://127.0.0.1:{public}/hooks/officernd",
+    )
+    hot = fake.add_plan("Hot desk")["_id"]
+    ada = fake.add_member("Ada", properties={"luckey_cards": f"nfc_uid:{CARD}"})["_id"]
+    fake.add_login("ada@example.com", PASSWORD, ada)
+    await activate_for(fake, config)
+    gw = await start_gateway(config)
+    async with aiohttp.ClientSession() as session:
+        admin = Web(gw, session)
+
+        async def synced() -> bool:
+            return "ornd-" + ada in gw.cache.view.users
+
+        await eventually(synced, "the member to arrive")
+        base = f"http://127.0.0.1:{public}"
+        for method, path in (
+            ("GET", "/api/officernd/status"),
+            ("POST", "/api/officernd/activation"),
+            ("GET", "/api/users"),
+            ("POST", "/api/users/ornd-x/phones"),
+            ("GET", "/"),
+        ):
+            async with session.request(method, base + path, json={}) as reply:
+                assert reply.status == 404, path
+        # The webhook registered is the public one, and it works there.
+        [hook] = fake.webhooks
+        assert hook["url"] == f"{base}/hooks/officernd"
+        membership = fake.add_membership(hot, member=ada, start="2026-01-01")
+        assert await fake.emit("membership.created", membership) == [200]
+
+        async def granted() -> bool:
+            return await admin.decision() == "granted"
+
+        await eventually(granted, "the webhook on the public port to open the door")
+        async with session.post(
+            base + "/api/member/login", json={"email": "ada@example.com", "password": PASSWORD}
+        ) as reply:
+            assert reply.status == 200
+
+        # A request a proxy forwarded to the admin port is not a local one.
+        status, body = await admin.call(
+            "GET", "/api/officernd/status", headers={"X-Forwarded-For": "203.0.113.7"}
+        )
+        assert status == 403
+        assert "127.0.0.1 or localhost only" in body["error"]
+        assert (await admin.call("GET", "/api/officernd/status"))[0] == 200

@@ -152,3 +152,33 @@ async def test_refusals_are_logged_at_most_once_a_minute_per_reason(
     assert "5 since last said" in lines[1]
     assert endpoint.receiver.status()["rejected"] == {"unsigned": 6}
     assert all(SECRET not in line for line in lines)
+
+
+async def test_a_body_arriving_in_pieces_is_read_whole(endpoint: Endpoint) -> None:
+    body = event_body("ev-chunked")
+    header = signature(SECRET, body, int(endpoint.now[0]))
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 7):
+            yield body[start : start + 7]
+
+    assert endpoint.session is not None
+    async with endpoint.session.post(
+        endpoint.url,
+        data=pieces(),
+        headers={"Content-Type": "application/json", SIGNATURE_HEADER: header},
+    ) as reply:
+        assert reply.status == 200
+    assert [e.event_id for e in endpoint.events] == ["ev-chunked"]
+
+
+async def test_a_chunked_body_over_the_limit_is_refused_as_too_large(endpoint: Endpoint) -> None:
+    async def pieces() -> AsyncIterator[bytes]:
+        for _ in range(5):
+            yield b" " * (MAX_BODY_BYTES // 4)
+
+    assert endpoint.session is not None
+    async with endpoint.session.post(
+        endpoint.url, data=pieces(), headers={SIGNATURE_HEADER: "t=1,v1=" + "0" * 64}
+    ) as reply:
+        assert reply.status == 413

@@ -55,6 +55,21 @@ class Rig:
             Verified(credential, credential.assurance), door, self.now[0], view
         ).reason
 
+    async def start(self) -> None:
+        """Start the sync's task and wait for its first full sync."""
+        applied = self.sync.applied
+        self.sync.start()
+        await asyncio.wait_for(applied.wait(), 10)
+
+    async def deliver(self, *events: WebhookEvent) -> None:
+        """Submit webhook events and wait until the sync has processed them all."""
+        target = self.sync.webhooks_processed + len(events)
+        for event in events:
+            self.sync.submit(event)
+        while self.sync.webhooks_processed < target:
+            applied = self.sync.applied
+            await asyncio.wait_for(applied.wait(), 30)
+
     def user(self, member_id: str) -> Any:
         return self.cache.view.users.get("ornd-" + member_id)
 
@@ -127,6 +142,7 @@ async def rig_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
             mapping=mapping or MappingSettings(),
             rules=rules if rules is not None else {"members": RuleSpec(("Hot desk",), ("front",))},
             poll_interval_s=poll_interval_s,
+            date_check_s=0.05,
         )
         sync = OfficeRnDSync(
             client, cache, EventLog(outbox), options, state_dir=tmp_path, clock=lambda: now[0]
@@ -201,18 +217,14 @@ async def test_membership_webhooks_open_and_close_the_door(rig_factory: Make) ->
     ada = add_member_with_card(rig.fake, "Ada")
     await rig.sync.full_sync()
     assert rig.decide(ada) is Reason.NO_RULE_FOR_DOOR
-    rig.sync.start()
+    await rig.start()
 
     membership = rig.fake.add_membership(hot, member=ada, start="2026-11-01")
-    applied = rig.sync.applied
-    rig.sync.submit(rig.event("membership.created", membership["_id"]))
-    await asyncio.wait_for(applied.wait(), 10)
+    await rig.deliver(rig.event("membership.created", membership["_id"]))
     assert rig.decide(ada) is Reason.GRANTED
 
     rig.fake.remove("memberships", membership["_id"])
-    applied = rig.sync.applied
-    rig.sync.submit(rig.event("membership.removed", membership["_id"]))
-    await asyncio.wait_for(applied.wait(), 10)
+    await rig.deliver(rig.event("membership.removed", membership["_id"]))
     assert rig.decide(ada) is Reason.NO_RULE_FOR_DOOR
     assert rig.sync.webhooks_processed == 2
 
@@ -225,14 +237,11 @@ async def test_a_removed_or_former_member_loses_access_at_once(rig_factory: Make
     for member in (ada, bob):
         rig.fake.add_membership(hot, member=member, start="2026-01-01")
     await rig.sync.full_sync()
-    rig.sync.start()
+    await rig.start()
 
     rig.fake.update("members", ada, status="former")
     rig.fake.remove("members", bob)
-    applied = rig.sync.applied
-    rig.sync.submit(rig.event("member.updated", ada))
-    rig.sync.submit(rig.event("member.removed", bob))
-    await asyncio.wait_for(applied.wait(), 10)
+    await rig.deliver(rig.event("member.updated", ada), rig.event("member.removed", bob))
 
     assert rig.user(ada).status is UserStatus.FORMER
     # A former member's cards are not mapped: the card is gone, nothing opens.
@@ -248,20 +257,16 @@ async def test_a_company_membership_covers_every_member_of_the_company(rig_facto
     ada = add_member_with_card(rig.fake, "Ada", company=acme)
     bob = add_member_with_card(rig.fake, "Bob", card="04B0B0B0B0B0B0", company=acme)
     await rig.sync.full_sync()
-    rig.sync.start()
+    await rig.start()
 
     membership = rig.fake.add_membership(hot, company=acme, start="2026-01-01")
-    applied = rig.sync.applied
-    rig.sync.submit(rig.event("membership.created", membership["_id"]))
-    await asyncio.wait_for(applied.wait(), 10)
+    await rig.deliver(rig.event("membership.created", membership["_id"]))
     assert rig.decide(ada) is Reason.GRANTED
     assert rig.decide(bob, "04B0B0B0B0B0B0") is Reason.GRANTED
 
     # Bob leaves the company: the company's plan no longer covers him.
     rig.fake.update("members", bob, company=None)
-    applied = rig.sync.applied
-    rig.sync.submit(rig.event("member.updated", bob))
-    await asyncio.wait_for(applied.wait(), 10)
+    await rig.deliver(rig.event("member.updated", bob))
     assert rig.decide(bob, "04B0B0B0B0B0B0") is Reason.NO_RULE_FOR_DOOR
     assert rig.decide(ada) is Reason.GRANTED
 
@@ -355,9 +360,7 @@ async def test_what_an_upstream_snapshot_replaced_is_put_back(rig_factory: Make)
     hot = rig.fake.add_plan("Hot desk")["_id"]
     ada = add_member_with_card(rig.fake, "Ada")
     rig.fake.add_membership(hot, member=ada, start="2026-01-01")
-    applied = rig.sync.applied
-    rig.sync.start()
-    await asyncio.wait_for(applied.wait(), 10)  # its first full sync
+    await rig.start()
     requests = len(rig.fake.requests)
 
     applied = rig.sync.applied
@@ -376,16 +379,17 @@ async def test_a_membership_that_ends_stops_opening_the_next_day(rig_factory: Ma
     hot = rig.fake.add_plan("Hot desk")["_id"]
     ada = add_member_with_card(rig.fake, "Ada")
     rig.fake.add_membership(hot, member=ada, start="2026-01-01", end="2026-11-30")
-    await rig.sync.full_sync()
+    await rig.start()
     assert rig.decide(ada) is Reason.GRANTED  # the last day counts
+    requests = len(rig.fake.requests)
 
     rig.now[0] = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)  # 00:30 on 1 December in Rome
-    rig.sync.start()
     for _ in range(200):
         if rig.user(ada).tags == ():
             break
         await asyncio.sleep(0.02)
     assert rig.decide(ada) is Reason.NO_RULE_FOR_DOOR
+    assert len(rig.fake.requests) == requests  # mapped again from what it knew
 
 
 async def test_phone_keys_follow_member_app_access(rig_factory: Make) -> None:
@@ -402,10 +406,8 @@ async def test_phone_keys_follow_member_app_access(rig_factory: Make) -> None:
     rig.fake.update(
         "members", ada, properties={"member_app": False, "luckey_cards": f"nfc_uid:{CARD}"}
     )
-    rig.sync.start()
-    applied = rig.sync.applied
-    rig.sync.submit(rig.event("member.updated", ada))
-    await asyncio.wait_for(applied.wait(), 10)
+    await rig.start()
+    await rig.deliver(rig.event("member.updated", ada))
     held = rig.cache.view.credential(CredentialKind.BLE_PHONE_KEY, phone.value)
     assert held is not None
     assert held.revoked
@@ -415,9 +417,7 @@ async def test_phone_keys_follow_member_app_access(rig_factory: Make) -> None:
     rig.fake.update(
         "members", ada, properties={"member_app": True, "luckey_cards": f"nfc_uid:{CARD}"}
     )
-    applied = rig.sync.applied
-    rig.sync.submit(rig.event("member.updated", ada))
-    await asyncio.wait_for(applied.wait(), 10)
+    await rig.deliver(rig.event("member.updated", ada))
     held = rig.cache.view.credential(CredentialKind.BLE_PHONE_KEY, phone.value)
     assert held is not None
     assert not held.revoked
@@ -514,7 +514,7 @@ async def test_the_running_sync_polls_on_its_own(rig_factory: Make) -> None:
     rig: Rig = await rig_factory(poll_interval_s=0.05)
     hot = rig.fake.add_plan("Hot desk")["_id"]
     ada = add_member_with_card(rig.fake, "Ada")
-    rig.sync.start()
+    await rig.start()
     for _ in range(200):
         if rig.user(ada) is not None:
             break
@@ -551,15 +551,95 @@ async def test_a_webhook_whose_re_fetch_fails_is_kept_and_processed_later(
     rig: Rig = await rig_factory()
     hot = rig.fake.add_plan("Hot desk")["_id"]
     ada = add_member_with_card(rig.fake, "Ada")
-    applied = rig.sync.applied
-    rig.sync.start()
-    await asyncio.wait_for(applied.wait(), 10)
+    await rig.start()
 
     membership = rig.fake.add_membership(hot, member=ada, start="2026-01-01")
     rig.fake.fail_next("/memberships/", 500, times=3)  # more than the client's own retries
-    applied = rig.sync.applied
-    rig.sync.submit(rig.event("membership.created", membership["_id"]))
-    await asyncio.wait_for(applied.wait(), 30)
+    await rig.deliver(rig.event("membership.created", membership["_id"]))
     assert rig.decide(ada) is Reason.GRANTED
     assert rig.sync.status()["state"] == "ok"
     assert rig.sync.webhooks_processed == 1
+
+
+async def test_a_card_added_to_a_second_member_is_nobodys_and_snapshots_still_reapply(
+    rig_factory: Make,
+) -> None:
+    rig: Rig = await rig_factory()
+    hot = rig.fake.add_plan("Hot desk")["_id"]
+    ada = add_member_with_card(rig.fake, "Ada")
+    bob = rig.fake.add_member("Bob")["_id"]
+    for member in (ada, bob):
+        rig.fake.add_membership(hot, member=member, start="2026-01-01")
+    await rig.start()
+    assert rig.decide(ada) is Reason.GRANTED
+
+    rig.fake.update("members", bob, properties={"luckey_cards": f"nfc_uid:{CARD}"})
+    await rig.deliver(rig.event("member.updated", bob))
+    # Whose card is it? Nobody's, as a whole mapping decides, and the status says why.
+    assert rig.cache.view.credential(CredentialKind.NFC_UID, CARD) is None
+    assert any("listed on several members" in p for p in rig.sync.status()["problems"])
+
+    applied = rig.sync.applied
+    newer = cloud_site()
+    newer.version = 2
+    await rig.cache.apply_snapshot(newer.snapshot())
+    await asyncio.wait_for(applied.wait(), 10)
+    assert rig.user(ada) is not None
+    assert rig.user(bob) is not None
+    assert rig.sync.status()["state"] == "ok"
+
+
+async def test_the_lockdown_override_plan_tag_is_kept_when_its_plan_goes(
+    rig_factory: Make,
+) -> None:
+    rig: Rig = await rig_factory()
+    hot = rig.fake.add_plan("Hot desk")["_id"]
+    ada = add_member_with_card(rig.fake, "Ada")
+    await rig.sync.full_sync()
+    tag = "ornd-plan-" + hot
+    newer = cloud_site().lockdown_override(tag)
+    newer.version = 2
+    newer.tag(tag, special=True, owner="officernd", name="Hot desk")
+    await rig.cache.apply_snapshot(newer.snapshot())
+
+    rig.fake.remove("plans", hot)
+    rig.fake.update("members", ada, status="former")
+    summary = await rig.sync.full_sync()
+    assert tag in rig.cache.view.tags
+    assert any("lockdown override" in p for p in summary.problems)
+    assert rig.user(ada).status is UserStatus.FORMER  # everything else went through
+
+
+async def test_an_outage_with_webhooks_queued_still_puts_members_back_after_a_snapshot(
+    rig_factory: Make,
+) -> None:
+    rig: Rig = await rig_factory()
+    hot = rig.fake.add_plan("Hot desk")["_id"]
+    ada = add_member_with_card(rig.fake, "Ada")
+    rig.fake.add_membership(hot, member=ada, start="2026-01-01")
+    await rig.start()
+
+    rig.fake.revoke_client()
+    rig.fake.expire_tokens()
+    rig.sync.submit(rig.event("member.updated", ada))  # cannot be re-fetched: stays queued
+    for _ in range(200):
+        if rig.sync.status()["state"] == "error":
+            break
+        await asyncio.sleep(0.02)
+    assert rig.sync.status()["webhook_events_queued"] == 1
+
+    applied = rig.sync.applied
+    newer = cloud_site()
+    newer.version = 2
+    await rig.cache.apply_snapshot(newer.snapshot())
+    await asyncio.wait_for(applied.wait(), 10)
+    assert rig.decide(ada) is Reason.GRANTED
+
+
+async def test_a_full_sync_asked_for_runs_in_the_sync_task(rig_factory: Make) -> None:
+    rig: Rig = await rig_factory()
+    add_member_with_card(rig.fake, "Ada")
+    await rig.start()
+    rig.fake.add_member("Bob")
+    summaries = await asyncio.gather(rig.sync.request_full_sync(), rig.sync.request_full_sync())
+    assert [s.members for s in summaries] == [2, 2]
