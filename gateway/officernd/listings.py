@@ -71,8 +71,9 @@ class Listings:
         self._unindex(resource, key, before)
         return self._concerns(resource, before)
 
-    def scope(self, member_ids: Iterable[str]) -> tuple[list[Obj], list[Obj]]:
-        """The members named and every membership that can give them a plan, for ``map_entities``."""
+    def scope(self, member_ids: Iterable[str]) -> tuple[list[Obj], list[Obj], list[Obj]]:
+        """For ``map_entities``: the members named, every membership that can give them a plan,
+        and the companies either names."""
         members = [m for key in member_ids if (m := self.objects["members"].get(key)) is not None]
         memberships: dict[str, Obj] = {}
         all_memberships = self.objects["memberships"]
@@ -83,7 +84,10 @@ class Listings:
                 keys |= self._company_memberships.get(company, set())
             for key in keys:
                 memberships[key] = all_memberships[key]
-        return members, list(memberships.values())
+        named = {ref_id(obj.get("company")) for obj in (*members, *memberships.values())}
+        all_companies = self.objects["companies"]
+        companies = [all_companies[key] for key in named if key in all_companies]
+        return members, list(memberships.values()), companies
 
     def _concerns(self, resource: str, obj: Obj | None) -> Affected:
         if obj is None:

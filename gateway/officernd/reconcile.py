@@ -12,7 +12,7 @@ user from elsewhere still names is kept (so one odd entity never blocks the whol
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -41,10 +41,23 @@ class Target:
 
     users: Mapping[str, User]
     tags: Mapping[str, Tag]
-    cards: Mapping[str, Credential]
+    cards: Mapping[str, tuple[Credential, ...]]  # by user id: a webhook's members are found fast
     rules: Mapping[str, AccessRule]
     phone_allowed: frozenset[str]
     problems: tuple[str, ...] = ()
+
+    def all_cards(self) -> dict[str, Credential]:
+        """Every card, by credential id."""
+        return {card.id: card for cards in self.cards.values() for card in cards}
+
+    def cards_of(self, users: frozenset[str]) -> dict[str, Credential]:
+        """The cards of ``users``, by credential id."""
+        return {card.id: card for user in users for card in self.cards.get(user, ())}
+
+    @property
+    def card_count(self) -> int:
+        """How many cards in all."""
+        return sum(map(len, self.cards.values()))
 
     @classmethod
     def empty(cls) -> Target:
@@ -80,7 +93,7 @@ def build_target(mapped: MappedSite, rules: Mapping[str, RuleSpec], view: CacheV
     return Target(
         users={user.id: user for user in mapped.users},
         tags=tags,
-        cards={card.id: card for card in mapped.credentials},
+        cards=_by_user(mapped.credentials),
         rules=resolved,
         phone_allowed=mapped.phone_allowed,
         problems=tuple(sorted({*mapped.problems, *problems})),
@@ -98,15 +111,25 @@ def merge_target(
 
     Problems accumulate until the next whole mapping (a partial one sees only its members').
     """
-    users = {k: v for k, v in old.users.items() if k not in scope}
+    users = dict(old.users)
+    cards = dict(old.cards)
+    for user_id in scope:
+        users.pop(user_id, None)
+        cards.pop(user_id, None)
     users.update((user.id, user) for user in part.users)
-    cards = {k: v for k, v in old.cards.items() if v.user_id not in scope}
-    cards.update((card.id, card) for card in part.credentials)
+    cards.update(_by_user(part.credentials))
     phone = (old.phone_allowed - scope) | part.phone_allowed
     tags = {tag.id: tag for tag in part.tags}
     resolved, problems = resolve_rules(rules, tags, view)
     found = {*old.problems, *part.problems, *problems}
     return Target(users, tags, cards, resolved, phone, tuple(sorted(found)))
+
+
+def _by_user(cards: Iterable[Credential]) -> dict[str, tuple[Credential, ...]]:
+    grouped: dict[str, list[Credential]] = {}
+    for card in cards:
+        grouped.setdefault(card.user_id, []).append(card)
+    return {user: tuple(held) for user, held in grouped.items()}
 
 
 def resolve_rules(
@@ -155,7 +178,7 @@ def current_entities(
 ) -> tuple[dict[str, User], dict[str, Tag], dict[str, Credential], dict[str, AccessRule]]:
     """Everything in ``view`` that OfficeRnD made: users, plan tags, cards, plan rules (slow)."""
     users = {k: v for k, v in view.users.items() if k.startswith(settings.user_id_prefix)}
-    tags = {k: v for k, v in view.tags.items() if v.owner == OWNER}
+    tags = _plan_tags(view, settings)
     cards = {
         c.id: c
         for kind in settings.card_kinds
@@ -164,6 +187,13 @@ def current_entities(
     }
     rules = {k: v for k, v in view.rules.items() if k.startswith(RULE_ID_PREFIX)}
     return users, tags, cards, rules
+
+
+def _plan_tags(view: CacheView, settings: MappingSettings) -> dict[str, Tag]:
+    """The plan tags this integration made (its owner and its id prefix: the cloud may send
+    special tags of an OfficeRnD link of its own, which are not this gateway's to remove)."""
+    prefix = settings.tag_id_prefix
+    return {k: v for k, v in view.tags.items() if v.owner == OWNER and k.startswith(prefix)}
 
 
 def plan_changes(
@@ -186,15 +216,15 @@ def plan_changes(
     """
     if scope is None:
         users, tags, cards, rules = current_entities(view, settings)
-        want_users, want_cards = dict(target.users), dict(target.cards)
+        want_users, want_cards = dict(target.users), target.all_cards()
     else:
         users = {k: view.users[k] for k in scope if k in view.users}
-        tags = {k: v for k, v in view.tags.items() if v.owner == OWNER}
+        tags = _plan_tags(view, settings)
         rules = {k: v for k, v in view.rules.items() if k.startswith(RULE_ID_PREFIX)}
-        had = previous.cards.values() if previous is not None else ()
-        cards = {c.id: c for c in had if c.user_id in scope and _holds(view, c)}
-        want_users = {k: v for k, v in target.users.items() if k in scope}
-        want_cards = {k: v for k, v in target.cards.items() if v.user_id in scope}
+        had = previous.cards_of(scope).values() if previous is not None else ()
+        cards = {c.id: c for c in had if _holds(view, c)}
+        want_users = {k: target.users[k] for k in scope if k in target.users}
+        want_cards = target.cards_of(scope)
     problems: list[str] = []
     upsert_users, delete_users = _changes(users, want_users)
     upsert_tags, delete_tags = _changes(tags, target.tags)

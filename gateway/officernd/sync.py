@@ -338,7 +338,7 @@ class OfficeRnDSync:
             plans=len(objects["plans"]),
             users=len(target.users),
             tags=len(target.tags),
-            cards=len(target.cards),
+            cards=target.card_count,
             rules=len(target.rules),
             changed=changes.count,
             requests=self._client.requests_made - requests,
@@ -504,11 +504,11 @@ class OfficeRnDSync:
         if not affected.members:
             return
         objects = self._listings.objects
-        members, memberships = self._listings.scope(affected.members)
+        members, memberships, companies = self._listings.scope(affected.members)
         mapping = functools.partial(
             map_entities,
             members,
-            list(objects["companies"].values()),
+            companies,
             memberships,
             list(objects["plans"].values()),
             today=self._today(),
@@ -519,7 +519,8 @@ class OfficeRnDSync:
         )
         prefix = self._settings.user_id_prefix
         scope = frozenset(prefix + key for key in affected.members)
-        if _cards_of(part.credentials, scope) != _cards_of(self._target.cards.values(), scope):
+        before = self._target.cards_of(scope).values()
+        if _cards_of(part.credentials, scope) != _cards_of(before, scope):
             # Cards changed hands: whether a card is someone else's too (then nobody's) takes
             # every member's cards to know.
             await self._remap_all()
@@ -657,7 +658,7 @@ class OfficeRnDSync:
             "memberships_polled_by": "modifiedAt" if self._memberships_filter else "full listing",
             "users": len(target.users) if target else 0,
             "plan_tags": len(target.tags) if target else 0,
-            "cards": len(target.cards) if target else 0,
+            "cards": target.card_count if target else 0,
             "rules": sorted(target.rules) if target else [],
             "webhook_events_processed": self.webhooks_processed,
             "webhook_events_queued": len(self._queue),

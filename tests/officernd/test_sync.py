@@ -643,3 +643,14 @@ async def test_a_full_sync_asked_for_runs_in_the_sync_task(rig_factory: Make) ->
     rig.fake.add_member("Bob")
     summaries = await asyncio.gather(rig.sync.request_full_sync(), rig.sync.request_full_sync())
     assert [s.members for s in summaries] == [2, 2]
+
+
+async def test_special_tags_the_cloud_sends_for_officernd_are_not_this_gateways_to_remove(
+    rig_factory: Make,
+) -> None:
+    builder = cloud_site().tag("plan-from-cloud", special=True, owner="officernd", name="Cloud")
+    rig: Rig = await rig_factory(snapshot=builder)
+    rig.fake.add_plan("Hot desk")
+    summary = await rig.sync.full_sync()
+    assert "plan-from-cloud" in rig.cache.view.tags
+    assert not any("plan-from-cloud" in p for p in summary.problems)
