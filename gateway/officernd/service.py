@@ -10,6 +10,7 @@ A damaged activation is reported and nothing is removed (the cache keeps what it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -18,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from gateway.backoff import Backoff
 from gateway.cache import Cache
 from gateway.config import OfficeRnDSection
 from gateway.events import EventLog
@@ -28,7 +30,7 @@ from gateway.officernd.activation import (
     save_webhook,
     scopes_for,
 )
-from gateway.officernd.client import OfficeRnDClient, OfficeRnDError
+from gateway.officernd.client import BadCredentials, MissingScope, OfficeRnDClient, OfficeRnDError
 from gateway.officernd.receiver import PATH, WebhookReceiver
 from gateway.officernd.reconcile import RuleSpec, Target, plan_changes
 from gateway.officernd.sync import OfficeRnDSync, SyncOptions, SyncSummary
@@ -48,6 +50,11 @@ EVENT_TYPES = (
     "company.updated",
     "company.removed",
 )
+
+
+#: Registering the webhook again after a failure: from seconds up to ten minutes apart.
+WEBHOOK_RETRY_BASE_S = 5.0
+WEBHOOK_RETRY_CAP_S = 600.0
 
 
 def sync_options(section: OfficeRnDSection) -> SyncOptions:
@@ -84,7 +91,8 @@ class OfficeRnDService:
         self.activation: Activation | None = None
         self.client: OfficeRnDClient | None = None
         self.sync: OfficeRnDSync | None = None
-        self.problem: str | None = None  # why it is not running, when activation is unusable
+        self.problem: str | None = None  # what needs an operator: activation, webhook
+        self._webhook_task: asyncio.Task[None] | None = None
         self.receiver = WebhookReceiver(self._webhook_secret, self._submit)
 
     @property
@@ -175,24 +183,49 @@ class OfficeRnDService:
             clock=self._clock,
         )
         self.sync.start()
-        if self._section.webhook_url and activation.webhook_id is None:
-            await self._register_webhook(activation)
+        if self._section.webhook_url:
+            # In the background: an OfficeRnD outage must not hold up the gateway's start.
+            self._webhook_task = asyncio.create_task(
+                self._ensure_webhook(self.client, activation), name="officernd-webhook"
+            )
         return 0
 
-    async def _register_webhook(self, activation: Activation) -> None:
-        """Register the configured webhook URL with OfficeRnD and keep its secret (0600)."""
-        assert self.client is not None
-        try:
-            hook_id, secret = await self.client.create_webhook(
-                self._section.webhook_url, EVENT_TYPES, "Luckey gateway"
-            )
-        except OfficeRnDError as err:
-            self.problem = f"the webhook could not be registered ({err}); polling covers it"
-            _LOGGER.warning("OfficeRnD: %s", self.problem)
-            return
-        self.activation = save_webhook(self._state_dir, hook_id, secret)
+    async def _ensure_webhook(self, client: OfficeRnDClient, activation: Activation) -> None:
+        """Have OfficeRnD post to ``webhook_url``: keep the registered webhook if it still
+        does, otherwise register one and keep its secret (0600); retried until done."""
+        url = self._section.webhook_url
+        backoff = Backoff(WEBHOOK_RETRY_BASE_S, WEBHOOK_RETRY_CAP_S)
+        while True:
+            try:
+                if activation.webhook_id is not None:
+                    hook = await client.get("webhooks", activation.webhook_id)
+                    if hook is not None and hook.get("url") == url:
+                        return
+                    _LOGGER.info(
+                        "OfficeRnD webhook %s %s; registering %s",
+                        activation.webhook_id,
+                        "was deleted" if hook is None else "posts elsewhere",
+                        url,
+                    )
+                hook_id, secret = await client.create_webhook(url, EVENT_TYPES, "Luckey gateway")
+                self.activation = activation = save_webhook(self._state_dir, hook_id, secret)
+                self.problem = None
+                return
+            except (MissingScope, BadCredentials) as err:
+                self.problem = f"the webhook cannot be registered ({err}); polling covers it"
+                _LOGGER.warning("OfficeRnD: %s", self.problem)
+                return  # a person must act: retrying would only spend the rate budget
+            except (OfficeRnDError, OSError) as err:
+                self.problem = f"the webhook is not registered yet ({err}); polling covers it"
+                _LOGGER.warning("OfficeRnD: %s; retrying", self.problem)
+            await asyncio.sleep(backoff.next_delay())
 
     async def _stop_sync(self) -> None:
+        task, self._webhook_task = self._webhook_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self.sync is not None:
             await self.sync.stop()
         self.sync = None

@@ -261,8 +261,11 @@ class OfficeRnDSync:
             due.append(max(self._next_poll, self._retry_at))
         if self._upstream_changed:
             due.append(max(now, self._offline_retry_at))
+        # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that arrives as
+        # the event is set, and stop() would then wait for ever.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), max(0.0, min(due) - now))
+            async with asyncio.timeout(max(0.0, min(due) - now)):
+                await self._wake.wait()
         self._wake.clear()
 
     async def _guarded(self, what: str, work: Callable[[], Awaitable[bool]]) -> bool | None:

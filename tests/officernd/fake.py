@@ -478,6 +478,10 @@ class FakeOfficeRnD:
     def remove(self, kind: str, entity_id: str) -> None:
         """Delete an object (KeyError if absent); its id then answers 404."""
         self._check_kind(kind)
+        self.remove_any(kind, entity_id)
+
+    def remove_any(self, kind: str, entity_id: str) -> None:
+        """Delete an object of any stored kind, webhooks included (KeyError if absent)."""
         del self._store[kind][entity_id]
         self._sorted[kind] = None
 
@@ -533,6 +537,10 @@ class FakeOfficeRnD:
     ) -> Json:
         """Register a webhook as if made in OfficeRnD's UI; returns it with its secret."""
         return copy.deepcopy(self._new_webhook(url, list(event_types), "", secret))
+
+    def remove_webhook(self, webhook_id: str) -> None:
+        """Delete a webhook as if in OfficeRnD's UI (KeyError if absent)."""
+        self.remove_any("webhooks", webhook_id)
 
     def _new_webhook(
         self, url: str, event_types: list[str], description: str, secret: str | None

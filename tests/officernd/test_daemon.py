@@ -342,3 +342,47 @@ async def test_the_public_listener_serves_webhooks_and_members_and_nothing_else(
         assert status == 403
         assert "127.0.0.1 or localhost only" in body["error"]
         assert (await admin.call("GET", "/api/officernd/status"))[0] == 200
+
+
+async def test_a_webhook_deleted_in_officernd_is_registered_again(
+    fake: FakeOfficeRnD, start_gateway: GatewayFactory, gateway_config: ConfigFactory
+) -> None:
+    config = officernd_config(gateway_config)
+    await activate_for(fake, config)
+    gw = await start_gateway(config)
+
+    async def registered() -> bool:
+        return len(fake.webhooks) == 1 and gw.officernd.status()["webhook"]["registered"]
+
+    await eventually(registered, "the webhook to be registered")
+    [first] = fake.webhooks
+    fake.remove_webhook(first["_id"])  # deleted by someone in OfficeRnD's settings
+    await gw.officernd.reload()
+
+    async def again() -> bool:
+        return len(fake.webhooks) == 1 and fake.webhooks[0]["_id"] != first["_id"]
+
+    await eventually(again, "a new webhook")
+    # It is the one the gateway now trusts: a delivery signed with its secret is taken.
+    assert await fake.emit("member.updated", {"_id": "64f0c0ffee00000000000009"}) == [200]
+    await gw.officernd.reload()  # still there: nothing new is registered
+    await asyncio.sleep(0.1)
+    assert len(fake.webhooks) == 1
+
+
+async def test_the_gateway_starts_while_officernd_is_unreachable(
+    fake: FakeOfficeRnD, start_gateway: GatewayFactory, gateway_config: ConfigFactory
+) -> None:
+    config = officernd_config(gateway_config)
+    await activate_for(fake, config)
+    await fake.stop()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    gw = await start_gateway(config)
+    # Not held up by the connector's retries (a sync, the webhook's registration).
+    assert loop.time() - started < 5
+    status = gw.officernd.status()
+    assert status["activated"] is True
+    assert status["sync"]["state"] in ("starting", "syncing", "error")
+    async with aiohttp.ClientSession() as session:
+        assert await Web(gw, session).decision("04A1B2C3D4E5F6") == "granted"  # the demo's Ada
