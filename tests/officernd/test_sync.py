@@ -66,9 +66,11 @@ class Rig:
         target = self.sync.webhooks_processed + len(events)
         for event in events:
             self.sync.submit(event)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
         while self.sync.webhooks_processed < target:
-            applied = self.sync.applied
-            await asyncio.wait_for(applied.wait(), 30)
+            assert loop.time() < deadline, "the webhook events were not processed"
+            await asyncio.sleep(0.005)
 
     def user(self, member_id: str) -> Any:
         return self.cache.view.users.get("ornd-" + member_id)
@@ -654,3 +656,20 @@ async def test_special_tags_the_cloud_sends_for_officernd_are_not_this_gateways_
     summary = await rig.sync.full_sync()
     assert "plan-from-cloud" in rig.cache.view.tags
     assert not any("plan-from-cloud" in p for p in summary.problems)
+
+
+async def test_webhooks_for_unknown_entities_or_types_change_nothing(rig_factory: Make) -> None:
+    rig: Rig = await rig_factory()
+    hot = rig.fake.add_plan("Hot desk")["_id"]
+    ada = add_member_with_card(rig.fake, "Ada")
+    rig.fake.add_membership(hot, member=ada, start="2026-01-01")
+    await rig.start()
+    changes = rig.sync.changes_applied
+    await rig.deliver(
+        rig.event("member.updated", "64f0c0ffee00000000000099"),  # OfficeRnD answers 404
+        rig.event("membership.removed", "64f0c0ffee00000000000098"),
+        rig.event("booking.created", "64f0c0ffee00000000000097"),  # not a kind it maps
+    )
+    assert rig.sync.changes_applied == changes
+    assert rig.sync.status()["state"] == "ok"
+    assert rig.decide(ada) is Reason.GRANTED
