@@ -183,6 +183,9 @@ class MappedSite:
     credentials: tuple[Credential, ...]
     phone_allowed: frozenset[str]  # user ids allowed a phone credential (Member App access)
     problems: tuple[str, ...]  # one sentence per skipped or odd input, sorted
+    # User ids listing a card another member lists too (so nobody got it): a change to one of
+    # them can free the card for another, which only a whole mapping sees.
+    contested: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +291,8 @@ def map_entities(
         )
         for member in people.values()
     )
-    credentials = _map_cards(people, settings, report)
+    contested: set[str] = set()
+    credentials = _map_cards(people, settings, report, contested)
     phone_allowed = frozenset(
         settings.user_id_prefix + member.id
         for member in people.values()
@@ -300,6 +304,7 @@ def map_entities(
         credentials=tuple(sorted(credentials, key=lambda c: c.id)),
         phone_allowed=phone_allowed,
         problems=tuple(sorted(found)),
+        contested=frozenset(settings.user_id_prefix + member_id for member_id in contested),
     )
 
 
@@ -585,7 +590,7 @@ def _member_cards(
 
 
 def _map_cards(
-    people: Mapping[str, _Member], settings: MappingSettings, report: _Report
+    people: Mapping[str, _Member], settings: MappingSettings, report: _Report, contested: set[str]
 ) -> list[Credential]:
     holders: dict[tuple[CredentialKind, str], list[tuple[str, _Member]]] = {}
     for member in people.values():
@@ -596,6 +601,7 @@ def _map_cards(
     credentials: list[Credential] = []
     for (kind, value), held in holders.items():
         if len(held) > 1:
+            contested.update(member.id for _, member in held)
             names = ", ".join(sorted(member.id for _, member in held))
             report(
                 f"Card {kind.value}:{redact(value)} is listed on several members ({names}); "

@@ -45,6 +45,7 @@ class Target:
     rules: Mapping[str, AccessRule]
     phone_allowed: frozenset[str]
     problems: tuple[str, ...] = ()
+    contested: frozenset[str] = frozenset()  # user ids in a card conflict (MappedSite.contested)
 
     def all_cards(self) -> dict[str, Credential]:
         """Every card, by credential id."""
@@ -97,6 +98,7 @@ def build_target(mapped: MappedSite, rules: Mapping[str, RuleSpec], view: CacheV
         rules=resolved,
         phone_allowed=mapped.phone_allowed,
         problems=tuple(sorted({*mapped.problems, *problems})),
+        contested=mapped.contested,
     )
 
 
@@ -122,7 +124,8 @@ def merge_target(
     tags = {tag.id: tag for tag in part.tags}
     resolved, problems = resolve_rules(rules, tags, view)
     found = {*old.problems, *part.problems, *problems}
-    return Target(users, tags, cards, resolved, phone, tuple(sorted(found)))
+    contested = (old.contested - scope) | part.contested
+    return Target(users, tags, cards, resolved, phone, tuple(sorted(found)), contested)
 
 
 def _by_user(cards: Iterable[Credential]) -> dict[str, tuple[Credential, ...]]:

@@ -37,6 +37,7 @@ from gateway.officernd.activation import (
 from gateway.officernd.client import DEFAULT_API_BASE, DEFAULT_IDENTITY_URL, OfficeRnDError
 from gateway.officernd.login import LoginLimiter, MemberLogin, Sessions
 from gateway.officernd.service import OfficeRnDService
+from gateway.officernd.sync import RefusedByCache
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -124,6 +125,7 @@ async def deactivate_route(request: web.Request) -> web.Response:
 
 async def reload_route(request: web.Request) -> web.Response:
     """Take up an activation the CLI stored or removed."""
+    await _body(request)  # JSON only: a cross-site form cannot send it
     await request.app[SERVICE_KEY].reload()
     return web.Response(status=204)
 
@@ -131,12 +133,15 @@ async def reload_route(request: web.Request) -> web.Response:
 async def sync_route(request: web.Request) -> web.Response:
     """A full sync now; its summary."""
     service = request.app[SERVICE_KEY]
+    await _body(request)  # JSON only: a cross-site form cannot send it
     try:
         summary = await service.sync_now()
     except RuntimeError as err:
         raise _json_error(web.HTTPConflict, str(err)) from None
     except OfficeRnDError as err:
         raise _json_error(web.HTTPBadGateway, describe_failure(err)) from None
+    except RefusedByCache as err:
+        raise _json_error(web.HTTPConflict, str(err)) from None
     return web.json_response(summary.to_json() | {"problem_list": list(summary.problems[:50])})
 
 

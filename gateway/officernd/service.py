@@ -93,6 +93,7 @@ class OfficeRnDService:
         self.sync: OfficeRnDSync | None = None
         self.problem: str | None = None  # what needs an operator: activation, webhook
         self._webhook_task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
         self.receiver = WebhookReceiver(self._webhook_secret, self._submit)
 
     @property
@@ -102,23 +103,28 @@ class OfficeRnDService:
 
     async def start(self) -> None:
         """Load the activation and, if there is one, start syncing (never raises for OfficeRnD)."""
-        self._session = aiohttp.ClientSession()
-        await self._load()
+        async with self._lock:
+            self._session = aiohttp.ClientSession()
+            await self._load()
 
     async def stop(self) -> None:
         """Stop syncing and close connections; the cache keeps what was synced."""
-        await self._stop_sync()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        async with self._lock:
+            await self._stop_sync()
+            if self._session is not None:
+                await self._session.close()
+                self._session = None
 
     async def reload(self) -> int:
         """Take up the activation now on disk (made, replaced or removed since).
 
         Returns how many entities were removed because OfficeRnD is no longer activated.
         """
-        await self._stop_sync()
-        return await self._load()
+        # One at a time: two overlapping reloads would each start a sync, and one would be
+        # left running with nothing to stop it.
+        async with self._lock:
+            await self._stop_sync()
+            return await self._load()
 
     async def sync_now(self) -> SyncSummary:
         """A full sync at once (OfficeRnDError if it fails; RuntimeError if not activated)."""

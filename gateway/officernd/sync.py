@@ -31,7 +31,7 @@ from gateway.cache import Cache
 from gateway.codec import FormatError
 from gateway.events import EventLog, new_event
 from gateway.files import write_atomically
-from gateway.model import Credential, EventType
+from gateway.model import Credential, EventType, User, UserStatus
 from gateway.officernd.client import MAX_PAGE_SIZE, ApiError, OfficeRnDClient, OfficeRnDError
 from gateway.officernd.listings import NOBODY, RESOURCES, Affected, Listings, Obj
 from gateway.officernd.mapping import MappingSettings, map_entities
@@ -153,6 +153,9 @@ class OfficeRnDSync:
         self._next_poll = 0.0
         self._retry_at = 0.0  # OfficeRnD failed: no request before this (monotonic)
         self._offline_retry_at = 0.0  # the cache refused: no re-apply before this
+        self._pending = NOBODY  # members whose listings changed but are not applied yet
+        self._refused = False  # the last step's changes were refused by the cache
+        self._objects_read = 0  # by polls
         self._backoff = Backoff(RETRY_BASE_S, RETRY_CAP_S)
         self._wake = asyncio.Event()
         self._seen_version = cache.version
@@ -230,17 +233,25 @@ class OfficeRnDSync:
         now = self._monotonic()
         self._next_full = now + self._options.reconcile_interval_s
         self._next_poll = now + self._options.poll_interval_s
-        offline_backoff = Backoff(RETRY_BASE_S, RETRY_CAP_S)
+        local_backoff = Backoff(RETRY_BASE_S, RETRY_CAP_S)
         while True:
             await self._sleep_until_due()
             # Work that needs no request comes first, on its own: an OfficeRnD outage must not
             # hold up putting members back after a snapshot, or ending memberships at midnight.
-            if await self._guarded("re-applying", self._offline_work) is None:
-                self._offline_retry_at = self._monotonic() + offline_backoff.next_delay()
-            else:
-                offline_backoff.reset()
+            self._refused = False
+            ran = await self._guarded("re-applying", self._offline_work)
+            if ran is None or self._refused:
+                self._offline_retry_at = self._monotonic() + local_backoff.next_delay()
+            elif ran:
+                local_backoff.reset()
+            self._refused = False
             did = await self._guarded("sync", self._online_work)
-            if did is None:
+            if self._refused:
+                # OfficeRnD answered; the cache said no. Try again later, without calling the
+                # link down (retrying at once would only be refused again).
+                delay = local_backoff.next_delay()
+                self._offline_retry_at = self._retry_at = self._monotonic() + delay
+            elif did is None:
                 self._link_failed = True
                 self._retry_at = self._monotonic() + self._backoff.next_delay()
             elif did and self._link_failed:
@@ -259,7 +270,7 @@ class OfficeRnDSync:
             due.append(online)
         if self._options.poll_interval_s > 0:
             due.append(max(self._next_poll, self._retry_at))
-        if self._upstream_changed:
+        if self._upstream_changed or self._pending != NOBODY:
             due.append(max(now, self._offline_retry_at))
         # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that arrives as
         # the event is set, and stop() would then wait for ever.
@@ -280,13 +291,20 @@ class OfficeRnDSync:
         return None
 
     async def _offline_work(self) -> bool:
+        """Re-apply after a snapshot, re-map at midnight, finish a re-mapping that failed."""
         if self._monotonic() < self._offline_retry_at:
             return False
+        ran = False
         if self._upstream_changed:
             await self._reapply()
+            ran = True
         if self._target is not None and self._today() != self._mapped_on:
             await self._remap_all()
-        return True
+            ran = True
+        if self._pending != NOBODY and self._target is not None:
+            await self._remap(NOBODY)
+            ran = True
+        return ran
 
     async def _online_work(self) -> bool:
         """A due full sync, queued webhooks, a due poll; True if any request went through."""
@@ -383,6 +401,7 @@ class OfficeRnDSync:
         target = build_target(mapped, self._options.rules, self._cache.view)
         result = await self._apply_target(target, scope=None)
         self._mapped_on = today  # only once applied: a refusal is tried again
+        self._pending = NOBODY  # everyone was just mapped
         return result
 
     async def _reapply(self) -> None:
@@ -392,9 +411,12 @@ class OfficeRnDSync:
             return
         view = self._cache.view
         rules, _ = resolve_rules(self._options.rules, self._target.tags, view)
-        self._upstream_changed = True  # until it went through
-        await self._apply_target(replace(self._target, rules=rules), scope=None)
-        self._upstream_changed = False
+        # Cleared first: a snapshot arriving while this runs sets it again (and is re-applied).
+        try:
+            await self._apply_target(replace(self._target, rules=rules), scope=None)
+        except BaseException:
+            self._upstream_changed = True
+            raise
 
     # -- webhooks and polls -------------------------------------------------------------------
 
@@ -414,14 +436,17 @@ class OfficeRnDSync:
         try:
             affected = await self._refetch(list(wanted))
             if unnamed:
-                await self.poll_once()
+                affected |= await self._read_changes()
         except OfficeRnDError:
             self._requeue(batch)
             raise
-        await self._remap(affected)
-        self.webhooks_processed += len(batch)
         for event in batch:
             self._attempts.pop(event.event_id, None)
+        try:
+            await self._remap(affected)
+        finally:
+            # Taken either way: if the cache refused, what they changed stays pending.
+            self.webhooks_processed += len(batch)
 
     def _requeue(self, batch: list[WebhookEvent]) -> None:
         """Keep failed events, in order, for the next attempt; give up on one after a few."""
@@ -455,16 +480,24 @@ class OfficeRnDSync:
                 affected |= self._listings.remove(resource, key)
             else:
                 affected |= self._listings.upsert(resource, obj)
+        self._pending |= affected  # the listings changed: remembered until applied
         return affected
 
     async def poll_once(self) -> int:
         """Read what changed since the last poll (``modifiedAt``) and apply it; objects read."""
         if self._poll_since is None:
             return 0
+        reads = self._objects_read
+        await self._remap(await self._read_changes())
+        return self._objects_read - reads
+
+    async def _read_changes(self) -> Affected:
+        """Update the listings with what changed since the last poll; the members concerned."""
+        if self._poll_since is None:
+            return NOBODY
         started = self._clock()
         since = iso(self._poll_since - timedelta(seconds=POLL_OVERLAP_S))
         affected = NOBODY
-        count = 0
         for resource in RESOURCES:
             if resource == "memberships" and not self._memberships_filter:
                 changed, removed = await self._all_memberships()
@@ -482,15 +515,15 @@ class OfficeRnDSync:
                     )
                     self._memberships_filter = False
                     changed, removed = await self._all_memberships()
-            count += len(changed)
+            self._objects_read += len(changed)
             for obj in changed:
                 affected |= self._listings.upsert(resource, obj)
             for key in removed:
                 affected |= self._listings.remove(resource, key)
+            self._pending |= affected  # remembered even if a later listing fails
         self._poll_since = started
         self.last_poll_at = started
-        await self._remap(affected)
-        return count
+        return affected
 
     async def _all_memberships(self) -> tuple[list[Obj], list[str]]:
         """Every membership: the changed ones, and the ids no longer listed."""
@@ -501,37 +534,36 @@ class OfficeRnDSync:
         return changed, [key for key in old if key not in fresh]
 
     async def _remap(self, affected: Affected) -> None:
+        """Map the members ``affected`` (and any a failed step left pending) and apply them."""
+        affected = self._pending = self._pending | affected
         if affected.everyone or self._target is None:
             await self._remap_all()
+            self._pending = NOBODY
             return
         if not affected.members:
             return
-        objects = self._listings.objects
-        members, memberships, companies = self._listings.scope(affected.members)
-        mapping = functools.partial(
-            map_entities,
-            members,
-            companies,
-            memberships,
-            list(objects["plans"].values()),
+        await self._remap_members(affected)
+        self._pending = NOBODY
+
+    async def _remap_members(self, affected: Affected) -> None:
+        assert self._target is not None
+        remap = functools.partial(
+            partial_target,
+            self._target,
+            self._listings,
+            affected.members,
             today=self._today(),
             settings=self._settings,
+            rules=self._options.rules,
+            view=self._cache.view,
         )
-        part = (
-            await asyncio.to_thread(mapping) if len(members) > THREAD_ABOVE_MEMBERS else mapping()
-        )
-        prefix = self._settings.user_id_prefix
-        scope = frozenset(prefix + key for key in affected.members)
-        before = self._target.cards_of(scope).values()
-        if _cards_of(part.credentials, scope) != _cards_of(before, scope):
-            # Cards changed hands: whether a card is someone else's too (then nobody's) takes
-            # every member's cards to know.
+        many = len(affected.members) > THREAD_ABOVE_MEMBERS
+        found = await asyncio.to_thread(remap) if many else remap()
+        if found is None:
             await self._remap_all()
             return
-        await self._apply_target(
-            merge_target(self._target, part, scope, self._options.rules, self._cache.view),
-            scope=scope,
-        )
+        target, scope = found
+        await self._apply_target(target, scope=scope)
 
     # -- applying -------------------------------------------------------------------------------
 
@@ -580,6 +612,8 @@ class OfficeRnDSync:
             )
         self._target = target
         self._seen_version = self._cache.version
+        if self.state == "error" and not self._link_failed:
+            self.state, self.last_error = "ok", None  # a refusal, now resolved
         if changes.revoked or changes.restored:
             self._policy_revoked = (self._policy_revoked | changes.revoked) - changes.restored
             self._save_policy(self._policy_revoked)
@@ -599,19 +633,31 @@ class OfficeRnDSync:
             refusal = err
         # Not expected (plan_changes leaves out what the cache would refuse). Whatever is wrong,
         # members who lost access must lose it: their removals and revocations go through alone.
-        removals = {k: v for k, v in changes.deletes.items() if k in ("users", "credentials")}
+        removals = {
+            k: v for k, v in changes.deletes.items() if k in ("users", "credentials", "rules")
+        }
+        view = self._cache.view
+        narrower = tuple(
+            u for u in changes.upserts.get("users", ()) if _less_access(view.users.get(u.id), u)
+        )
         revoked = tuple(
             c for c in changes.upserts.get("credentials", ()) if c.id in changes.revoked
         )
+        upserts: dict[str, tuple[Any, ...]] = {}
+        if narrower:
+            upserts["users"] = narrower
+        if revoked:
+            upserts["credentials"] = revoked
         with contextlib.suppress(FormatError):
-            if removals or revoked:
-                await asyncio.shield(
-                    self._cache.apply_local(
-                        upserts={"credentials": revoked} if revoked else {}, deletes=removals
-                    )
-                )
-        message = f"the cache refused OfficeRnD's changes ({refusal}); removals were applied"
+            if removals or upserts:
+                await asyncio.shield(self._cache.apply_local(upserts=upserts, deletes=removals))
+        message = (
+            f"the cache refused OfficeRnD's changes ({refusal}); what takes access away was "
+            "applied, the rest is tried again"
+        )
         self._log_once(f"refused {refusal}", message)
+        self.state, self.last_error = "error", message
+        self._refused = True
         raise RefusedByCache(message)
 
     # -- helpers --------------------------------------------------------------------------------
@@ -686,6 +732,41 @@ def _phones_concerned(previous: Target, target: Target, scope: frozenset[str]) -
         or (user in previous.users) != (user in target.users)
         for user in scope
     )
+
+
+def partial_target(
+    target: Target,
+    listings: Listings,
+    member_ids: frozenset[str],
+    *,
+    today: date,
+    settings: MappingSettings,
+    rules: Mapping[str, RuleSpec],
+    view: CacheView,
+) -> tuple[Target, frozenset[str]] | None:
+    """``target`` with only ``member_ids`` (OfficeRnD ids) mapped again, and their user ids;
+    None when only mapping everyone gives the right answer (cards changing hands)."""
+    members, memberships, companies = listings.scope(member_ids)
+    plans = list(listings.objects["plans"].values())
+    part = map_entities(members, companies, memberships, plans, today=today, settings=settings)
+    scope = frozenset(settings.user_id_prefix + key for key in member_ids)
+    before = target.cards_of(scope).values()
+    if _cards_of(part.credentials, scope) != _cards_of(before, scope) or scope & (
+        target.contested | part.contested
+    ):
+        # Cards changed hands, or one of these members lists a card someone else lists too:
+        # whose card it is (or nobody's) takes every member's cards to know.
+        return None
+    return merge_target(target, part, scope, rules, view), scope
+
+
+def _less_access(before: User | None, after: User) -> bool:
+    """Whether ``after`` can open no more than ``before`` (a lower status, or fewer tags)."""
+    if before is None:
+        return False
+    if after.status is not UserStatus.ACTIVE and before.status is UserStatus.ACTIVE:
+        return True
+    return after.status == before.status and set(after.tags) < set(before.tags)
 
 
 def _cards_of(cards: Iterable[Credential], scope: frozenset[str]) -> set[tuple[str, str, str]]:

@@ -284,7 +284,7 @@ async def test_a_card_enrolled_at_a_reader_for_a_synced_member_opens_and_stays(
         async with session.get(web.base + "/officernd") as reply:
             assert reply.status == 200
             assert "Settings → OfficeRnD" in await reply.text()
-        status, body = await web.call("POST", "/api/officernd/sync")
+        status, body = await web.call("POST", "/api/officernd/sync", {})
         assert status == 200
         assert body["members"] == 1
 
@@ -386,3 +386,24 @@ async def test_the_gateway_starts_while_officernd_is_unreachable(
     assert status["sync"]["state"] in ("starting", "syncing", "error")
     async with aiohttp.ClientSession() as session:
         assert await Web(gw, session).decision("04A1B2C3D4E5F6") == "granted"  # the demo's Ada
+
+
+async def test_overlapping_reloads_leave_one_sync_and_stop_ends_it(
+    fake: FakeOfficeRnD, start_gateway: GatewayFactory, gateway_config: ConfigFactory
+) -> None:
+    config = officernd_config(gateway_config, webhook_url="")
+    await activate_for(fake, config)
+    gw = await start_gateway(config)
+
+    def syncs() -> list[asyncio.Task[Any]]:
+        return [t for t in asyncio.all_tasks() if t.get_name() == "officernd-sync" and not t.done()]
+
+    await asyncio.gather(*(gw.officernd.reload() for _ in range(3)))
+    assert len(syncs()) == 1
+    async with aiohttp.ClientSession() as session:
+        # A cross-site form cannot make the gateway reload (only JSON is taken).
+        url = f"http://127.0.0.1:{gw.config.web.port}/api/officernd/reload"
+        async with session.post(url, data={"x": "1"}) as reply:
+            assert reply.status == 400
+    await gw.stop()
+    assert syncs() == []

@@ -18,6 +18,7 @@ import pytest
 
 from gateway import access
 from gateway.cache import Cache
+from gateway.codec import FormatError
 from gateway.credentials import Verified
 from gateway.events import EventLog
 from gateway.model import CredentialKind, Reason, UserStatus
@@ -673,3 +674,71 @@ async def test_webhooks_for_unknown_entities_or_types_change_nothing(rig_factory
     assert rig.sync.changes_applied == changes
     assert rig.sync.status()["state"] == "ok"
     assert rig.decide(ada) is Reason.GRANTED
+
+
+async def test_a_poll_that_fails_half_way_keeps_what_it_already_saw(rig_factory: Make) -> None:
+    rig: Rig = await rig_factory()
+    hot = rig.fake.add_plan("Hot desk")["_id"]
+    ada = add_member_with_card(rig.fake, "Ada")
+    membership = rig.fake.add_membership(hot, member=ada, start="2026-01-01")
+    await rig.sync.full_sync()
+    await rig.sync.poll_once()  # learns that memberships must be listed whole
+    rig.now[0] += timedelta(minutes=5)
+
+    rig.fake.remove("memberships", membership["_id"])
+    rig.fake.fail_next("/plans", 503, times=3)  # listed after memberships; 3 attempts
+    with pytest.raises(Unreachable):
+        await rig.sync.poll_once()
+    assert rig.decide(ada) is Reason.GRANTED  # not applied yet...
+    await rig.sync.poll_once()
+    assert rig.decide(ada) is Reason.NO_RULE_FOR_DOOR  # ...but not forgotten
+
+
+async def test_a_card_two_members_list_goes_to_the_other_once_one_drops_it(
+    rig_factory: Make,
+) -> None:
+    rig: Rig = await rig_factory()
+    hot = rig.fake.add_plan("Hot desk")["_id"]
+    ada = add_member_with_card(rig.fake, "Ada")
+    bob = add_member_with_card(rig.fake, "Bob")  # the same card
+    for member in (ada, bob):
+        rig.fake.add_membership(hot, member=member, start="2026-01-01")
+    await rig.start()
+    assert rig.cache.view.credential(CredentialKind.NFC_UID, CARD) is None
+
+    rig.fake.update("members", ada, properties={})
+    await rig.deliver(rig.event("member.updated", ada))
+    assert rig.decide(bob) is Reason.GRANTED
+
+
+async def test_when_the_cache_refuses_what_takes_access_away_still_goes_through(
+    rig_factory: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig: Rig = await rig_factory()
+    hot = rig.fake.add_plan("Hot desk")["_id"]
+    ada = add_member_with_card(rig.fake, "Ada")
+    rig.fake.add_membership(hot, member=ada, start="2026-01-01")
+    await rig.start()
+
+    # The cache refuses the next whole change once (it never should: plan_changes leaves out
+    # what it would refuse; this stands for a case nobody foresaw).
+    original = rig.cache.apply_local
+    refusals = [FormatError("upsert.tags", "refused for the test")]
+
+    async def refusing(**changes: Any) -> None:
+        if refusals and "tags" in changes.get("upserts", {}):
+            raise refusals.pop()
+        await original(**changes)
+
+    monkeypatch.setattr(rig.cache, "apply_local", refusing)
+    rig.fake.update("plans", hot, name="Renamed")  # a tag change rides with the status change
+    rig.fake.update("members", ada, status="former")
+    await rig.deliver(rig.event("member.updated", ada), rig.event("plan.updated", None))
+    assert rig.user(ada).status is UserStatus.FORMER  # applied alone, at once
+    assert rig.decide(ada) is Reason.UNKNOWN_CREDENTIAL  # former: the card went with it
+    for _ in range(400):
+        if rig.cache.view.tags["ornd-plan-" + hot].name == "Renamed":
+            break
+        await asyncio.sleep(0.02)
+    assert rig.cache.view.tags["ornd-plan-" + hot].name == "Renamed"  # the rest, on retry
+    assert rig.sync.status()["state"] == "ok"
