@@ -62,6 +62,14 @@ class Rig:
         self.sync.start()
         await asyncio.wait_for(applied.wait(), 10)
 
+    async def cloud_snapshot(self) -> None:
+        """A newer snapshot from the cloud (its own data only); wait for the sync's re-apply."""
+        applied = self.sync.applied
+        newer = cloud_site()
+        newer.version = self.cache.version + 1
+        await self.cache.apply_snapshot(newer.snapshot())
+        await asyncio.wait_for(applied.wait(), 10)
+
     async def deliver(self, *events: WebhookEvent) -> None:
         """Submit webhook events and wait until the sync has processed them all."""
         target = self.sync.webhooks_processed + len(events)
@@ -163,6 +171,14 @@ async def rig_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
 
 
 Make = Callable[..., Any]
+
+
+def member_with_plan(fake: FakeOfficeRnD) -> tuple[str, str]:
+    """A "Hot desk" plan and Ada, holding it since January with her card: their ids."""
+    hot: str = fake.add_plan("Hot desk")["_id"]
+    ada = add_member_with_card(fake, "Ada")
+    fake.add_membership(hot, member=ada, start="2026-01-01")
+    return hot, ada
 
 
 def add_member_with_card(fake: FakeOfficeRnD, name: str, *, card: str = CARD, **fields: Any) -> str:
@@ -318,9 +334,7 @@ async def test_the_reconciliation_catches_a_member_deleted_without_a_webhook(
     rig_factory: Make,
 ) -> None:
     rig: Rig = await rig_factory()
-    hot = rig.fake.add_plan("Hot desk")["_id"]
-    ada = add_member_with_card(rig.fake, "Ada")
-    rig.fake.add_membership(hot, member=ada, start="2026-01-01")
+    _hot, ada = member_with_plan(rig.fake)
     await rig.sync.full_sync()
     assert rig.decide(ada) is Reason.GRANTED
     rig.fake.remove("members", ada)
@@ -333,9 +347,7 @@ async def test_the_reconciliation_catches_a_member_deleted_without_a_webhook(
 
 async def test_an_outage_or_revoked_credentials_never_wipe_the_cache(rig_factory: Make) -> None:
     rig: Rig = await rig_factory()
-    hot = rig.fake.add_plan("Hot desk")["_id"]
-    ada = add_member_with_card(rig.fake, "Ada")
-    rig.fake.add_membership(hot, member=ada, start="2026-01-01")
+    _hot, ada = member_with_plan(rig.fake)
     await rig.sync.full_sync()
 
     rig.fake.fail_next("/members", 503, times=10)
@@ -360,17 +372,11 @@ async def test_an_outage_or_revoked_credentials_never_wipe_the_cache(rig_factory
 
 async def test_what_an_upstream_snapshot_replaced_is_put_back(rig_factory: Make) -> None:
     rig: Rig = await rig_factory()
-    hot = rig.fake.add_plan("Hot desk")["_id"]
-    ada = add_member_with_card(rig.fake, "Ada")
-    rig.fake.add_membership(hot, member=ada, start="2026-01-01")
+    _hot, ada = member_with_plan(rig.fake)
     await rig.start()
     requests = len(rig.fake.requests)
 
-    applied = rig.sync.applied
-    newer = cloud_site()
-    newer.version = 2
-    await rig.cache.apply_snapshot(newer.snapshot())  # the cloud's data only
-    await asyncio.wait_for(applied.wait(), 10)
+    await rig.cloud_snapshot()  # the cloud's data only
 
     assert rig.cache.version == 2
     assert rig.decide(ada) is Reason.GRANTED
@@ -447,9 +453,7 @@ def _phone_credential(user_id: str) -> Any:
 
 async def test_a_deleted_plan_still_named_by_a_cloud_rule_keeps_its_tag(rig_factory: Make) -> None:
     rig: Rig = await rig_factory()
-    hot = rig.fake.add_plan("Hot desk")["_id"]
-    ada = add_member_with_card(rig.fake, "Ada")
-    rig.fake.add_membership(hot, member=ada, start="2026-01-01")
+    hot, ada = member_with_plan(rig.fake)
     await rig.sync.full_sync()
     tag = "ornd-plan-" + hot
     newer = cloud_site(**{"cloud-hot": {"tags": [tag], "doors": ["back"]}})
@@ -500,9 +504,7 @@ async def test_config_rules_name_plans_and_doors_that_must_exist(rig_factory: Ma
 
 async def test_deactivation_removes_everything_officernd_made(rig_factory: Make) -> None:
     rig: Rig = await rig_factory()
-    hot = rig.fake.add_plan("Hot desk")["_id"]
-    ada = add_member_with_card(rig.fake, "Ada")
-    rig.fake.add_membership(hot, member=ada, start="2026-01-01")
+    member_with_plan(rig.fake)
     await rig.sync.full_sync()
     removed = await remove_officernd_entities(rig.cache, SyncOptions())
     assert removed == 4  # user, plan tag, card, rule
@@ -582,11 +584,7 @@ async def test_a_card_added_to_a_second_member_is_nobodys_and_snapshots_still_re
     assert rig.cache.view.credential(CredentialKind.NFC_UID, CARD) is None
     assert any("listed on several members" in p for p in rig.sync.status()["problems"])
 
-    applied = rig.sync.applied
-    newer = cloud_site()
-    newer.version = 2
-    await rig.cache.apply_snapshot(newer.snapshot())
-    await asyncio.wait_for(applied.wait(), 10)
+    await rig.cloud_snapshot()
     assert rig.user(ada) is not None
     assert rig.user(bob) is not None
     assert rig.sync.status()["state"] == "ok"
@@ -617,9 +615,7 @@ async def test_an_outage_with_webhooks_queued_still_puts_members_back_after_a_sn
     rig_factory: Make,
 ) -> None:
     rig: Rig = await rig_factory()
-    hot = rig.fake.add_plan("Hot desk")["_id"]
-    ada = add_member_with_card(rig.fake, "Ada")
-    rig.fake.add_membership(hot, member=ada, start="2026-01-01")
+    _hot, ada = member_with_plan(rig.fake)
     await rig.start()
 
     rig.fake.revoke_client()
@@ -631,11 +627,7 @@ async def test_an_outage_with_webhooks_queued_still_puts_members_back_after_a_sn
         await asyncio.sleep(0.02)
     assert rig.sync.status()["webhook_events_queued"] == 1
 
-    applied = rig.sync.applied
-    newer = cloud_site()
-    newer.version = 2
-    await rig.cache.apply_snapshot(newer.snapshot())
-    await asyncio.wait_for(applied.wait(), 10)
+    await rig.cloud_snapshot()
     assert rig.decide(ada) is Reason.GRANTED
 
 
@@ -661,9 +653,7 @@ async def test_special_tags_the_cloud_sends_for_officernd_are_not_this_gateways_
 
 async def test_webhooks_for_unknown_entities_or_types_change_nothing(rig_factory: Make) -> None:
     rig: Rig = await rig_factory()
-    hot = rig.fake.add_plan("Hot desk")["_id"]
-    ada = add_member_with_card(rig.fake, "Ada")
-    rig.fake.add_membership(hot, member=ada, start="2026-01-01")
+    _hot, ada = member_with_plan(rig.fake)
     await rig.start()
     changes = rig.sync.changes_applied
     await rig.deliver(
@@ -715,9 +705,7 @@ async def test_when_the_cache_refuses_what_takes_access_away_still_goes_through(
     rig_factory: Make, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rig: Rig = await rig_factory()
-    hot = rig.fake.add_plan("Hot desk")["_id"]
-    ada = add_member_with_card(rig.fake, "Ada")
-    rig.fake.add_membership(hot, member=ada, start="2026-01-01")
+    hot, ada = member_with_plan(rig.fake)
     await rig.start()
 
     # The cache refuses the next whole change once (it never should: plan_changes leaves out
