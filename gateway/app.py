@@ -30,6 +30,7 @@ from gateway.model import EventType
 from gateway.officernd.service import OfficeRnDService
 from gateway.outbox import Outbox
 from gateway.readers import ReaderSet
+from gateway.sd_notify import Notifier
 from gateway.simulator import DEFAULT_PROXIMITY, Simulator
 from gateway.verifiers import SUN_COUNTERS_FILE, build_verifiers, load_secrets
 from gateway.web import WebServer, make_app, make_public_app
@@ -331,12 +332,16 @@ async def run(config: Config, *, started: Callable[[Gateway], None] | None = Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await gateway.start()
+    notifier = Notifier()
     try:
+        notifier.ready(f"serving {len(gateway.cache.view.doors)} doors")
         if started is not None:
             started(gateway)
         await stop.wait()
         _LOGGER.info("stopping")
+        notifier.stopping()
     finally:
+        await notifier.close()
         await gateway.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(ValueError, RuntimeError):

@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
 # Debian packages the gateway or its tests use at run time (mosquitto: the MQTT broker that
-# tests/cloud start themselves on loopback ports; its own service is not needed).
-DEBIAN_PACKAGES=(python3-venv mosquitto)
+# tests/cloud start themselves on loopback ports, its own service not needed; systemd: for
+# systemd-analyze, with which the tests check the service unit).
+DEBIAN_PACKAGES=(python3-venv mosquitto systemd)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
