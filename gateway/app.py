@@ -26,6 +26,7 @@ from gateway.enrolment import Enrolment
 from gateway.entry import EntryService
 from gateway.events import EventLog, new_event
 from gateway.hardware import Hardware, build_hardware
+from gateway.metrics import Metrics
 from gateway.model import EventType
 from gateway.officernd.service import OfficeRnDService
 from gateway.outbox import Outbox
@@ -75,6 +76,8 @@ class Gateway:
             batch_max=config.events.batch_max,
         )
         self.events = EventLog(self.outbox)
+        self.metrics = Metrics()
+        self.events.add_listener(self.metrics.on_event)
         self.cache = Cache(state_dir / "cache.db")
         self.door_modes = DoorModeStore(state_dir / "door_modes.json")
         self.challenges = ChallengeBook()  # the NFC readers'
@@ -106,6 +109,7 @@ class Gateway:
             clock,
             self._verifiers,
             offline_for=self._offline_for,
+            on_decided=self.metrics.observe_decision,
         )
         self.officernd = OfficeRnDService(
             config.officernd, self.cache, self.events, config.gateway.state_dir, clock

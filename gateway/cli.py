@@ -182,6 +182,80 @@ def cmd_present(args: argparse.Namespace) -> int:
     return EXIT_OK if body["decision"]["granted"] else EXIT_DENIED
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """The running gateway at a glance; exit 0 healthy, 1 degraded, 2 not answering."""
+    config = _config(args)
+    health, doors = (_daemon_json(config, path) for path in ("/api/health", "/api/doors"))
+    problems = _degraded(health)
+    if args.json:
+        print(json.dumps({"health": health, "doors": doors, "problems": problems}, indent=2))
+    else:
+        _print_status(health, doors, problems)
+    return EXIT_DENIED if problems else EXIT_OK
+
+
+def _daemon_json(config: Config, path: str) -> Any:
+    """A JSON answer of the running gateway (CliError if none answers)."""
+    url = _daemon_url(config, path)
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - local http
+            return json.load(response)
+    except urllib.error.HTTPError as err:
+        raise CliError(f"{url}: {_error_text(err)}") from None
+    except (OSError, ValueError) as err:
+        raise CliError(f"no gateway answering at {url} ({err}); is it running?") from None
+
+
+def _degraded(health: dict[str, Any]) -> list[str]:
+    """What needs attention: a cloud link down, a board offline, OfficeRnD failing, a reset."""
+    problems = []
+    cloud = health.get("cloud", {})
+    if cloud.get("enabled") and not cloud.get("online"):
+        problems.append(f"cloud link down for {_duration(cloud.get('offline_s', 0))}")
+    for board in health.get("boards", []):
+        if not board.get("online"):
+            problems.append(f"board {board.get('address')} offline ({board.get('reason', '?')})")
+    if health.get("officernd", {}).get("state") == "error":
+        problems.append("OfficeRnD sync failing (luckey-gateway officernd status)")
+    if cloud.get("enabled") and health.get("cache", {}).get("needs_resync"):
+        problems.append("the cache waits for a full snapshot from the cloud")
+    return problems
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _print_status(health: dict[str, Any], doors: list[dict[str, Any]], problems: list[str]) -> None:
+    cache = health.get("cache", {})
+    counts = ", ".join(f"{n} {k}" for k, n in cache.get("counts", {}).items())
+    print(f"site: {health.get('site')} (cache version {cache.get('version')}: {counts})")
+    outbox = health.get("outbox", {})
+    dropped = sum(outbox.get("dropped", {}).values())
+    print(f"outbox: {outbox.get('rows')} events waiting, {dropped} ever dropped")
+    cloud = health.get("cloud", {})
+    if not cloud.get("enabled"):
+        print("cloud: not configured")
+    else:
+        down = f"DOWN for {_duration(cloud.get('offline_s', 0))}"
+        print(f"cloud: {'online' if cloud.get('online') else down}")
+    officernd = health.get("officernd", {})
+    activated = officernd.get("activated")
+    print(f"officernd: {officernd.get('state') if activated else 'not activated'}")
+    for board in health.get("boards", []):
+        state = "online" if board.get("online") else f"OFFLINE ({board.get('reason', '?')})"
+        print(f"board {board.get('address')}: {state} since {board.get('since')}")
+    for door in doors:
+        lock = {True: "unlocked", False: "locked", None: "lock ?"}[door.get("unlocked")]
+        position = {True: "open", False: "closed", None: "position ?"}[door.get("open")]
+        alarms = ", ".join(door.get("alarms", [])) or "no alarm"
+        print(f"door {door['id']}: {door['mode']}, {lock}, {position}, {alarms}")
+    for problem in problems:
+        print(f"ATTENTION: {problem}")
+
+
 def cmd_sim_board(args: argparse.Namespace) -> int:
     """Run a virtual door board until SIGTERM/SIGINT, announcing where to connect."""
     from drivers.sim_board import SimBoardError, parse_port, run_sim_board  # noqa: PLC0415
@@ -842,6 +916,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify_sun.add_argument("--json", action="store_true")
     verify_sun.set_defaults(func=cmd_tags_verify_sun)
+
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="the running gateway at a glance (exit 0 healthy, 1 needs attention, 2 no answer)",
+    )
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
 
     sim = sub.add_parser("sim-board", help="run a virtual door board for a gateway to connect to")
     sim.add_argument("--port", required=True, metavar="pty|tcp://HOST:PORT")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 
@@ -50,10 +51,13 @@ class EntryService:
         clock: Callable[[], datetime],
         verifiers: Mapping[CredentialKind, Verifier] = DEFAULT_VERIFIERS,
         offline_for: Callable[[datetime], timedelta | None] = lambda now: None,
+        on_decided: Callable[[float], None] = lambda seconds: None,
     ) -> None:
-        """``offline_for(now)``: how long the cloud link has been down (None: up, or no cloud)."""
+        """``offline_for(now)``: how long the cloud link has been down (None: up, or no cloud).
+        ``on_decided(seconds)``: told how long each presentation took to decide."""
         self._cache = cache
         self._offline_for = offline_for
+        self._on_decided = on_decided
         self._doors = doors
         self._events = events
         self._readers = readers
@@ -155,6 +159,7 @@ class EntryService:
         self, presentation: Presentation, *, reader_id: str | None = None
     ) -> Decision:
         """Verify, decide, open if granted, commit the event, then show the result."""
+        started = time.perf_counter()
         view = self._cache.view
         identity = verify(presentation, view.credential, self._verifiers)
         if (
@@ -168,6 +173,7 @@ class EntryService:
         now = self._clock()
         mode = self._doors.mode(door_id)
         decision = access.decide(identity, door_id, now, view, mode, self._offline_for(now))
+        self._on_decided(time.perf_counter() - started)
         await self._conclude(decision, presentation, reader_id or door_id)
         return decision
 

@@ -100,8 +100,38 @@ async def health(request: web.Request) -> web.Response:
                 "rows": stats.rows,
                 "dropped": {p.name.lower(): n for p, n in stats.dropped.items()},
             },
+            "cloud": _cloud_json(gw),
+            "officernd": {
+                "activated": gw.officernd.activation is not None,
+                "state": gw.officernd.sync.state if gw.officernd.sync is not None else None,
+            },
+            "boards": [
+                {**board, "since": board["since"].isoformat()}
+                for _, board in sorted(gw.metrics.boards.items())
+            ],
         }
     )
+
+
+def _cloud_json(gw: Gateway) -> dict[str, Any]:
+    """Whether the cloud link is configured and up, and for how long it has been down."""
+    if gw.cloud is None:
+        return {"enabled": False}
+    offline = gw.cloud.offline_for(gw.clock())
+    return {
+        "enabled": True,
+        "online": offline is None,
+        "offline_s": round(offline.total_seconds(), 1) if offline is not None else 0,
+    }
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics, in the exposition format the scraper asks for."""
+    gw = _gateway(request)
+    body, content_type = await gw.metrics.render(gw, gw.clock(), request.headers.get("Accept", ""))
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
 
 
 async def doors(request: web.Request) -> web.Response:
@@ -330,6 +360,7 @@ def make_app(gw: Gateway, *, simulated: bool, local: bool = False) -> web.Applic
     app[GATEWAY_KEY] = gw
     app.router.add_get("/", index)
     app.router.add_get("/api/health", health)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/doors", doors)
     app.router.add_get("/api/users", users)
     app.router.add_get("/api/events", events)

@@ -598,3 +598,47 @@ def test_run_on_gpio_without_the_gpiod_package_is_a_clean_error(tmp_path: Path) 
     assert result.returncode == 2
     assert "cannot start: GPIO relays need the gpiod package" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- status ---------------------------------------------------------------------------------
+
+
+def test_status_shows_the_running_gateway(running: Running) -> None:
+    done = cli("status", "--config", running.config)
+    assert done.returncode == 0, done.stderr
+    assert "site: Demo coworking (cache version" in done.stdout
+    assert "cloud: not configured" in done.stdout
+    assert "officernd: not activated" in done.stdout
+    assert "door front: normal, locked" in done.stdout
+    assert "ATTENTION" not in done.stdout
+
+    as_json = cli("status", "--json", "--config", running.config)
+    body = json.loads(as_json.stdout)
+    assert body["problems"] == []
+    assert {door["id"] for door in body["doors"]} == {"front", "lobby", "office-3", "server-room"}
+    assert body["health"]["outbox"]["rows"] >= 1
+
+
+def test_status_without_a_running_gateway_says_so(tmp_path: Path) -> None:
+    done = cli("status", "--config", write_config(tmp_path))
+    assert done.returncode == 2
+    assert "no gateway answering" in done.stderr
+
+
+def test_status_names_what_needs_attention() -> None:
+    from gateway.cli import _degraded
+
+    health = {
+        "cloud": {"enabled": True, "online": False, "offline_s": 3725},
+        "boards": [
+            {"address": 2, "online": False, "reason": "no answer"},
+            {"address": 1, "online": True},
+        ],
+        "officernd": {"activated": True, "state": "error"},
+        "cache": {"needs_resync": False},
+    }
+    assert _degraded(health) == [
+        "cloud link down for 1h02m",
+        "board 2 offline (no answer)",
+        "OfficeRnD sync failing (luckey-gateway officernd status)",
+    ]
