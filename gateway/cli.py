@@ -256,6 +256,27 @@ def _print_status(health: dict[str, Any], doors: list[dict[str, Any]], problems:
         print(f"ATTENTION: {problem}")
 
 
+def cmd_diagnostics(args: argparse.Namespace) -> int:
+    """Save the running gateway's diagnostics bundle (secrets left out) for support."""
+    config = _config(args)
+    url = _daemon_url(config, "/api/diagnostics")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - local http
+            body = response.read()
+    except urllib.error.HTTPError as err:
+        raise CliError(f"{url}: {_error_text(err)}") from None
+    except OSError as err:
+        raise CliError(f"no gateway answering at {url} ({err}); is it running?") from None
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = args.output or Path(f"luckey-diagnostics-{stamp}.zip")
+    # It names members and doors: readable by its owner only.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(body)
+    print(f"saved {path} ({len(body)} bytes; no keys or secrets in it)")
+    return EXIT_OK
+
+
 def cmd_sim_board(args: argparse.Namespace) -> int:
     """Run a virtual door board until SIGTERM/SIGINT, announcing where to connect."""
     from drivers.sim_board import SimBoardError, parse_port, run_sim_board  # noqa: PLC0415
@@ -924,6 +945,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+
+    diagnostics = sub.add_parser(
+        "diagnostics",
+        parents=[common],
+        help="save the running gateway's diagnostics bundle for support (secrets left out)",
+    )
+    diagnostics.add_argument("--output", type=Path, help="zip file to write (default: dated)")
+    diagnostics.set_defaults(func=cmd_diagnostics)
 
     sim = sub.add_parser("sim-board", help="run a virtual door board for a gateway to connect to")
     sim.add_argument("--port", required=True, metavar="pty|tcp://HOST:PORT")

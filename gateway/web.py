@@ -83,34 +83,51 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 
 async def health(request: web.Request) -> web.Response:
-    """Liveness plus the cache's version and the outbox's backlog."""
+    """Liveness plus the cache, the outbox backlog, the links and the boards."""
+    return web.json_response(await health_json(_gateway(request)))
+
+
+async def diagnostics(request: web.Request) -> web.Response:
+    """A zip for support: versions, redacted config, health, doors, events, state listing."""
+    from gateway.diagnostics import bundle  # noqa: PLC0415
+
     gw = _gateway(request)
-    stats = await gw.outbox.stats()
-    return web.json_response(
-        {
-            "status": "ok",
-            "site": gw.cache.view.site.name,
-            "cache": {
-                "version": gw.cache.version,
-                "needs_resync": gw.cache.needs_resync,
-                "reset_reason": gw.cache.reset_reason,
-                "counts": gw.cache.view.counts(),
-            },
-            "outbox": {
-                "rows": stats.rows,
-                "dropped": {p.name.lower(): n for p, n in stats.dropped.items()},
-            },
-            "cloud": _cloud_json(gw),
-            "officernd": {
-                "activated": gw.officernd.activation is not None,
-                "state": gw.officernd.sync.state if gw.officernd.sync is not None else None,
-            },
-            "boards": [
-                {**board, "since": board["since"].isoformat()}
-                for _, board in sorted(gw.metrics.boards.items())
-            ],
-        }
+    now = gw.clock()
+    body = await bundle(gw, await health_json(gw), now)
+    name = f"luckey-diagnostics-{now.strftime('%Y%m%dT%H%M%SZ')}.zip"
+    return web.Response(
+        body=body,
+        content_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
+
+
+async def health_json(gw: Gateway) -> dict[str, Any]:
+    """What ``GET /api/health`` answers."""
+    stats = await gw.outbox.stats()
+    return {
+        "status": "ok",
+        "site": gw.cache.view.site.name,
+        "cache": {
+            "version": gw.cache.version,
+            "needs_resync": gw.cache.needs_resync,
+            "reset_reason": gw.cache.reset_reason,
+            "counts": gw.cache.view.counts(),
+        },
+        "outbox": {
+            "rows": stats.rows,
+            "dropped": {p.name.lower(): n for p, n in stats.dropped.items()},
+        },
+        "cloud": _cloud_json(gw),
+        "officernd": {
+            "activated": gw.officernd.activation is not None,
+            "state": gw.officernd.sync.state if gw.officernd.sync is not None else None,
+        },
+        "boards": [
+            {**board, "since": board["since"].isoformat()}
+            for _, board in sorted(gw.metrics.boards.items())
+        ],
+    }
 
 
 def _cloud_json(gw: Gateway) -> dict[str, Any]:
@@ -366,6 +383,7 @@ def make_app(gw: Gateway, *, simulated: bool, local: bool = False) -> web.Applic
     app.router.add_get("/api/events", events)
     app.router.add_post("/api/decide", decide)
     if local:
+        app.router.add_get("/api/diagnostics", local_only(diagnostics))
         app.router.add_post("/api/users/{user}/phones", local_only(enrol_phone))
         app.router.add_post("/api/doors/{door}/enrol", local_only(enrol_card))
     if simulated:

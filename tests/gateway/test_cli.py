@@ -7,11 +7,13 @@ import importlib.util
 import json
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -642,3 +644,13 @@ def test_status_names_what_needs_attention() -> None:
         "board 2 offline (no answer)",
         "OfficeRnD sync failing (luckey-gateway officernd status)",
     ]
+
+
+def test_diagnostics_are_saved_private(running: Running, tmp_path: Path) -> None:
+    target = tmp_path / "bundle.zip"
+    done = cli("diagnostics", "--output", target, "--config", running.config)
+    assert done.returncode == 0, done.stderr
+    assert f"saved {target}" in done.stdout
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    with zipfile.ZipFile(target) as archive:
+        assert "health.json" in archive.namelist()
