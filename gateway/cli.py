@@ -196,13 +196,23 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _daemon_json(config: Config, path: str) -> Any:
     """A JSON answer of the running gateway (CliError if none answers)."""
+    body = _daemon_get(config, path, timeout_s=5)
+    try:
+        return json.loads(body)
+    except ValueError as err:
+        raise CliError(f"{path}: the gateway's answer is not JSON ({err})") from None
+
+
+def _daemon_get(config: Config, path: str, *, timeout_s: float) -> bytes:
+    """The body of a GET to the running gateway (CliError if none answers)."""
     url = _daemon_url(config, path)
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - local http
-            return json.load(response)
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - local
+            body: bytes = response.read()
+            return body
     except urllib.error.HTTPError as err:
         raise CliError(f"{url}: {_error_text(err)}") from None
-    except (OSError, ValueError) as err:
+    except OSError as err:
         raise CliError(f"no gateway answering at {url} ({err}); is it running?") from None
 
 
@@ -259,14 +269,7 @@ def _print_status(health: dict[str, Any], doors: list[dict[str, Any]], problems:
 def cmd_diagnostics(args: argparse.Namespace) -> int:
     """Save the running gateway's diagnostics bundle (secrets left out) for support."""
     config = _config(args)
-    url = _daemon_url(config, "/api/diagnostics")
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - local http
-            body = response.read()
-    except urllib.error.HTTPError as err:
-        raise CliError(f"{url}: {_error_text(err)}") from None
-    except OSError as err:
-        raise CliError(f"no gateway answering at {url} ({err}); is it running?") from None
+    body = _daemon_get(config, "/api/diagnostics", timeout_s=30)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = args.output or Path(f"luckey-diagnostics-{stamp}.zip")
     # It names members and doors: readable by its owner only.
