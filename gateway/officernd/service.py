@@ -214,7 +214,9 @@ class OfficeRnDService:
                         url,
                     )
                 hook_id, secret = await client.create_webhook(url, EVENT_TYPES, "Luckey gateway")
-                self.activation = activation = save_webhook(self._state_dir, hook_id, secret)
+                # Written off the loop: atomic writes fsync.
+                saved = await asyncio.to_thread(save_webhook, self._state_dir, hook_id, secret)
+                self.activation = activation = saved
                 self.problem = None
                 return
             except (MissingScope, BadCredentials) as err:

@@ -66,6 +66,8 @@ MAX_QUEUED_EVENTS = 10_000
 THREAD_ABOVE_MEMBERS = 500
 #: Problems shown in the status (all are logged once).
 STATUS_PROBLEMS = 50
+#: Distinct problems remembered as already logged, at most.
+MAX_LOGGED = 10_000
 #: Phone keys revoked for lack of Member App access, restored when it comes back.
 POLICY_FILE = "phone_policy.json"
 
@@ -594,7 +596,7 @@ class OfficeRnDSync:
             self._log_once(problem, problem)
         if not changes.empty:
             if changes.revoked:  # remembered before they happen: a crash must not lose them
-                self._save_policy(self._policy_revoked | changes.revoked)
+                await asyncio.to_thread(self._save_policy, self._policy_revoked | changes.revoked)
             await self._write(changes)
             self.changes_applied += changes.count
             self.last_change_at = self._clock()
@@ -616,7 +618,7 @@ class OfficeRnDSync:
             self.state, self.last_error = "ok", None  # a refusal, now resolved
         if changes.revoked or changes.restored:
             self._policy_revoked = (self._policy_revoked | changes.revoked) - changes.restored
-            self._save_policy(self._policy_revoked)
+            await asyncio.to_thread(self._save_policy, self._policy_revoked)
         self.applied.set()
         self.applied = asyncio.Event()
         return changes, target
@@ -672,6 +674,8 @@ class OfficeRnDSync:
 
     def _log_once(self, key: str, message: str) -> None:
         if key not in self._logged:
+            if len(self._logged) >= MAX_LOGGED:
+                self._logged.clear()  # bounded: a long-lived problem is then said once more
             self._logged.add(key)
             _LOGGER.warning("%s", message)
 
