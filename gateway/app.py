@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from drivers.base import ReaderBank, RelayBank
 from gateway import codec
+from gateway.admin import AdminAccounts
 from gateway.backoff import Backoff
 from gateway.cache import ApplyResult, Cache
 from gateway.challenges import ChallengeBook
@@ -33,6 +34,7 @@ from gateway.outbox import Outbox
 from gateway.readers import ReaderSet
 from gateway.sd_notify import Notifier
 from gateway.simulator import DEFAULT_PROXIMITY, Simulator
+from gateway.tls import ensure_certificate, server_context
 from gateway.verifiers import SUN_COUNTERS_FILE, build_verifiers, load_secrets
 from gateway.web import WebServer, make_app, make_public_app
 
@@ -136,15 +138,22 @@ class Gateway:
             ),
         )
         self.cloud = self._cloud_service() if config.cloud.enabled else None
+        self.admin = AdminAccounts(state_dir)
+        loopback = ipaddress.ip_address(config.web.host).is_loopback
+        # Off this machine the web app is HTTPS, with a certificate made here (HTTP stays
+        # only on loopback, where nothing crosses a network).
+        self.web_tls = (
+            None if loopback else ensure_certificate(state_dir / "web", [config.web.host])
+        )
         self.web = WebServer(
             make_app(
                 self,
                 simulated=config.hardware.backend in ("simulated", "virtual"),
-                # Until the web app has an admin login, enrolment is for this machine only.
-                local=ipaddress.ip_address(config.web.host).is_loopback,
+                local=loopback,
             ),
             config.web.host,
             config.web.port,
+            ssl_context=server_context(self.web_tls) if self.web_tls is not None else None,
         )
         self.public_web = (
             WebServer(make_public_app(self), config.web.public_host, config.web.public_port)
@@ -231,6 +240,12 @@ class Gateway:
             stack.push_async_callback(self.reader_set.stop)
             stack.push_async_callback(self.web.stop)
             await self.web.start()
+            if self.web_tls is not None:
+                _LOGGER.info(
+                    "web app certificate SHA-256 %s (compare it with what the browser shows)",
+                    self.web_tls.fingerprint_sha256,
+                )
+            self.admin.announce()
             if self.public_web is not None:
                 stack.push_async_callback(self.public_web.stop)
                 await self.public_web.start()

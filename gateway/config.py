@@ -96,7 +96,7 @@ def _check_web_remote(web: WebSection) -> list[tuple[str, object, str]]:
         return []
     allowed = (
         "a loopback address (127.0.0.1 or ::1) unless web.allow_remote = true"
-        " (the web UI has no HTTPS or admin login yet)"
+        " (then the web app is served over HTTPS and every admin route needs the admin's login)"
     )
     return [("host", web.host, allowed)]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from importlib import resources
@@ -17,8 +18,10 @@ from gateway.codec import credential_to_json
 from gateway.enrolment import EnrolmentError, NothingPresented
 from gateway.explain import decision_to_json, explain
 from gateway.model import CredentialKind, Decision, Door
+from gateway.openapi import add_routes as add_openapi_routes
 from gateway.outbox import event_to_json
 from gateway.simulator import SimulatorError
+from gateway.web_admin import AdminGuard
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -343,19 +346,23 @@ _PROXY_HEADERS = (
 )
 
 
-def local_only(handler: Handler) -> Handler:
-    """Serve ``handler`` only to requests addressed to this machine by its loopback name.
+def is_local_request(request: web.Request) -> bool:
+    """True for a request addressed to this machine by its loopback name, not forwarded.
 
-    The routes that make credentials are registered only when the server listens on loopback;
-    checking the Host header as well keeps a web page the gateway's own browser opens from
-    reaching them through a DNS name rebound to 127.0.0.1.
+    Checking the Host header keeps a web page the gateway's own browser opens from reaching
+    the admin routes through a DNS name rebound to 127.0.0.1.
     """
+    # A reverse proxy in front of this port would make every request look local (it may even
+    # rewrite Host to 127.0.0.1): anything it marks as forwarded is not from here.
+    forwarded = any(header in request.headers for header in _PROXY_HEADERS)
+    return not forwarded and request.url.host in _LOCAL_HOSTS
+
+
+def local_only(handler: Handler) -> Handler:
+    """Serve ``handler`` only to requests addressed to this machine by its loopback name."""
 
     async def checked(request: web.Request) -> web.StreamResponse:
-        # A reverse proxy in front of this port would make every request look local (it may
-        # even rewrite Host to 127.0.0.1): anything it marks as forwarded is not from here.
-        forwarded = any(header in request.headers for header in _PROXY_HEADERS)
-        if forwarded or request.url.host not in _LOCAL_HOSTS:
+        if not is_local_request(request):
             raise web.HTTPForbidden(
                 text=json.dumps(
                     {"error": "this route answers requests to 127.0.0.1 or localhost only"}
@@ -370,32 +377,38 @@ def local_only(handler: Handler) -> Handler:
 def make_app(gw: Gateway, *, simulated: bool, local: bool = False) -> web.Application:
     """The aiohttp application for a gateway.
 
-    ``simulated``: the simulator's routes. ``local``: the server listens on loopback only, so the
-    routes that make credentials (enrolment, simulated phones) are served, to local requests.
+    ``simulated``: the simulator's routes. ``local``: the server listens on loopback only, so
+    requests from this machine pass the admin guard without a session (the command line).
+    Everything else that reads the site or changes anything needs an admin session.
     """
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[GATEWAY_KEY] = gw
-    app.router.add_get("/", index)
+    guard = AdminGuard(
+        gw.admin,
+        is_local=is_local_request if local else (lambda _: False),
+        secure_cookies=gw.web_tls is not None,
+    )
+    admin = guard.require
+    guard.add_routes(app)
+    add_openapi_routes(app)
+    app.router.add_get("/", admin(index))
     app.router.add_get("/api/health", health)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/api/doors", doors)
-    app.router.add_get("/api/users", users)
-    app.router.add_get("/api/events", events)
-    app.router.add_post("/api/decide", decide)
-    if local:
-        app.router.add_get("/api/diagnostics", local_only(diagnostics))
-        app.router.add_post("/api/users/{user}/phones", local_only(enrol_phone))
-        app.router.add_post("/api/doors/{door}/enrol", local_only(enrol_card))
+    app.router.add_get("/api/doors", admin(doors))
+    app.router.add_get("/api/users", admin(users))
+    app.router.add_get("/api/events", admin(events))
+    app.router.add_post("/api/decide", admin(decide))
+    app.router.add_get("/api/diagnostics", admin(diagnostics))
+    app.router.add_post("/api/users/{user}/phones", admin(enrol_phone))
+    app.router.add_post("/api/doors/{door}/enrol", admin(enrol_card))
     if simulated:
-        app.router.add_post("/api/simulator/doors/{door}/present", present)
-    if simulated and local:
-        app.router.add_post("/api/simulator/phones", local_only(new_phone))
-    # Imported here: the OfficeRnD pages need the web module's local_only.
+        app.router.add_post("/api/simulator/doors/{door}/present", admin(present))
+        app.router.add_post("/api/simulator/phones", admin(new_phone))
+    # Imported here: the OfficeRnD pages need the web module's helpers.
     from gateway.officernd.routes import add_admin_routes, add_public_routes  # noqa: PLC0415
 
     add_public_routes(app, gw)
-    if local:
-        add_admin_routes(app, gw, local_only=local_only)
+    add_admin_routes(app, gw, local_only=admin)
     return app
 
 
@@ -412,8 +425,16 @@ def make_public_app(gw: Gateway) -> web.Application:
 class WebServer:
     """Serves the app on one host and port; ``start``/``stop``."""
 
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.app = app
+        self._ssl_context = ssl_context
         self._runner = web.AppRunner(app, access_log=None)
         self._host = host
         self._port = port
@@ -424,7 +445,7 @@ class WebServer:
         """Bind and serve; ``port`` then holds the bound port."""
         await self._runner.setup()
         self._set_up = True
-        site = web.TCPSite(self._runner, self._host, self._port)
+        site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl_context)
         try:
             await site.start()
         except OSError as err:
@@ -435,7 +456,8 @@ class WebServer:
         server = site._server  # aiohttp keeps the bound socket there; needed for port 0
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._port
-        _LOGGER.info("web app on http://%s:%d/", self._host, self.port)
+        scheme = "https" if self._ssl_context is not None else "http"
+        _LOGGER.info("web app on %s://%s:%d/", scheme, self._host, self.port)
 
     async def stop(self) -> None:
         """Stop serving (also after a failed start, e.g. port in use); idempotent."""

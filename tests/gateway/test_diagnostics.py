@@ -76,9 +76,9 @@ async def test_the_bundle_holds_what_support_needs_and_no_secret(
     assert officernd["activated"] is True
     assert json.loads(archive.read("versions.json"))["packages"]["aiohttp"]
 
-    # Served to this machine only.
+    # Served to this machine (or the admin) only.
     forwarded, _, _ = await fetch(gw.config.web.port, {"X-Forwarded-For": "203.0.113.9"})
-    assert forwarded == 403
+    assert forwarded == 401
 
 
 def stat_private(path: Path) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 
 import aiohttp
@@ -217,20 +218,20 @@ async def test_enrolment_over_the_local_api(start_gateway: GatewayFactory) -> No
             assert (await response.json())["credential"]["value"] == NEW_CARD
 
 
-async def test_no_enrolment_routes_when_the_web_app_listens_beyond_this_machine(
+async def test_enrolment_routes_beyond_this_machine_need_an_admin_session(
     start_gateway: GatewayFactory, gateway_config: ConfigFactory
 ) -> None:
-    gw = Gateway(gateway_config(web={"host": "0.0.0.0", "allow_remote": True}))
-    routes = {r.resource.canonical for r in gw.web.app.router.routes() if r.resource}
-    making_credentials = {
-        "/api/users/{user}/phones",
-        "/api/doors/{door}/enrol",
-        "/api/simulator/phones",
-    }
-    assert not making_credentials & routes
-    local = await start_gateway(gateway_config(hardware={"backend": "virtual"}))
-    routes = {r.resource.canonical for r in local.web.app.router.routes() if r.resource}
-    assert making_credentials <= routes
+    gw = await start_gateway(gateway_config(web={"host": "0.0.0.0", "allow_remote": True}))
+    assert gw.web_tls is not None
+    trust = ssl.create_default_context(cafile=gw.web_tls.cert)
+    before = gw.cache.view.counts()
+    async with aiohttp.ClientSession() as session:
+        for path in ("/api/users/ada/phones", "/api/doors/front/enrol", "/api/simulator/phones"):
+            url = f"https://127.0.0.1:{gw.web.port}{path}"
+            async with session.post(url, json={"user": "ada"}, ssl=trust) as response:
+                assert response.status == 401, path
+                assert "log in as the admin" in (await response.json())["error"]
+    assert gw.cache.view.counts() == before
 
 
 @pytest.mark.parametrize(
@@ -248,6 +249,6 @@ async def test_credential_routes_refuse_a_request_addressed_to_another_name(
         aiohttp.ClientSession() as session,
         session.post(url, json={"user": "ada"}, headers=headers) as response,
     ):
-        assert response.status == 403
-        assert "127.0.0.1 or localhost only" in (await response.json())["error"]
+        assert response.status == 401
+        assert "log in as the admin" in (await response.json())["error"]
     assert gw.cache.view.counts() == before
