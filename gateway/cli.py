@@ -72,9 +72,15 @@ def _view(config: Config) -> tuple[CacheView, Path]:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT."""
     from gateway.app import run  # noqa: PLC0415 - only `run` needs aiohttp; other commands start faster
+    from gateway.provisioning import IdentityError, with_identity  # noqa: PLC0415
 
     config = _config(args)
     setup_logging(config.gateway.log_level, config.gateway.log_format)
+    try:
+        # A claimed identity turns the cloud link on (unless the file configures its own).
+        config = with_identity(config)
+    except (IdentityError, ConfigError) as err:
+        raise CliError(f"cannot use the claimed cloud identity: {err}") from None
     try:
         asyncio.run(run(config))
     except (WebServerError, DatabaseError, GpioError, KeyFileError, OSError) as err:
@@ -781,6 +787,161 @@ def cmd_officernd_deactivate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- provisioning ------------------------------------------------------------------------------
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    """Claim this gateway in the cloud with a one-time code, or show whether it is claimed."""
+    from gateway import provisioning as prov  # noqa: PLC0415 - aiohttp only when needed
+
+    config = _config(args)
+    state_dir = config.gateway.state_dir
+    if args.status:
+        if args.cloud is not None or args.claim_code is not None or args.replace:
+            raise CliError("--status takes no --cloud, --claim-code or --replace")
+        return _provision_status(state_dir, as_json=args.json)
+    if args.cloud is None or args.claim_code is None:
+        raise CliError("provision needs --cloud URL and --claim-code CODE (or --status)")
+    try:
+        identity = prov.claim_sync(args.cloud, args.claim_code, state_dir, replace=args.replace)
+    except (prov.InvalidClaimInput, prov.AlreadyClaimed, prov.IdentityError) as err:
+        raise CliError(str(err)) from None
+    except prov.ClaimError as err:
+        print(f"luckey-gateway: the claim failed: {err}", file=sys.stderr)
+        return EXIT_DENIED
+    except OSError as err:
+        raise CliError(f"cannot store the identity in {prov.cloud_dir(state_dir)}: {err}") from None
+    if args.json:
+        print(json.dumps(identity.to_json(), indent=2))
+    else:
+        print(f"claimed: gateway id {identity.gateway_id}")
+        print(f"  device fingerprint: {identity.device_fingerprint}")
+        print(f"  broker: {identity.mqtt_host}:{identity.mqtt_port}")
+        print(f"  api url: {identity.api_url}")
+        print(f"  stored in: {prov.cloud_dir(state_dir)} (files 0600)")
+    if config.cloud.enabled:
+        print(
+            "note: the configuration sets [cloud] enabled = true itself; it wins over the "
+            "claimed identity until that [cloud] section is removed"
+        )
+    print("restart the service to start syncing: systemctl restart luckey-gateway")
+    return EXIT_OK
+
+
+def _provision_status(state_dir: Path, *, as_json: bool) -> int:
+    """Print whether the gateway is claimed, as which id, and its device fingerprint."""
+    from gateway import provisioning as prov  # noqa: PLC0415
+
+    try:
+        state = prov.provisioning_state(state_dir)
+    except prov.IdentityError as err:
+        raise CliError(str(err)) from None
+    if as_json:
+        print(json.dumps(state.to_json(), indent=2))
+        return EXIT_OK
+    key = state.fingerprint or "none yet (made at the first claim)"
+    if state.identity is None:
+        print("unclaimed: claim it with `luckey-gateway provision --cloud URL --claim-code CODE`")
+    else:
+        print(f"claimed: gateway id {state.identity.gateway_id}")
+        print(f"  cloud: {state.identity.cloud_url}")
+        print(f"  claimed at: {state.identity.claimed_at.isoformat()}")
+        print(f"  broker: {state.identity.mqtt_host}:{state.identity.mqtt_port}")
+        print(f"  api url: {state.identity.api_url}")
+    print(f"  device fingerprint: {key}")
+    return EXIT_OK
+
+
+def _daemon_answers(config: Config) -> bool:
+    """Whether a gateway answers on this configuration's local web server."""
+    try:
+        with urllib.request.urlopen(  # noqa: S310 - http:// to the local web server
+            _daemon_url(config, "/api/health"), timeout=DAEMON_TIMEOUT_S
+        ):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+def cmd_factory_reset(args: argparse.Namespace) -> int:
+    """Remove the cloud identity, the device key and the local cache and outbox (confirmed)."""
+    from gateway import provisioning as prov  # noqa: PLC0415
+
+    if args.config is None:
+        raise CliError("factory-reset needs --config PATH: the configuration naming the state dir")
+    config = _config(args)
+    state_dir = config.gateway.state_dir
+    try:
+        state = prov.provisioning_state(state_dir)
+        expected = "unclaimed" if state.identity is None else state.identity.gateway_id
+    except prov.IdentityError as err:
+        print(f"note: {err}")  # a reset is how a damaged identity is cleared
+        expected = "unclaimed"
+    if args.confirm != expected:
+        raise CliError(
+            f"not resetting: --confirm must be exactly {expected!r} "
+            f"({'the gateway id' if expected != 'unclaimed' else 'this gateway is unclaimed'})"
+        )
+    if _daemon_answers(config):
+        raise CliError(
+            "the gateway is running: stop it first (systemctl stop luckey-gateway), then reset"
+        )
+    try:
+        removed = prov.factory_reset(state_dir)
+    except (prov.IdentityError, OSError) as err:
+        raise CliError(f"cannot reset {state_dir}: {err}") from None
+    print(f"factory reset of {state_dir}: removed {len(removed)} files")
+    for path in removed:
+        print(f"  {path}")
+    print("kept: site keys, the OfficeRnD activation and anything else in the state directory")
+    return EXIT_OK
+
+
+def _add_provisioning_parsers(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """``luckey-gateway provision`` and ``luckey-gateway factory-reset``."""
+    provision = sub.add_parser(
+        "provision",
+        parents=[common],
+        help="claim this gateway in the cloud (exit 0 claimed, 1 refused by the cloud, 2 bad input)",
+        description="Claim this gateway with a one-time claim code from the cloud console: the "
+        "gateway makes its own key (it never leaves the device), the cloud certifies it and "
+        "assigns the gateway id; the identity is stored in the state directory. Restart the "
+        "service afterwards to start syncing.",
+    )
+    provision.add_argument("--cloud", metavar="URL", help="the cloud's https:// URL")
+    provision.add_argument(
+        "--claim-code", metavar="CODE", help="the one-time claim code from the cloud console"
+    )
+    provision.add_argument(
+        "--replace", action="store_true", help="claim again even if already claimed"
+    )
+    provision.add_argument(
+        "--status", action="store_true", help="show whether the gateway is claimed, and as what"
+    )
+    provision.add_argument("--json", action="store_true")
+    provision.set_defaults(func=cmd_provision)
+
+    reset = sub.add_parser(
+        "factory-reset",
+        parents=[common],
+        help="remove the cloud identity, the device key, the cache and the outbox",
+        description="Remove the cloud identity, the device key and the local cache, outbox and "
+        "door modes from the state directory (site keys and the OfficeRnD activation stay). "
+        "The gateway must be stopped.",
+    )
+    reset.add_argument(
+        "--confirm",
+        required=True,
+        metavar="GATEWAY_ID",
+        help="the gateway id exactly (see `provision --status`), or 'unclaimed'",
+    )
+    reset.set_defaults(func=cmd_factory_reset)
+
+
 def _add_officernd_parsers(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
@@ -967,6 +1128,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=cmd_sim_board)
 
     _add_officernd_parsers(sub, common)
+    _add_provisioning_parsers(sub, common)
     return parser
 
 
