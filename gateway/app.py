@@ -8,11 +8,11 @@ import ipaddress
 import json
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from drivers.base import ReaderBank, RelayBank
 from gateway import codec
@@ -65,9 +65,11 @@ class Gateway:
         *,
         clock: Callable[[], datetime] = utc_now,
         cloud_backoff: Callable[[], Backoff] = Backoff,
+        admin: AdminAccounts | None = None,
     ) -> None:
         """``cloud_backoff`` makes the cloud link's reconnect policy (tests and benchmarks
-        shorten it)."""
+        shorten it); ``admin``: the admin accounts and sessions of the gateway this one
+        replaces (an in-process restart keeps the installer logged in)."""
         self.config = config
         self.clock = clock
         self._cloud_backoff = cloud_backoff
@@ -138,7 +140,7 @@ class Gateway:
             ),
         )
         self.cloud = self._cloud_service() if config.cloud.enabled else None
-        self.admin = AdminAccounts(state_dir)
+        self.admin = admin if admin is not None else AdminAccounts(state_dir)
         loopback = ipaddress.ip_address(config.web.host).is_loopback
         # Off this machine the web app is HTTPS, with a certificate made here (HTTP stays
         # only on loopback, where nothing crosses a network).
@@ -162,6 +164,14 @@ class Gateway:
         )
         self._stack = AsyncExitStack()
         self._started = False
+        #: Set when new settings need a fresh gateway: ``run`` stops this one and starts another.
+        self.restart_requested = asyncio.Event()
+
+    def request_restart(self, reason: str) -> None:
+        """Ask ``run`` for a fresh gateway on the reloaded configuration, shortly after now."""
+        _LOGGER.info("restart requested: %s", reason)
+        # Shortly after: the HTTP answer that asked for it is sent first.
+        asyncio.get_running_loop().call_later(0.2, self.restart_requested.set)
 
     async def start(self) -> None:
         """Start everything; on any failure, whatever started is stopped again."""
@@ -343,26 +353,72 @@ class Gateway:
         await self._stack.aclose()
 
 
-async def run(config: Config, *, started: Callable[[Gateway], None] | None = None) -> None:
-    """Run a gateway until SIGTERM or SIGINT, then stop it cleanly."""
-    gateway = Gateway(config)
+async def run(
+    config: Config,
+    *,
+    started: Callable[[Gateway], None] | None = None,
+    reload: Callable[[], Config] | None = None,
+) -> None:
+    """Run a gateway until SIGTERM or SIGINT, then stop it cleanly.
+
+    When the running gateway asks for a restart (settings saved in the web app, a claim), it
+    is stopped and a new one started from ``reload()``'s configuration; if that one cannot
+    start, the previous configuration runs again.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await gateway.start()
     notifier = Notifier()
     try:
-        notifier.ready(f"serving {len(gateway.cache.view.doors)} doors")
-        if started is not None:
-            started(gateway)
-        await stop.wait()
-        _LOGGER.info("stopping")
-        notifier.stopping()
+        gateway = Gateway(config)
+        await gateway.start()
+        while True:
+            try:
+                notifier.ready(f"serving {len(gateway.cache.view.doors)} doors")
+                if started is not None:
+                    started(gateway)
+                await _first_of(stop.wait(), gateway.restart_requested.wait())
+            finally:
+                if stop.is_set():
+                    _LOGGER.info("stopping")
+                    notifier.stopping()
+                await gateway.stop()
+            if stop.is_set() or reload is None:
+                break
+            notifier.send(RELOADING="1", STATUS="restarting with new settings")
+            gateway, config = await _restarted(config, reload, gateway.admin)
     finally:
         await notifier.close()
-        await gateway.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(ValueError, RuntimeError):
                 loop.remove_signal_handler(sig)
     _LOGGER.info("stopped")
+
+
+async def _first_of(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Wait until the first of ``waits`` returns; cancel the others."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _restarted(
+    previous: Config, reload: Callable[[], Config], admin: AdminAccounts
+) -> tuple[Gateway, Config]:
+    """A started gateway on ``reload()``'s configuration, else on ``previous`` again."""
+    try:
+        config = reload()
+        gateway = Gateway(config, admin=admin)
+        await gateway.start()
+    except Exception:
+        # A door must not stay dark because of a setting: run as before and say why.
+        _LOGGER.exception("the new settings could not start; running with the previous ones")
+        gateway = Gateway(previous, admin=admin)
+        await gateway.start()
+        return gateway, previous
+    _LOGGER.info("restarted with the new settings")
+    return gateway, config

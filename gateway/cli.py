@@ -72,20 +72,28 @@ def _view(config: Config) -> tuple[CacheView, Path]:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT."""
     from gateway.app import run  # noqa: PLC0415 - only `run` needs aiohttp; other commands start faster
-    from gateway.provisioning import IdentityError, with_identity  # noqa: PLC0415
 
     config = _config(args)
     setup_logging(config.gateway.log_level, config.gateway.log_format)
     try:
-        # A claimed identity turns the cloud link on (unless the file configures its own).
-        config = with_identity(config)
-    except (IdentityError, ConfigError) as err:
-        raise CliError(f"cannot use the claimed cloud identity: {err}") from None
-    try:
-        asyncio.run(run(config))
+        config = _daemon_config(config)
+        # A restart asked for by the web app (saved settings, a claim) reads everything again.
+        asyncio.run(run(config, reload=lambda: _daemon_config(_config(args))))
     except (WebServerError, DatabaseError, GpioError, KeyFileError, OSError) as err:
         raise CliError(f"cannot start: {err}") from None
     return EXIT_OK
+
+
+def _daemon_config(config: Config) -> Config:
+    """The file's configuration with the claimed identity and the web app's settings over it."""
+    from gateway.local_settings import with_local_settings  # noqa: PLC0415
+    from gateway.provisioning import IdentityError, with_identity  # noqa: PLC0415
+
+    try:
+        # A claimed identity turns the cloud link on (unless the file configures its own).
+        return with_local_settings(with_identity(config))
+    except (IdentityError, ConfigError) as err:
+        raise CliError(f"cannot use the saved settings or cloud identity: {err}") from None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -409,6 +409,11 @@ def make_app(gw: Gateway, *, simulated: bool, local: bool = False) -> web.Applic
 
     add_public_routes(app, gw)
     add_admin_routes(app, gw, local_only=admin)
+    from gateway import web_doors, web_live, web_setup  # noqa: PLC0415
+
+    web_live.add_routes(app, gw, admin)
+    web_doors.add_routes(app, gw, admin)
+    web_setup.add_routes(app, gw, admin)
     return app
 
 

@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 # Debian packages the gateway or its tests use at run time (mosquitto: the MQTT broker that
 # tests/cloud start themselves on loopback ports, its own service not needed; systemd: for
-# systemd-analyze, with which the tests check the service unit).
-DEBIAN_PACKAGES=(python3-venv mosquitto systemd)
+# systemd-analyze, with which the tests check the service unit; chromium and chromium-driver:
+# the headless browser the web app's end-to-end test drives, nothing downloaded at run time).
+DEBIAN_PACKAGES=(python3-venv mosquitto systemd chromium chromium-driver)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

@@ -50,7 +50,7 @@ mkdir -p "$PREFIX"
 # The project as released: sources and docs, never a checkout's own state or virtualenv.
 tar -C "$SOURCE" --exclude=./.venv --exclude=./var --exclude=./.git --exclude=__pycache__ \
   --exclude='./.*_cache' --exclude=./.hypothesis --exclude='*.egg-info' \
-  --exclude=./bench/out -cf - . | tar -C "$PREFIX" -xf -
+  --exclude=./bench/out --exclude=./test-artifacts -cf - . | tar -C "$PREFIX" -xf -
 if ((VENV)); then
   python3 -m venv "$PREFIX/.venv"
   "$PREFIX/.venv/bin/pip" install --quiet --upgrade pip
