@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import ipaddress
 import json
 import os
 import signal
 import sqlite3
-import stat
 import sys
 import urllib.error
 import urllib.parse
@@ -29,6 +27,7 @@ from gateway.config import Config, ConfigError, NfcSection, config_to_dict, load
 from gateway.door_modes import DoorModeStore
 from gateway.doors import desired_mode
 from gateway.explain import decision_to_json, explain
+from gateway.files import UnsafeFile, read_regular_file
 from gateway.logs import setup_logging
 from gateway.nfc_cards import MAX_SYSTEM_IDENTIFIER, NTAG424_AID, NfcKeys
 from gateway.signing import KeyFileError
@@ -518,20 +517,11 @@ def _daemon_status(config: Config) -> dict[str, object] | None:
 def _read_client_secret(path: Path) -> str:
     """The secret in ``path`` without one trailing newline; never echoed, even in errors."""
     try:
-        # O_NONBLOCK: a named pipe is refused below rather than waited on.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise CliError(f"{path} is a symbolic link: give the file itself") from None
-        raise CliError(f"cannot read the client secret file {path}: {err.strerror}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise CliError(f"{path} is not a regular file")
-        data = os.read(fd, SECRET_FILE_MAX_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > SECRET_FILE_MAX_BYTES:
-        raise CliError(f"{path} is over {SECRET_FILE_MAX_BYTES} bytes: not a client secret")
+        data = read_regular_file(path, SECRET_FILE_MAX_BYTES)
+    except UnsafeFile as err:
+        raise CliError(f"the client secret file: {err}") from None
+    if data is None:
+        raise CliError(f"cannot read the client secret file {path}: it does not exist")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

@@ -3,8 +3,37 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 from pathlib import Path
+
+
+class UnsafeFile(Exception):
+    """A file that must not be read as it is; the message names the path and the problem."""
+
+
+def read_regular_file(path: Path, max_bytes: int) -> bytes | None:
+    """The bytes of regular file ``path``, None if missing; UnsafeFile if a link, not a regular
+    file, over ``max_bytes`` or unreadable (a secret is never read through a link or a pipe)."""
+    try:
+        # O_NONBLOCK: a named pipe is refused below rather than waited on.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UnsafeFile(f"{path} is a symbolic link: refusing to read through it") from None
+        raise UnsafeFile(f"cannot read {path}: {err.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafeFile(f"{path} is not a regular file")
+        data = os.read(fd, max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise UnsafeFile(f"{path} is over {max_bytes} bytes")
+    return data
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -17,7 +46,7 @@ def write_atomically(path: Path, text: str) -> None:
     finally:
         os.close(fd)
     tmp.replace(path)
-    _sync_directory(path.parent)  # the rename is durable only once the entry is on disk too
+    sync_directory(path.parent)  # the rename is durable only once the entry is on disk too
 
 
 def create_secret(path: Path, data: bytes) -> None:
@@ -39,10 +68,11 @@ def create_secret(path: Path, data: bytes) -> None:
             os.link(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _sync_directory(path.parent)
+    sync_directory(path.parent)
 
 
-def _sync_directory(directory: Path) -> None:
+def sync_directory(directory: Path) -> None:
+    """fsync ``directory`` so a rename inside it survives a power cut."""
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

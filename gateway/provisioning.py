@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import re
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from cryptography.x509.oid import NameOID
 
 from gateway import __version__
 from gateway.config import Config, config_to_dict, https_or_loopback, parse_config
+from gateway.files import UnsafeFile, read_regular_file
 
 #: The folder under the state directory holding the cloud identity.
 CLOUD_DIR = "cloud"
@@ -200,22 +200,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def _read_small(path: Path) -> bytes | None:
     """The bytes of regular file ``path`` (None if missing); IdentityError if unsafe or too big."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        if path.is_symlink():
-            raise IdentityError(f"{path} is a symbolic link: refusing to read through it") from None
-        raise IdentityError(f"cannot read {path}: {err.strerror}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise IdentityError(f"{path} is not a regular file")
-        data = os.read(fd, FILE_MAX_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > FILE_MAX_BYTES:
-        raise IdentityError(f"{path} is over {FILE_MAX_BYTES} bytes")
-    return data
+        return read_regular_file(path, FILE_MAX_BYTES)
+    except UnsafeFile as err:
+        raise IdentityError(str(err)) from None
 
 
 # --- the device key ------------------------------------------------------------------------------

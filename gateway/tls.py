@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gateway.files import sync_directory
+
 _LOGGER = logging.getLogger(__name__)
 
 CERT_FILE = "tls.crt"
@@ -273,13 +275,4 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _sync_directory(path.parent)
-
-
-def _sync_directory(directory: Path) -> None:
-    """fsync ``directory`` so a rename inside it survives a power cut."""
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    sync_directory(path.parent)

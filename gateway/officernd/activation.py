@@ -37,6 +37,7 @@ import aiohttp
 
 from gateway.config import OfficeRnDSection, https_or_loopback
 from gateway.credentials import redact
+from gateway.files import sync_directory
 from gateway.officernd.client import (
     DEFAULT_API_BASE,
     DEFAULT_IDENTITY_URL,
@@ -189,14 +190,6 @@ def _refuse_link(path: Path) -> None:
         )
 
 
-def _sync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _make_folder(state_dir: Path) -> Path:
     """The activation folder, created if need be, mode 0700."""
     directory = folder(state_dir)
@@ -220,7 +213,7 @@ def _write_private(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _sync_directory(path.parent)
+    sync_directory(path.parent)
 
 
 def _read_at_most(fd: int, limit: int) -> bytes:
@@ -391,7 +384,7 @@ def remove_activation(state_dir: Path) -> bool:
             path.unlink()  # a link is removed, never followed
             removed = True
     if removed:
-        _sync_directory(directory)
+        sync_directory(directory)
         _LOGGER.info("OfficeRnD activation removed")
     return removed
 
