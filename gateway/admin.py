@@ -164,6 +164,7 @@ class AdminAccounts:
         )
         self._csrf_key = secrets.token_bytes(32)
         self._lock = asyncio.Lock()
+        self._hashing = asyncio.Lock()
 
     @property
     def setup_required(self) -> bool:
@@ -186,11 +187,14 @@ class AdminAccounts:
         async with self._lock:
             if self._account is not None or self.setup_code is None:
                 raise AdminError("the admin account already exists; log in instead", status=409)
-            self._check_budget("setup", address)
+            # Per address: a shared budget would let anyone on the network lock the setup out.
+            setup_key = f"setup {address}"
+            self._check_budget(setup_key, address)
             if not isinstance(code, str) or not hmac.compare_digest(
-                _normalise_code(code).encode(), _normalise_code(self.setup_code).encode()
+                _normalise_code(code).encode("utf-8", "surrogatepass"),
+                _normalise_code(self.setup_code).encode(),
             ):
-                self._limiter.failed("setup", address)
+                self._limiter.failed(setup_key, address)
                 raise AdminError(
                     "wrong setup code: use the one the gateway printed to its log at its last "
                     "start (journalctl -u luckey-gateway)",
@@ -207,7 +211,7 @@ class AdminAccounts:
             await asyncio.to_thread(self._write, json.dumps(account, indent=2))
             self._account = (name, hashed)
             self.setup_code = None
-            self._limiter.succeeded("setup")
+            self._limiter.succeeded(setup_key)
             _LOGGER.info("admin account %r created", name)
             return self.sessions.create(name, "", name)
 
@@ -219,11 +223,17 @@ class AdminAccounts:
             raise AdminError("'username' and 'password' are required and must be strings")
         if len(username) > 64 or len(password) > PASSWORD_CHARS[1]:
             raise AdminError("wrong username or password", status=401)
-        self._check_budget(username, address)
         name, hashed = self._account
-        ok = await asyncio.to_thread(hashed.matches, password)
-        if not ok or not hmac.compare_digest(username.encode(), name.encode()):
+        # One hash at a time, the budget checked and the attempt counted before hashing:
+        # concurrent attempts can neither slip past the limit nor pile up 32 MiB hashes.
+        async with self._hashing:
+            self._check_budget(username, address)
             self._limiter.failed(username, address)
+            ok = await asyncio.to_thread(hashed.matches, password)
+        same_name = hmac.compare_digest(
+            username.encode("utf-8", "surrogatepass"), name.encode("utf-8")
+        )
+        if not ok or not same_name:
             _LOGGER.info("admin login refused from %s", address)
             raise AdminError("wrong username or password", status=401)
         self._limiter.succeeded(username)

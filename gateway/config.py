@@ -567,7 +567,10 @@ def _convert(raw: Any, hint: Any, meta: Mapping[str, Any], key_path: str, base: 
         ok = isinstance(raw, int) and not isinstance(raw, bool)
     elif hint is float:
         ok = isinstance(raw, int | float) and not isinstance(raw, bool)
-        value = float(raw) if ok else raw
+        try:
+            value = float(raw) if ok else raw
+        except OverflowError:  # an integer too large for a float
+            ok, value = False, raw
     elif hint is Path:
         ok = isinstance(raw, str | PurePath) and str(raw) != ""
         value = base / raw if ok else raw

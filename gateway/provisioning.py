@@ -305,7 +305,9 @@ def _check_answer(
     if not 1 <= mqtt_port <= 65535:
         raise BadClaimAnswer("mqtt_port", "expected a port from 1 to 65535")
     api_url = _field(body, "api_url", str)
-    if not https_or_loopback(api_url):
+    # Exactly what [cloud] api_url accepts: an identity the daemon could not start with is
+    # refused here, before the one-time code is spent on it.
+    if not api_url.startswith("https://") or not https_or_loopback(api_url):
         raise BadClaimAnswer("api_url", "expected an https:// URL")
     cert_pem = _field(body, "certificate_pem", str).encode("ascii", "replace")
     ca_pem = _field(body, "ca_pem", str).encode("ascii", "replace")
@@ -373,7 +375,13 @@ async def _post_claim(
                     f"the cloud at {url} answered {response.status} {response.reason}; "
                     "nothing was stored: try again later, or ask the cloud's operator"
                 )
-            raw = await response.content.read(ANSWER_MAX_BYTES + 1)
+            raw = b""
+            # read(n) returns what has arrived so far: read until the end, within the bound.
+            while len(raw) <= ANSWER_MAX_BYTES:
+                chunk = await response.content.read(ANSWER_MAX_BYTES + 1 - len(raw))
+                if not chunk:
+                    break
+                raw += chunk
     except (TimeoutError, aiohttp.ClientError) as err:
         what = "no answer in time" if isinstance(err, TimeoutError) else type(err).__name__
         raise CloudUnreachable(

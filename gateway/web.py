@@ -7,7 +7,6 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -21,7 +20,7 @@ from gateway.model import CredentialKind, Decision, Door
 from gateway.openapi import add_routes as add_openapi_routes
 from gateway.outbox import event_to_json
 from gateway.simulator import SimulatorError
-from gateway.web_admin import AdminGuard
+from gateway.web_admin import AdminGuard, static_page
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -55,7 +54,9 @@ async def _body(request: web.Request) -> dict[str, Any]:
         raise BadRequest("the body must be JSON, sent with 'Content-Type: application/json'")
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError, LookupError):
+        # ValueError covers bad JSON, bad UTF-8 and integers past Python's digit limit;
+        # RecursionError deep nesting; LookupError an unknown charset.
         raise BadRequest("the body must be a JSON object") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
@@ -81,8 +82,7 @@ def _int_param(request: web.Request, name: str, default: int) -> int:
 
 async def index(request: web.Request) -> web.StreamResponse:
     """The dashboard page (plain HTML and JS, no build step)."""
-    page = resources.files("gateway").joinpath("web/index.html").read_text(encoding="utf-8")
-    return web.Response(text=page, content_type="text/html")
+    return static_page("index.html")
 
 
 async def health(request: web.Request) -> web.Response:

@@ -96,6 +96,10 @@ class AdminGuard:
                     raise _error(403, f"this request must carry the session's {CSRF_HEADER}")
                 return await handler(request)
             if self._is_local(request):
+                if request.method not in _SAFE_METHODS and not _same_origin(request):
+                    # A page this machine's browser opened may send simple requests (no
+                    # preflight) to 127.0.0.1: it must not act as this machine.
+                    raise _error(403, "a request from another site cannot change anything here")
                 return await handler(request)
             if request.method == "GET" and "text/html" in request.headers.get("Accept", ""):
                 # A person opening a page: to the login, and back here after it.
@@ -222,6 +226,14 @@ class AdminGuard:
             return None, False
         cookie = request.cookies.get(COOKIE)
         return (cookie, True) if cookie else (None, False)
+
+
+def _same_origin(request: web.Request) -> bool:
+    """False if the browser says another site sent ``request`` (Sec-Fetch-Site, Origin)."""
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("Origin")
+    return origin is None or origin == f"{request.scheme}://{request.host}"
 
 
 async def _json_body(request: web.Request) -> dict[str, object]:

@@ -7,6 +7,7 @@ then asks the run loop for a restart so they take effect. ``/doors`` is the page
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable
@@ -119,7 +120,8 @@ def add_routes(app: web.Application, gw: Gateway, admin: Callable[[Handler], Han
 
     async def list_doors(request: web.Request) -> web.StreamResponse:
         """Every site door with its mapping; the form's field schema; whether a restart is due."""
-        current = saved()
+        # Small files, but the loop drives the doors: read them in a thread.
+        current, restart_pending = await asyncio.to_thread(lambda: (saved(), pending()))
         doors = sorted(gw.cache.view.doors.values(), key=lambda d: d.id)
         body = {
             "doors": [door_settings_json(gw.config, d, current) for d in doors],
@@ -127,7 +129,7 @@ def add_routes(app: web.Application, gw: Gateway, admin: Callable[[Handler], Han
             "fields": field_schema(),
             "board_addresses": list(BOARD_ADDRESSES),
             "doors_per_board": DOORS_PER_BOARD,
-            "restart_pending": pending(),
+            "restart_pending": restart_pending,
         }
         return web.json_response(body, headers=_NO_STORE)
 
@@ -150,7 +152,9 @@ def add_routes(app: web.Application, gw: Gateway, admin: Callable[[Handler], Han
             )
         board = _board_request(body.pop("board", None), gw.config.hardware.backend)
         try:
-            new_config = local_settings.save_door(state_dir, gw.config, door_id, body, board=board)
+            new_config = await asyncio.to_thread(
+                local_settings.save_door, state_dir, gw.config, door_id, body, board=board
+            )
         except SettingsError as err:
             raise _refused(400, err.errors) from None
         except ConfigError as err:  # the saved file is damaged: say so, change nothing

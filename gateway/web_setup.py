@@ -7,6 +7,7 @@ claiming the gateway for the cloud, checking the clock and timezone, mapping the
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -84,7 +85,11 @@ async def claim(request: web.Request) -> web.Response:
     if not isinstance(replace, bool):
         raise _error(400, "'replace' must be true or false", "replace")
     try:
-        identity = await provisioning.claim(url, code, gw.config.gateway.state_dir, replace=replace)
+        # In a thread with its own loop: the key generation and fsynced writes would otherwise
+        # hold up the doors' event loop.
+        identity = await asyncio.to_thread(
+            provisioning.claim_sync, url, code, gw.config.gateway.state_dir, replace=replace
+        )
     except provisioning.ClaimError as err:
         status = _CLAIM_STATUS.get(type(err), 400)
         field = "cloud_url" if isinstance(err, provisioning.CloudUnreachable) else "claim_code"

@@ -3,8 +3,9 @@
   "use strict";
   const $ = (id) => document.getElementById(id);
   const next = () => {
-    const target = new URLSearchParams(location.search).get("next") || "/";
-    return target.startsWith("/") && !target.startsWith("//") ? target : "/";
+    // Only a page of this gateway: resolve it as the browser will, then compare the origin.
+    const target = new URL(new URLSearchParams(location.search).get("next") || "/", location.origin);
+    return target.origin === location.origin ? target.pathname + target.search + target.hash : "/";
   };
   async function submit(form, url, fields) {
     const body = {};

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import stat
@@ -224,3 +225,78 @@ async def test_on_loopback_this_machine_passes_and_a_rebound_name_does_not(
             assert response.status == 401
         async with session.get(f"{base}/api/doors", headers={"X-Forwarded-For": "1.2.3.4"}) as r:
             assert r.status == 401
+
+
+async def test_concurrent_wrong_logins_cannot_slip_past_the_limit(tmp_path: Path) -> None:
+    accounts = AdminAccounts(tmp_path)
+    assert accounts.setup_code is not None
+    await accounts.create(accounts.setup_code, "admin", PASSWORD, "10.0.0.9")
+    results = await asyncio.gather(
+        *(accounts.login("admin", f"guess number {i}", "10.0.0.7") for i in range(12)),
+        return_exceptions=True,
+    )
+    statuses = sorted(r.status for r in results if isinstance(r, AdminError))
+    assert len(statuses) == 12
+    assert statuses.count(401) == 5  # the budget, not one more however many run at once
+    assert statuses.count(429) == 7
+
+
+async def test_wrong_setup_codes_from_one_address_do_not_lock_out_another(tmp_path: Path) -> None:
+    accounts = AdminAccounts(tmp_path)
+    code = accounts.setup_code
+    assert code is not None
+    for _ in range(5):
+        with pytest.raises(AdminError):
+            await accounts.create("AAAA-AAAA-AAAA", "admin", PASSWORD, "10.0.0.66")
+    with pytest.raises(AdminError) as limited:
+        await accounts.create(code, "admin", PASSWORD, "10.0.0.66")
+    assert limited.value.status == 429
+    session = await accounts.create(code, "admin", PASSWORD, "10.0.0.9")  # the installer
+    assert session.name == "admin"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Origin": "null"},
+    ],
+)
+async def test_on_loopback_another_site_cannot_act_as_this_machine(
+    start_gateway: GatewayFactory, headers: dict[str, str]
+) -> None:
+    gw = await start_gateway()
+    url = f"http://127.0.0.1:{gw.web.port}/api/decide"
+    body = {"door": "front", "credential": "nfc_uid:04A1B2C3D4E5F6"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json=body, headers=headers) as response:
+            assert response.status == 403
+            assert "another site" in (await response.json())["error"]
+        same = {"Origin": f"http://127.0.0.1:{gw.web.port}", "Sec-Fetch-Site": "same-origin"}
+        async with session.post(url, json=body, headers=same) as response:
+            assert response.status == 200  # the gateway's own page
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b'{"username": ' + b"9" * 5000 + b"}", "application/json"),
+        (b"[" * 15000, "application/json"),
+        (b'{"username": "a"}', "application/json; charset=bogus"),
+        (b'{"username": "\\ud800", "password": "x"}', "application/json"),
+    ],
+)
+async def test_malformed_bodies_get_a_400_not_a_500(
+    start_gateway: GatewayFactory, body: bytes, content_type: str
+) -> None:
+    gw = await start_gateway()
+    assert gw.admin.setup_code is not None
+    await gw.admin.create(gw.admin.setup_code, "installer", PASSWORD, "127.0.0.1")
+    url = f"http://127.0.0.1:{gw.web.port}/api/admin/login"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=body, headers={"Content-Type": content_type}) as response,
+    ):
+        assert 400 <= response.status < 500
+        assert "error" in await response.json()

@@ -625,3 +625,9 @@ def test_bad_nfc_keying_is_named(key: str, value: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({"nfc": {key: value}})
     assert info.value.key_path == f"nfc.{key}"
+
+
+def test_an_integer_too_large_for_a_float_is_a_config_error_not_a_crash() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"doors": {"front": {"held_open_s": 10**400}}})
+    assert "doors.front.held_open_s" in str(caught.value)

@@ -92,6 +92,7 @@ class FakeClaimCloud:
         self.codes: dict[str, str] = {VALID_SENT: "valid", EXPIRED: "expired", USED: "used"}
         self.requests: list[dict[str, Any]] = []
         self.tamper: Tamper | None = None
+        self.split_answer = False
         self.delay_s = 0.0
         self.claimed = 0
         self.port = pick_free_port()
@@ -134,7 +135,7 @@ class FakeClaimCloud:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    async def _claim(self, request: web.Request) -> web.Response:
+    async def _claim(self, request: web.Request) -> web.StreamResponse:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         body = await request.json()
@@ -164,7 +165,17 @@ class FakeClaimCloud:
         }
         if self.tamper is not None:
             answer = self.tamper(answer)
-        return web.json_response(answer, status=201)
+        if not self.split_answer:
+            return web.json_response(answer, status=201)
+        data = json.dumps(answer).encode()  # in two writes, the second a moment later
+        response = web.StreamResponse(status=201, headers={"Content-Type": "application/json"})
+        response.content_length = len(data)
+        await response.prepare(request)
+        await response.write(data[:100])
+        await asyncio.sleep(0.05)
+        await response.write(data[100:])
+        await response.write_eof()
+        return response
 
 
 @pytest.fixture
@@ -313,6 +324,8 @@ def fixed(tamper: Tamper) -> Callable[[FakeClaimCloud], Tamper]:
         (other_key_cert, "certificate_pem"),
         (fixed(lambda a: a | {"gateway_id": "gw 1/.."}), "gateway_id"),
         (fixed(lambda a: a | {"api_url": "http://api.cloud.test"}), "api_url"),
+        # Loopback http would pass the claim but not [cloud] api_url: the daemon could not start.
+        (fixed(lambda a: a | {"api_url": "http://127.0.0.1:8443"}), "api_url"),
         (fixed(lambda a: a | {"mqtt_port": 0}), "mqtt_port"),
         (fixed(lambda a: a | {"mqtt_port": "8883"}), "mqtt_port"),
         (fixed(without("signing_key_pem")), "signing_key_pem"),
@@ -637,3 +650,12 @@ async def test_the_daemon_config_takes_the_claimed_identity(
     assert claimed.web == config.web  # nothing else changes
     gateway = Gateway(claimed)  # the cloud link is built from the stored files
     assert gateway.cloud is not None
+
+
+async def test_an_answer_arriving_in_pieces_is_read_whole(
+    cloud: FakeClaimCloud, state_dir: Path
+) -> None:
+    cloud.split_answer = True
+    identity = await prov.claim(cloud.url, VALID, state_dir)
+    assert identity.gateway_id == "gw-1"
+    assert prov.load_identity(state_dir) == identity
