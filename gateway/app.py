@@ -27,6 +27,7 @@ from gateway.enrolment import Enrolment
 from gateway.entry import EntryService
 from gateway.events import EventLog, new_event
 from gateway.hardware import Hardware, build_hardware
+from gateway.local_settings import restore_previous
 from gateway.metrics import Metrics
 from gateway.model import EventType
 from gateway.officernd.service import OfficeRnDService
@@ -410,13 +411,24 @@ async def _restarted(
     previous: Config, reload: Callable[[], Config], admin: AdminAccounts
 ) -> tuple[Gateway, Config]:
     """A started gateway on ``reload()``'s configuration, else on ``previous`` again."""
+    config: Config | None = None
     try:
         config = reload()
         gateway = Gateway(config, admin=admin)
         await gateway.start()
     except Exception:
-        # A door must not stay dark because of a setting: run as before and say why.
+        # A door must not stay dark because of a setting: run as before and say why, and put
+        # the previous saved settings back so that the next boot does not fail on them either.
         _LOGGER.exception("the new settings could not start; running with the previous ones")
+        changed = config is None or (config.doors, config.hardware) != (
+            previous.doors,
+            previous.hardware,
+        )
+        rejected = None
+        if changed:
+            rejected = await asyncio.to_thread(restore_previous, previous.gateway.state_dir)
+        if rejected is not None:
+            _LOGGER.error("the door settings saved last were set aside in %s", rejected)
         gateway = Gateway(previous, admin=admin)
         await gateway.start()
         return gateway, previous

@@ -33,6 +33,8 @@ from gateway.config import (
 from gateway.files import write_atomically
 
 SETTINGS_FILE = "settings.json"
+PREVIOUS_FILE = "settings.previous.json"
+REJECTED_FILE = "settings.rejected.json"
 SETTINGS_VERSION = 1
 #: The keys of ``[doors.<id>]`` the web app may save.
 DOOR_KEYS = tuple(f.name for f in dataclasses.fields(DoorEntry))
@@ -166,7 +168,27 @@ def _write(state_dir: Path, settings: LocalSettings) -> None:
     data: dict[str, Any] = {"version": SETTINGS_VERSION, "doors": settings.doors}
     if settings.boards is not None:
         data["hardware"] = {"boards": settings.boards}
-    write_atomically(settings_path(state_dir), json.dumps(data, indent=2, sort_keys=True) + "\n")
+    path = settings_path(state_dir)
+    # The settings in effect until now, for restore_previous if the new ones cannot start.
+    previous = path.read_text(encoding="utf-8") if path.exists() else ""
+    write_atomically(path.with_name(PREVIOUS_FILE), previous)
+    write_atomically(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def restore_previous(state_dir: Path) -> Path | None:
+    """Put back the settings saved before the last save (that one could not start the doors);
+    the refused file is kept as ``settings.rejected.json``. None if there was nothing to undo."""
+    path = settings_path(state_dir)
+    previous = path.with_name(PREVIOUS_FILE)
+    if not previous.exists() or not path.exists():
+        return None
+    rejected = path.with_name(REJECTED_FILE)
+    path.replace(rejected)
+    text = previous.read_text(encoding="utf-8")
+    if text:
+        write_atomically(path, text)
+    previous.unlink()
+    return rejected
 
 
 def _boards_with(

@@ -13,6 +13,7 @@ from gateway.config import Config, ConfigError, parse_config
 from gateway.local_settings import (
     SettingsError,
     load_settings,
+    restore_previous,
     save_boards,
     save_door,
     settings_path,
@@ -162,3 +163,21 @@ def test_saved_boards_replace_the_files_and_are_validated(tmp_path: Path) -> Non
     assert [(b.address, b.doors) for b in applied.hardware.boards] == [(5, ("lobby", "front"))]
     # The file's door mapping still applies; front is on a board, so it remains valid.
     assert applied.doors["front"].held_open_s == 60.0
+
+
+def test_a_save_keeps_the_settings_before_it_and_restore_previous_puts_them_back(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path)
+    state_dir = config.gateway.state_dir
+    assert restore_previous(state_dir) is None  # nothing saved: nothing to undo
+    save_door(state_dir, config, "front", {"held_open_s": 90})
+    first = settings_path(state_dir).read_text()
+    save_door(state_dir, config, "front", {"held_open_s": 120})
+    second = settings_path(state_dir).read_text()
+    assert (state_dir / "settings.previous.json").read_text() == first
+    rejected = restore_previous(state_dir)
+    assert rejected == state_dir / "settings.rejected.json"
+    assert rejected.read_text() == second
+    assert settings_path(state_dir).read_text() == first
+    assert with_local_settings(config).doors["front"].held_open_s == 90

@@ -51,3 +51,36 @@ async def test_a_requested_restart_runs_the_reloaded_config_or_else_the_previous
         async with asyncio.timeout(20):
             await task
     assert not three._started
+
+
+async def test_door_settings_that_cannot_start_are_set_aside_for_the_previous_ones(
+    gateway_config: ConfigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = gateway_config()
+    state_dir = first.gateway.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True)
+    good = '{"version": 1, "doors": {"front": {"held_open_s": 60.0}}}\n'
+    bad = '{"version": 1, "doors": {"front": {"gpio_line": "NO-SUCH-LINE"}}}\n'
+    (state_dir / "settings.previous.json").write_text(good)
+    (state_dir / "settings.json").write_text(bad)
+    # Settings that validate but cannot drive the doors: a GPIO chip this machine lacks.
+    hardware = dataclasses.replace(first.hardware, backend="gpio", gpio_chip="/dev/no-such-chip")
+    broken = dataclasses.replace(
+        first, hardware=hardware, doors={"front": DoorEntry(gpio_line="NO-SUCH-LINE")}
+    )
+    started: asyncio.Queue[Gateway] = asyncio.Queue()
+    task = asyncio.create_task(run(first, started=started.put_nowait, reload=lambda: broken))
+    try:
+        async with asyncio.timeout(20):
+            one = await started.get()
+            one.request_restart("door front mapping saved")
+            two = await started.get()
+        assert two.config is first  # the doors kept running on what they had
+        assert (state_dir / "settings.json").read_text() == good  # and the next boot will too
+        assert (state_dir / "settings.rejected.json").read_text() == bad
+        assert not (state_dir / "settings.previous.json").exists()
+        assert "set aside" in caplog.text
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)
+        async with asyncio.timeout(20):
+            await task
