@@ -35,13 +35,13 @@ from gateway.outbox import Outbox
 from gateway.readers import ReaderSet
 from gateway.sd_notify import Notifier
 from gateway.simulator import DEFAULT_PROXIMITY, Simulator
-from gateway.tls import ensure_certificate, server_context
 from gateway.verifiers import SUN_COUNTERS_FILE, build_verifiers, load_secrets
 from gateway.web import WebServer, make_app, make_public_app
 
 if TYPE_CHECKING:
     from gateway.cloud import CloudService
     from gateway.nfc_cards import CardReading, Transceive
+    from gateway.tls import CertificateFiles
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -145,9 +145,14 @@ class Gateway:
         loopback = ipaddress.ip_address(config.web.host).is_loopback
         # Off this machine the web app is HTTPS, with a certificate made here (HTTP stays
         # only on loopback, where nothing crosses a network).
-        self.web_tls = (
-            None if loopback else ensure_certificate(state_dir / "web", [config.web.host])
-        )
+        self.web_tls: CertificateFiles | None = None
+        ssl_context = None
+        if not loopback:
+            # Imported here: cryptography's X.509 costs memory a loopback gateway need not pay.
+            from gateway.tls import ensure_certificate, server_context  # noqa: PLC0415
+
+            self.web_tls = ensure_certificate(state_dir / "web", [config.web.host])
+            ssl_context = server_context(self.web_tls)
         self.web = WebServer(
             make_app(
                 self,
@@ -156,7 +161,7 @@ class Gateway:
             ),
             config.web.host,
             config.web.port,
-            ssl_context=server_context(self.web_tls) if self.web_tls is not None else None,
+            ssl_context=ssl_context,
         )
         self.public_web = (
             WebServer(make_public_app(self), config.web.public_host, config.web.public_port)

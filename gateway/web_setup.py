@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from gateway import provisioning
 from gateway.web_admin import static_page
 
 if TYPE_CHECKING:
@@ -22,16 +21,22 @@ if TYPE_CHECKING:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 GATEWAY: web.AppKey[Gateway] = web.AppKey("setup-gateway")
-#: A claim's HTTP statuses by what the cloud said: the installer's mistake or the cloud's.
-_CLAIM_STATUS: dict[type[provisioning.ClaimError], int] = {
-    provisioning.InvalidClaimInput: 400,
-    provisioning.AlreadyClaimed: 409,
-    provisioning.UnknownClaimCode: 422,
-    provisioning.ClaimCodeExpired: 422,
-    provisioning.ClaimCodeUsed: 422,
-    provisioning.CloudUnreachable: 502,
-    provisioning.BadClaimAnswer: 502,
-}
+
+
+def _claim_status(err: Exception) -> int:
+    """A claim's HTTP status by what went wrong: the installer's mistake or the cloud's."""
+    from gateway import provisioning  # noqa: PLC0415 - cryptography only when claiming
+
+    statuses: dict[type[Exception], int] = {
+        provisioning.InvalidClaimInput: 400,
+        provisioning.AlreadyClaimed: 409,
+        provisioning.UnknownClaimCode: 422,
+        provisioning.ClaimCodeExpired: 422,
+        provisioning.ClaimCodeUsed: 422,
+        provisioning.CloudUnreachable: 502,
+        provisioning.BadClaimAnswer: 502,
+    }
+    return statuses.get(type(err), 400)
 
 
 def _error(status: int, message: str, field: str | None = None) -> web.HTTPException:
@@ -53,6 +58,8 @@ def _status_class(status: int) -> type[web.HTTPException]:
 
 async def setup_state(request: web.Request) -> web.Response:
     """What the wizard shows: claimed or not, the clock, the site's timezone, the doors."""
+    from gateway import provisioning  # noqa: PLC0415 - cryptography only on this page
+
     gw = request.app[GATEWAY]
     state = provisioning.provisioning_state(gw.config.gateway.state_dir)
     site = gw.cache.view.site
@@ -71,6 +78,7 @@ async def setup_state(request: web.Request) -> web.Response:
 
 async def claim(request: web.Request) -> web.Response:
     """``{cloud_url, claim_code, replace?}``: claim this gateway, then restart onto the cloud."""
+    from gateway import provisioning  # noqa: PLC0415 - cryptography only when claiming
     from gateway.web import _body  # noqa: PLC0415 - gateway.web imports this module
 
     gw = request.app[GATEWAY]
@@ -91,7 +99,7 @@ async def claim(request: web.Request) -> web.Response:
             provisioning.claim_sync, url, code, gw.config.gateway.state_dir, replace=replace
         )
     except provisioning.ClaimError as err:
-        status = _CLAIM_STATUS.get(type(err), 400)
+        status = _claim_status(err)
         field = "cloud_url" if isinstance(err, provisioning.CloudUnreachable) else "claim_code"
         raise _error(status, str(err), field) from None
     except provisioning.IdentityError as err:
