@@ -234,6 +234,8 @@ class DoorEntry:
     has_contact: bool = True
     relock_on_close: bool = True
     held_open_s: float = field(default=120.0, metadata={"min": 30.0, "max": 600.0})
+    # The installer's unlock time for this door (its closer, its users); 0: the site data's.
+    unlock_s: float = field(default=0.0, metadata={"min": 0.0, "max": 3600.0})
     rex_unlocks: bool = True
     rex_grace_s: float = field(default=10.0, metadata={"min": 0.0, "max": 120.0})
     gpio_line: str = ""  # gpio backend: the relay's line name on the chip

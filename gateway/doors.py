@@ -82,10 +82,12 @@ def desired_mode(
 
 
 def door_settings(entry: DoorEntry, door: Door) -> DoorSettings:
-    """The state machine's settings: the installer's wiring, the site's unlock time."""
+    """The state machine's settings: the installer's wiring; the installer's unlock time if set,
+    else the site's."""
     low, high = UNLOCK_S_RANGE
+    unlock_s = entry.unlock_s or door.unlock_seconds
     return DoorSettings(
-        unlock_s=min(max(door.unlock_seconds, low), high),
+        unlock_s=min(max(unlock_s, low), high),
         relock_on_close=entry.relock_on_close,
         held_open_s=entry.held_open_s,
         rex_unlocks=entry.rex_unlocks,

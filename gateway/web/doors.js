@@ -9,6 +9,7 @@
     has_contact: "The door has a contact",
     relock_on_close: "Relock as soon as the door closes",
     held_open_s: "Held-open alarm after (seconds)",
+    unlock_s: "Unlock time (seconds; 0: the site data's)",
     rex_unlocks: "The exit button (REX) unlocks",
     rex_grace_s: "No forced-open alarm for this long after REX (seconds)",
     gpio_line: "GPIO line of the relay (gpio backend)",

@@ -246,7 +246,7 @@ def test_door_tables_for_wired_doors_are_accepted(tmp_path: Path) -> None:
         (
             "[doors]\nfront = 5",
             "doors.front: 5 is not allowed; expected a table [doors.front] with keys wiring, "
-            "fallback, contact, has_contact, relock_on_close, held_open_s, rex_unlocks, "
+            "fallback, contact, has_contact, relock_on_close, held_open_s, unlock_s, rex_unlocks, "
             "rex_grace_s, gpio_line, gpio_active_low, nfc_reader, ble_proximity",
         ),
         (
@@ -256,7 +256,7 @@ def test_door_tables_for_wired_doors_are_accepted(tmp_path: Path) -> None:
         (
             "[doors.front]\nheld_open = 60",
             "doors.front.held_open: unknown key; allowed keys: wiring, fallback, contact, "
-            "has_contact, relock_on_close, held_open_s, rex_unlocks, rex_grace_s, gpio_line, "
+            "has_contact, relock_on_close, held_open_s, unlock_s, rex_unlocks, rex_grace_s, gpio_line, "
             "gpio_active_low, nfc_reader, ble_proximity (did you mean 'held_open_s'?)",
         ),
     ],

@@ -695,3 +695,19 @@ async def test_a_forced_door_reader_rests_on_the_alarm_through_mode_changes_and_
     assert gw.doors.resting_signal("garage") is Feedback.IDLE  # not a door of the site
     gw.doors.show_resting_signal("garage")
     assert "garage" not in readers.shown
+
+
+@pytest.mark.parametrize(
+    ("installer_s", "site_s", "used_s"),
+    [(0.0, 5.0, 5.0), (12.0, 5.0, 12.0), (0.2, 5.0, 0.5), (0.0, 9000.0, 3600.0)],
+)
+def test_the_installers_unlock_time_wins_over_the_sites_within_the_range(
+    installer_s: float, site_s: float, used_s: float
+) -> None:
+    from gateway.config import DoorEntry
+    from gateway.model import Door
+
+    settings = doors.door_settings(
+        DoorEntry(unlock_s=installer_s), Door("front", "Front", unlock_seconds=site_s)
+    )
+    assert settings.unlock_s == used_s
