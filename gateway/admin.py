@@ -4,7 +4,7 @@ There is no default password. While no admin exists the daemon makes a one-time 
 each start, kept only in memory and printed to its log (the journal): whoever can read the
 console of the machine may create the admin. The password is hashed with scrypt (memory-hard,
 32 MiB per hash) off the event loop. Sessions are random tokens kept as their SHA-256
-(``gateway.officernd.login.Sessions``, a separate store from the members': a member login never
+(``gateway.sessions.Sessions``, a separate store from the members': a member login never
 reaches an admin route). A cookie-authenticated request that changes anything must carry the
 session's CSRF token, an HMAC of the session token under a key made at each start.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.files import write_atomically
-from gateway.officernd.login import LoginLimiter, Session, Sessions, TooManyAttempts
+from gateway.sessions import LoginLimiter, Session, Sessions, TooManyAttempts
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -25,7 +25,8 @@ from aiohttp import web
 from gateway.codec import credential_to_json
 from gateway.enrolment import EnrolmentError
 from gateway.model import AccessRule, Credential, CredentialKind, User
-from gateway.officernd.login import LoginRefused, MemberLogin, Session
+from gateway.officernd.login import LoginRefused, MemberLogin
+from gateway.sessions import Session
 from gateway.view import CacheView
 from gateway.web import BadRequest, _body
 

@@ -18,7 +18,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from gateway.admin import AdminAccounts, AdminError
-from gateway.officernd.login import Session
+from gateway.sessions import Session
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 COOKIE = "luckey_admin"

@@ -35,9 +35,10 @@ from gateway.officernd.activation import (
     scopes_for,
 )
 from gateway.officernd.client import DEFAULT_API_BASE, DEFAULT_IDENTITY_URL, OfficeRnDError
-from gateway.officernd.login import LoginLimiter, MemberLogin, Sessions
+from gateway.officernd.login import MemberLogin
 from gateway.officernd.service import OfficeRnDService
 from gateway.officernd.sync import RefusedByCache
+from gateway.sessions import LoginLimiter, Sessions
 
 if TYPE_CHECKING:
     from gateway.app import Gateway

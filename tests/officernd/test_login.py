@@ -25,13 +25,11 @@ from gateway.officernd.login import (
     NOT_SYNCED,
     REFUSED_MESSAGE,
     UNREACHABLE,
-    LoginLimiter,
     LoginRefused,
     MemberLogin,
-    Sessions,
-    TooManyAttempts,
     member_id_of,
 )
+from gateway.sessions import LoginLimiter, Sessions, TooManyAttempts
 from tests.officernd.fake import FakeOfficeRnD
 
 ORG = "acme"

@@ -32,10 +32,9 @@ from gateway.officernd.login import (
     NOT_SYNCED,
     REFUSED_MESSAGE,
     UNREACHABLE,
-    LoginLimiter,
     MemberLogin,
-    Sessions,
 )
+from gateway.sessions import LoginLimiter, Sessions
 from gateway.web import MAX_BODY_BYTES
 from tests.gateway.sitebuilder import SiteBuilder, phone_key, site, window
 from tests.officernd.fake import FakeOfficeRnD
