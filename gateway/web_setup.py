@@ -61,7 +61,8 @@ async def setup_state(request: web.Request) -> web.Response:
     from gateway import provisioning  # noqa: PLC0415 - cryptography only on this page
 
     gw = request.app[GATEWAY]
-    state = provisioning.provisioning_state(gw.config.gateway.state_dir)
+    # Reads the identity and device key files: off the doors' event loop.
+    state = await asyncio.to_thread(provisioning.provisioning_state, gw.config.gateway.state_dir)
     site = gw.cache.view.site
     return web.json_response(
         {
