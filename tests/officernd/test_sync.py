@@ -724,8 +724,10 @@ async def test_when_the_cache_refuses_what_takes_access_away_still_goes_through(
     await rig.deliver(rig.event("member.updated", ada), rig.event("plan.updated", None))
     assert rig.user(ada).status is UserStatus.FORMER  # applied alone, at once
     assert rig.decide(ada) is Reason.UNKNOWN_CREDENTIAL  # former: the card went with it
+    # The retry applies the rest, then records its success: wait for both (they are two steps).
     for _ in range(400):
-        if rig.cache.view.tags["ornd-plan-" + hot].name == "Renamed":
+        renamed = rig.cache.view.tags["ornd-plan-" + hot].name == "Renamed"
+        if renamed and rig.sync.status()["state"] == "ok":
             break
         await asyncio.sleep(0.02)
     assert rig.cache.view.tags["ornd-plan-" + hot].name == "Renamed"  # the rest, on retry
