@@ -240,7 +240,13 @@ def site_from_json(value: Any, path: str = "site") -> Site:
         value,
         path,
         ("id", "name", "timezone"),
-        ("key_blacklist", "lockdown_override_tag", "max_offline_days", "offline_limited_kinds"),
+        (
+            "key_blacklist",
+            "lockdown_override_tag",
+            "max_offline_days",
+            "offline_limited_kinds",
+            "require_admin_2fa",
+        ),
     )
     tz_name = obj["timezone"]
     try:
@@ -266,6 +272,9 @@ def site_from_json(value: Any, path: str = "site") -> Site:
         ),
         offline_limited_kinds=_kinds(
             obj.get("offline_limited_kinds", []), _join(path, "offline_limited_kinds")
+        ),
+        require_admin_2fa=_bool(
+            obj.get("require_admin_2fa", False), _join(path, "require_admin_2fa")
         ),
     )
 
@@ -317,6 +326,7 @@ def site_to_json(site: Site) -> dict[str, Any]:
         "lockdown_override_tag": site.lockdown_override_tag,
         "max_offline_days": site.max_offline_days,
         "offline_limited_kinds": sorted(k.value for k in site.offline_limited_kinds),
+        "require_admin_2fa": site.require_admin_2fa,
     }
 
 

@@ -106,6 +106,8 @@ class Site:
     # working (e.g. phone keys, which the cloud can revoke at once when it is reachable).
     max_offline_days: int | None = None
     offline_limited_kinds: frozenset[CredentialKind] = frozenset()
+    # Local administrators must sign in with a second factor (TOTP) as well as their password.
+    require_admin_2fa: bool = False
 
     @property
     def tz(self) -> ZoneInfo:

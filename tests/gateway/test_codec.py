@@ -166,6 +166,7 @@ def test_site_serialises_its_blacklist_sorted_and_canonical() -> None:
         "lockdown_override_tag": None,
         "max_offline_days": None,
         "offline_limited_kinds": [],
+        "require_admin_2fa": False,
     }
     parsed = codec.site_from_json(site_json)
     assert codec.site_to_json(parsed) == {
