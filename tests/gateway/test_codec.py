@@ -338,7 +338,7 @@ BAD_SNAPSHOTS: list[tuple[str, Mutation, str, Message]] = [
         setter("site", "colour", value="red"),
         "site.colour",
         "unknown field; allowed: id, key_blacklist, lockdown_override_tag, max_offline_days, "
-        "name, offline_limited_kinds, timezone",
+        "name, offline_limited_kinds, require_admin_2fa, timezone",
     ),
     (
         "unlock-after-first-grant-not-bool",
@@ -1088,10 +1088,12 @@ def test_an_offline_policy_round_trips() -> None:
         "lockdown_override_tag": None,
         "max_offline_days": 7,
         "offline_limited_kinds": ["nfc_uid", "ble_phone_key"],
+        "require_admin_2fa": True,
     }
     parsed = codec.site_from_json(site_json)
     assert parsed.max_offline_days == 7
     assert parsed.offline_limited_kinds == {CredentialKind.BLE_PHONE_KEY, CredentialKind.NFC_UID}
+    assert parsed.require_admin_2fa is True
     assert codec.site_to_json(parsed) == {
         **site_json,
         "offline_limited_kinds": ["ble_phone_key", "nfc_uid"],
