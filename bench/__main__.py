@@ -14,6 +14,7 @@ BENCHMARKS = {
     "snapshot": "bench.snapshot",
     "credentials": "bench.credentials",
     "officernd": "bench.officernd",
+    "export": "bench.export",
 }
 
 

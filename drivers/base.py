@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -24,8 +24,8 @@ class CredentialRead:
 
     reader_id: str
     kind: str
-    value: str
-    proof: bytes = b""
+    value: str = field(repr=False)  # a PIN's digits, a card's UID: never in a log line by accident
+    proof: bytes = field(default=b"", repr=False)
 
 
 class Feedback(enum.StrEnum):

@@ -2,8 +2,10 @@
 
 ``BoardBank`` owns one ``BoardLink`` and, per configured board address, the handshake and the
 supervision of SPEC.md ("Bus access", "Session", "Supervision"). It implements ``RelayBank``
-(channel → board relay) and ``ReaderBank`` (reader id → board reader), turns INPUT_CHANGED into
-``InputEvent`` and BOARD_FAULT / online / offline into ``BoardEvent``.
+(channel → board relay) and ``ReaderBank`` (reader id → board reader: KEY_PRESENTED and
+PIN_ENTERED become ``CredentialRead``), turns INPUT_CHANGED into ``InputEvent`` and BOARD_FAULT /
+online / offline into ``BoardEvent``. A PIN's digits are handed to the read handler and never
+logged (SPEC.md, "PIN_ENTERED").
 
 How it runs:
 
@@ -68,6 +70,7 @@ from firmware_protocol import (
     LedPattern,
     Message,
     NakCode,
+    PinEntered,
     ReaderFeedback,
     RelayPulse,
     RelaySet,
@@ -662,7 +665,7 @@ class BoardBank:
     # -- ReaderBank ------------------------------------------------------------------------
 
     def set_handler(self, handler: Callable[[CredentialRead], None]) -> None:
-        """Deliver every KEY_PRESENTED as a ``mech_key`` CredentialRead to ``handler``."""
+        """Deliver every KEY_PRESENTED (``mech_key``) and PIN_ENTERED (``pin``) to ``handler``."""
         self._read_handler = handler
 
     def feedback(self, reader_id: str, feedback: Feedback) -> None:
@@ -1084,6 +1087,8 @@ class BoardBank:
                 self._input_changed(board, message)
             case KeyPresented():
                 self._key_presented(board, message)
+            case PinEntered():
+                self._pin_entered(board, message)
             case BoardFault(code=code, detail=detail):
                 name = code.name if isinstance(code, FaultCode) else code
                 _LOGGER.warning("Board %d fault %s: %s", board.address, name, detail)
@@ -1136,6 +1141,23 @@ class BoardBank:
             reader, "mech_key", message.key_id.hex().upper(), message.challenge + message.response
         )
         self._call(self._read_handler, read)
+
+    def _pin_entered(self, board: _Board, message: PinEntered) -> None:
+        # The digits are a secret: log lines name the reader and the digit count, never the PIN.
+        count = len(message.digits)
+        reader = self._reader_by_port.get(BoardPort(board.address, message.reader_index))
+        if reader is None:
+            _LOGGER.debug(
+                "Board %d reader %d is not configured: dropped a PIN of %d digits",
+                board.address,
+                message.reader_index,
+                count,
+            )
+            return
+        if self._read_handler is None:
+            _LOGGER.debug("No read handler: dropped a PIN of %d digits at %s", count, reader)
+            return
+        self._call(self._read_handler, CredentialRead(reader, "pin", message.digits, b""))
 
     # -- board status ------------------------------------------------------------------------
 

@@ -1,10 +1,11 @@
 """A simulated door I/O board: the firmware side of SPEC.md, built from the protocol's own classes.
 
-``VirtualBoard`` has one relay, one key reader and three inputs (door contact, REX, tamper) per
-door, numbered door by door: relay *d* and reader *d* belong to door *d*, inputs ``3d``, ``3d+1``
-and ``3d+2`` are its contact, REX and tamper. It speaks through a ``Session(from_board=True)``
-and a ``FrameDecoder`` over any ``ByteStream``: a pty master fd (``FdStream``), an asyncio
-transport (``TransportStream``, e.g. a TCP connection), or an in-memory pipe (``memory_pipe``).
+``VirtualBoard`` has one relay, one key reader (with a PIN keypad if ``BoardConfig.keypad``) and
+three inputs (door contact, REX, tamper) per door, numbered door by door: relay *d* and reader
+*d* belong to door *d*, inputs ``3d``, ``3d+1`` and ``3d+2`` are its contact, REX and tamper.
+It speaks through a ``Session(from_board=True)`` and a ``FrameDecoder`` over any ``ByteStream``:
+a pty master fd (``FdStream``), an asyncio transport (``TransportStream``, e.g. a TCP
+connection), or an in-memory pipe (``memory_pipe``).
 
 What it does (SPEC.md, "Supervision", "Messages"): the four board states; HELLO → BOARD_INFO;
 CONFIGURE (supervision timeout, safe states); RELAY_SET, RELAY_PULSE (ends on its own; a
@@ -13,9 +14,9 @@ reader, the LED goes off after its duration); STATE_REQUEST → STATE_REPORT on 
 clock; broadcast HEARTBEAT/RELAY_SET/RELAY_PULSE/READER_FEEDBACK, an identical broadcast carried
 out once; the supervision timer and fallback; an event queue of ``EVENT_QUEUE_FRAMES`` that
 discards events when full and queues one EVENT_QUEUE_OVERFLOW as soon as there is room again;
-a KEY_PRESENTED still unanswered ``KEY_EVENT_MAX_AGE_S`` after the presentation is withdrawn
-from the queue (``Session.withdraw``), even if it was sent already, and never sent again
-(SPEC.md, "Board events").
+a KEY_PRESENTED or PIN_ENTERED still unanswered ``KEY_EVENT_MAX_AGE_S`` after the presentation
+is withdrawn from the queue (``Session.withdraw``), even if it was sent already, and never sent
+again (SPEC.md, "Board events").
 
 Bus access as SPEC.md says it, on a shared bus as on a point-to-point link (``_SlotGate``): the
 board answers a frame addressed to it at once, with ``MORE`` when it may send frames of its own
@@ -31,6 +32,8 @@ Simplified:
 * Events wait in the Session's FIFO queue, so a BOARD_INFO queues behind events already waiting
   (instead of right behind the frame in flight) and does not replace an earlier one.
 * No debounce, no wiring inversion; beep patterns are remembered, not timed.
+* A PIN is typed whole (``enter_pin``: its digits, then ``#``), so there is no entry to clear
+  with ``*`` or to time out (``PIN_ENTRY_TIMEOUT_MS``).
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ from firmware_protocol import (
     MessageError,
     MessageType,
     NakCode,
+    PinEntered,
     ReaderFeedback,
     RelayPulse,
     RelaySet,
@@ -300,6 +304,7 @@ class BoardConfig:
     serial_number: bytes = b"VBRD0001"
     firmware: tuple[int, int, int] = (1, 0, 0)
     key_reader: bool = True
+    keypad: bool = False  # a PIN keypad on every reader (BOARD_INFO capability KEYPAD)
     physics: bool = False  # doors open after their relay unlocks and close later on their own
     physics_open_delay_s: float = PHYSICS_OPEN_DELAY_S
     physics_open_time_s: float = PHYSICS_OPEN_TIME_S
@@ -449,6 +454,7 @@ class VirtualBoard:
         self.gateway_uptime_ms: int | None = None
         self.supervision_losses = 0
         self.keys_expired = 0  # KEY_PRESENTED events withdrawn unanswered
+        self.pins_expired = 0  # PIN_ENTERED events withdrawn unanswered
 
     async def __aenter__(self) -> Self:
         return self
@@ -617,6 +623,22 @@ class VirtualBoard:
             self._expire_later(sent)
         return event
 
+    async def enter_pin(self, reader: int, digits: str) -> PinEntered:
+        """Type ``digits`` and ``#`` on the keypad of ``reader``; returns the event.
+
+        Raises RuntimeError on a board without a keypad (it never sends PIN_ENTERED), IndexError
+        for a reader it lacks, and MessageError unless ``digits`` are 1..12 of "0".."9".
+        """
+        if not self.config.keypad:
+            raise RuntimeError(f"virtual board {self.config.address} has no keypad")
+        if not 0 <= reader < len(self._readers):
+            raise IndexError(f"no reader {reader}")
+        event = PinEntered(reader, digits)
+        sent = await self._queue(event)
+        if sent is not None:
+            self._expire_later(sent, pin=True)
+        return event
+
     async def fault(self, code: FaultCode, detail: str = "") -> None:
         """Raise a BOARD_FAULT."""
         await self._queue(BoardFault(code, detail))
@@ -668,11 +690,11 @@ class VirtualBoard:
         self._overflowed = False
         await self._session.send(*encode_message(BoardFault(FaultCode.EVENT_QUEUE_OVERFLOW)))
 
-    def _expire_later(self, sent: asyncio.Future[None]) -> None:
-        """Withdraw the KEY_PRESENTED ``sent`` if it is still unanswered when it is too old."""
+    def _expire_later(self, sent: asyncio.Future[None], *, pin: bool = False) -> None:
+        """Withdraw the KEY_PRESENTED (PIN_ENTERED) ``sent`` if still unanswered when too old."""
         loop = asyncio.get_running_loop()
         max_age_s = KEY_EVENT_MAX_AGE_S
-        timer = loop.call_later(max_age_s, self._expire_key, sent, max_age_s)
+        timer = loop.call_later(max_age_s, self._expire_key, sent, max_age_s, pin)
         self._key_timers.add(timer)
         # Once its outcome is settled (answered, refused, withdrawn) the timer is done with.
         sent.add_done_callback(lambda _: self._forget_key_timer(timer))
@@ -682,14 +704,18 @@ class VirtualBoard:
         timer.cancel()
         self._key_timers.discard(timer)
 
-    def _expire_key(self, sent: asyncio.Future[None], max_age_s: float) -> None:
-        """A key presentation nobody answered in time: a door must not open for someone gone."""
+    def _expire_key(self, sent: asyncio.Future[None], max_age_s: float, pin: bool) -> None:
+        """A key (or PIN) nobody answered in time: a door must not open for someone gone."""
         if not self._session.withdraw(sent):
             return  # answered meanwhile
-        self.keys_expired += 1
+        if pin:
+            self.pins_expired += 1
+        else:
+            self.keys_expired += 1
         _LOGGER.info(
-            "Virtual board %d: key presentation unanswered after %.1f s, withdrawn",
+            "Virtual board %d: %s unanswered after %.1f s, withdrawn",
             self.config.address,
+            "PIN entry" if pin else "key presentation",
             max_age_s,
         )
         self._gate.frame_withdrawn()
@@ -925,7 +951,8 @@ class VirtualBoard:
             cfg.relay_count,
             cfg.doors,
             cfg.input_count,
-            Capability.KEY_READER if cfg.key_reader else Capability.NONE,
+            (Capability.KEY_READER if cfg.key_reader else Capability.NONE)
+            | (Capability.KEYPAD if cfg.keypad else Capability.NONE),
             cfg.serial_number,
         )
 

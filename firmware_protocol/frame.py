@@ -59,6 +59,7 @@ class MessageType(TolerantIntEnum):
     STATE_REPORT = 0x21  # board → gateway: every input and relay, with the board's clock
     INPUT_CHANGED = 0x22  # board → gateway: one input changed
     KEY_PRESENTED = 0x30  # board → gateway: a mechatronic key answered a challenge
+    PIN_ENTERED = 0x31  # board → gateway: a PIN typed on a keypad (a secret: never logged)
     BOARD_FAULT = 0x40  # board → gateway: something is wrong on the board
     ACK = 0x7E  # either way: the frame with this seq was received and carried out
     NAK = 0x7F  # either way: the frame with this seq was received and refused (payload: NakCode)
@@ -79,6 +80,10 @@ class NakCode(TolerantIntEnum):
 #: Types that are never acknowledged themselves (acknowledging an ACK would never end).
 UNACKNOWLEDGED_TYPES = frozenset({MessageType.ACK, MessageType.NAK})
 
+#: Types whose payload is a secret (SPEC.md, "PIN_ENTERED"): a frame's repr withholds it, so
+#: a frame in a log line never carries a PIN.
+SECRET_PAYLOAD_TYPES = frozenset({MessageType.PIN_ENTERED})
+
 
 @dataclass(frozen=True, slots=True)
 class Frame:
@@ -90,6 +95,16 @@ class Frame:
     payload: bytes = b""
     flags: Flags = Flags.NONE
     version: int = PROTOCOL_VERSION
+
+    def __repr__(self) -> str:
+        payload = repr(self.payload)
+        if self.msg_type in SECRET_PAYLOAD_TYPES:
+            payload = f"<{len(self.payload)} bytes withheld>"
+        return (
+            f"{type(self).__qualname__}(address={self.address!r}, seq={self.seq!r}, "
+            f"msg_type={self.msg_type!r}, payload={payload}, flags={self.flags!r}, "
+            f"version={self.version!r})"
+        )
 
     @property
     def from_board(self) -> bool:

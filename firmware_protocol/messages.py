@@ -26,6 +26,8 @@ SERIAL_NUMBER_SIZE = 8
 KEY_ID_SIZE = 8
 CHALLENGE_SIZE = 16
 RESPONSE_SIZE = 16
+#: PIN_ENTERED: the most digits in one entry, and the size of its zero-padded digit field.
+MAX_PIN_DIGITS = 12
 #: RELAY_PULSE duration bounds, in milliseconds (one hour at most).
 RELAY_PULSE_MIN_MS = 1
 RELAY_PULSE_MAX_MS = 3_600_000
@@ -44,7 +46,7 @@ class Capability(enum.IntFlag):
 
     NONE = 0x00
     KEY_READER = 0x01  # mechatronic key reader (KEY_PRESENTED)
-    KEYPAD = 0x02
+    KEYPAD = 0x02  # PIN keypad (PIN_ENTERED)
     RS485 = 0x04  # the board sits on a multi-drop RS-485 bus
 
 
@@ -413,6 +415,45 @@ class KeyPresented(_Fixed):
 
 
 @dataclass(frozen=True, slots=True)
+class PinEntered:
+    """Board → gateway: a PIN typed on a keypad and confirmed with its enter key."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PIN_ENTERED
+    _LAYOUT: ClassVar[struct.Struct] = struct.Struct(f"<BB{MAX_PIN_DIGITS}s")
+
+    reader_index: int
+    digits: str  # 1..MAX_PIN_DIGITS of "0".."9"; a secret, withheld from the repr
+
+    def __post_init__(self) -> None:
+        _check(self.TYPE, "reader_index", self.reader_index, 0, _U8)
+        if not isinstance(self.digits, str):
+            raise MessageError(self.TYPE, "digits is not a str")
+        _check(self.TYPE, "length", len(self.digits), 1, MAX_PIN_DIGITS)
+        # The error never quotes the digits: it may end up in a log line (SPEC.md, "PIN_ENTERED").
+        if not (self.digits.isascii() and self.digits.isdigit()):
+            raise MessageError(self.TYPE, "digits are not all ASCII '0'..'9'")
+
+    def __repr__(self) -> str:
+        return f"PinEntered(reader_index={self.reader_index}, digits=<{len(self.digits)} withheld>)"
+
+    def to_payload(self) -> bytes:
+        """The payload bytes: the digits in ASCII, zero-padded to MAX_PIN_DIGITS."""
+        return self._LAYOUT.pack(self.reader_index, len(self.digits), self.digits.encode("ascii"))
+
+    @classmethod
+    def from_payload(cls, data: bytes) -> Self:
+        """The message in ``data``; MessageError if it is not one."""
+        reader_index, length, field = _unpack(cls.TYPE, cls._LAYOUT, data)
+        _check(cls.TYPE, "length", length, 1, MAX_PIN_DIGITS)
+        digits, padding = field[:length], field[length:]
+        if any(padding):
+            raise MessageError(cls.TYPE, "the padding after the digits is not all 0x00")
+        if not (digits.isascii() and digits.isdigit()):
+            raise MessageError(cls.TYPE, "digits are not all ASCII '0'..'9'")
+        return cls(reader_index, digits.decode("ascii"))
+
+
+@dataclass(frozen=True, slots=True)
 class BoardFault:
     """Board → gateway: something is wrong on the board."""
 
@@ -488,6 +529,7 @@ Message: TypeAlias = (
     | StateReport
     | InputChanged
     | KeyPresented
+    | PinEntered
     | BoardFault
     | Ack
     | Nak
@@ -508,6 +550,7 @@ MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
         StateReport,
         InputChanged,
         KeyPresented,
+        PinEntered,
         BoardFault,
         Ack,
         Nak,

@@ -37,6 +37,7 @@ from firmware_protocol.messages import (
     LedPattern,
     Message,
     Nak,
+    PinEntered,
     ReaderFeedback,
     RelayPulse,
     RelaySet,
@@ -290,6 +291,22 @@ def _frames() -> list[tuple[str, str, Frame, Message]]:
             KeyPresented(0, key_id, challenge, response),
         ),
         (
+            "pin_entered",
+            "PIN 2580 typed on reader 0's keypad and confirmed with #",
+            BOARD,
+            0x0009,
+            FROM_BOARD,
+            PinEntered(0, "2580"),
+        ),
+        (
+            "pin_entered_twelve_digits",
+            "the longest PIN (12 digits, leading zero kept) on reader 1: no padding",
+            BOARD,
+            0x000A,
+            FROM_BOARD,
+            PinEntered(1, "012345678909"),
+        ),
+        (
             "board_fault",
             "relay driver fault with an ASCII detail",
             BOARD,
@@ -443,6 +460,39 @@ def _malformed() -> list[tuple[str, str, bytes]]:
             stuffed(raw_packet(flags=1, seq=20, msg_type=0x40, payload=b"\x01\xff\xfe")),
         ),
         (
+            "pin_entered_length_zero",
+            "PIN_ENTERED with length 0 (an empty entry is never sent)",
+            stuffed(raw_packet(flags=1, seq=22, msg_type=0x31, payload=bytes(14))),
+        ),
+        (
+            "pin_entered_length_too_long",
+            "PIN_ENTERED with length 13: more digits than the field holds",
+            stuffed(raw_packet(flags=1, seq=23, msg_type=0x31, payload=b"\x00\x0d" + b"1" * 12)),
+        ),
+        (
+            "pin_entered_not_a_digit",
+            "PIN_ENTERED '12#4': '#' is the enter key, never a digit",
+            stuffed(
+                raw_packet(flags=1, seq=24, msg_type=0x31, payload=b"\x00\x04" + b"12#4" + bytes(8))
+            ),
+        ),
+        (
+            "pin_entered_bad_padding",
+            "PIN_ENTERED '1234' with a non-zero byte after the digits",
+            stuffed(
+                raw_packet(
+                    flags=1, seq=25, msg_type=0x31, payload=b"\x00\x04" + b"12345" + bytes(7)
+                )
+            ),
+        ),
+        (
+            "pin_entered_wrong_length",
+            "PIN_ENTERED with a 13-byte payload (the digit field cut short)",
+            stuffed(
+                raw_packet(flags=1, seq=26, msg_type=0x31, payload=b"\x00\x04" + b"1234" + bytes(7))
+            ),
+        ),
+        (
             "ack_with_payload",
             "an ACK carrying a byte",
             stuffed(raw_packet(flags=1, seq=21, msg_type=0x7E, payload=b"\x00")),
@@ -528,6 +578,7 @@ def build_vectors() -> JSON:
             "MAX_RELAYS": messages.MAX_RELAYS,
             "MAX_INPUTS": messages.MAX_INPUTS,
             "MAX_FAULT_DETAIL": messages.MAX_FAULT_DETAIL,
+            "MAX_PIN_DIGITS": messages.MAX_PIN_DIGITS,
             "RELAY_PULSE_MAX_MS": messages.RELAY_PULSE_MAX_MS,
             "SUPERVISION_TIMEOUT_MIN_MS": messages.SUPERVISION_TIMEOUT_MIN_MS,
         },

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from gateway.credentials import Refused, Verified
 from gateway.model import (
+    RULE_TYPE_KINDS,
     AccessRule,
     AssuranceLevel,
     Credential,
@@ -22,19 +23,25 @@ from gateway.model import (
     DoorMode,
     Reason,
     Site,
+    TimeSlot,
     User,
     UserStatus,
+    Weekday,
 )
-from gateway.view import CacheView
+from gateway.view import CacheView, user_key
 
 # How close a failing rule came to granting; the highest rank is the reason reported.
 _RULE_RANK = {
-    Reason.RULE_EXPIRED: 0,
-    Reason.RULE_NOT_YET_VALID: 1,
-    Reason.OUTSIDE_SCHEDULE: 2,
-    Reason.HOLIDAY: 3,
-    Reason.CLOSED_BY_EXCEPTION: 4,
+    Reason.CREDENTIAL_TYPE_NOT_ALLOWED: 0,
+    Reason.RULE_EXPIRED: 1,
+    Reason.RULE_NOT_YET_VALID: 2,
+    Reason.DAY_NOT_ALLOWED: 3,
+    Reason.OUTSIDE_TIME_SLOT: 4,
+    Reason.OUTSIDE_SCHEDULE: 5,
+    Reason.HOLIDAY: 6,
+    Reason.CLOSED_BY_EXCEPTION: 7,
 }
+_DAY_SECONDS = 24 * 3600
 
 
 def decide(
@@ -83,7 +90,7 @@ def decide(
     user = _holder(credential, assurance, door, now, view, offline_for)
     if isinstance(user, Reason):
         return _about(credential, assurance, False, user, now, mode, door)
-    granting, closest = _rules(user, door_id, now, view)
+    granting, closest = _rules(user, credential.kind, door_id, now, view)
     if granting is not None:
         return _about(credential, assurance, True, Reason.GRANTED, now, mode, door, granting)
     if closest is None:
@@ -156,9 +163,13 @@ def _holder(
         return reason
     if _offline_too_long(credential, view.site, offline_for):
         return Reason.OFFLINE_TOO_LONG
+    if credential.kind is CredentialKind.PIN and not door.keypad:
+        return Reason.NO_KEYPAD
     user = view.users.get(credential.user_id)
     if user is None:
-        return Reason.UNKNOWN_USER
+        user = view.guests.get(credential.user_id)  # an invitation's guest
+        if user is None:
+            return Reason.UNKNOWN_USER
     reason = _user_refusal(user, now)
     if reason is not None:
         return reason
@@ -205,29 +216,38 @@ def _user_refusal(user: User, now: datetime) -> Reason | None:
 
 
 def _rules(
-    user: User, door_id: str, now: datetime, view: CacheView
+    user: User, kind: CredentialKind, door_id: str, now: datetime, view: CacheView
 ) -> tuple[AccessRule | None, tuple[Reason, AccessRule] | None]:
-    """The lowest-id rule granting ``user`` this door now, else the closest denial and its rule."""
+    """The lowest-id rule granting ``user`` this door now, else the closest denial and its rule.
+
+    Rules are found through the user's tags and the user's own id (their default tag).
+    """
     index = view.rule_index
     granting: AccessRule | None = None
     best: tuple[int, Reason, AccessRule] | None = None
     local: datetime | None = None
-    for tag in user.tags:
-        for rule in index.get((door_id, tag), ()):
-            if rule.valid_from is not None and now < rule.valid_from:
-                reason: Reason | None = Reason.RULE_NOT_YET_VALID
+    for principal in (*user.tags, user_key(user.id)):
+        for rule in index.get((door_id, principal), ()):
+            if kind not in RULE_TYPE_KINDS[rule.type]:
+                reason: Reason | None = Reason.CREDENTIAL_TYPE_NOT_ALLOWED
+            elif rule.valid_from is not None and now < rule.valid_from:
+                reason = Reason.RULE_NOT_YET_VALID
             elif rule.valid_until is not None and now >= rule.valid_until:
                 reason = Reason.RULE_EXPIRED
-            elif rule.schedule_id is None:
-                reason = None
             else:
-                schedule = view.compiled.get(rule.schedule_id)
-                if schedule is None:  # cannot happen after reference checks; fail secure anyway
-                    reason = Reason.OUTSIDE_SCHEDULE
-                else:
+                reason = None
+                if rule.days is not None or rule.time_slot is not None:
                     if local is None:
                         local = now.astimezone(view.tz)
-                    reason = schedule.closed_reason(now, local)
+                    reason = slot_reason(rule.days, rule.time_slot, local)
+                if reason is None and rule.schedule_id is not None:
+                    schedule = view.compiled.get(rule.schedule_id)
+                    if schedule is None:  # cannot happen after reference checks; fail secure
+                        reason = Reason.OUTSIDE_SCHEDULE
+                    else:
+                        if local is None:
+                            local = now.astimezone(view.tz)
+                        reason = schedule.closed_reason(now, local)
             if reason is None:
                 if granting is None or rule.id < granting.id:
                     granting = rule
@@ -236,3 +256,27 @@ def _rules(
             if best is None or rank > best[0] or (rank == best[0] and rule.id < best[2].id):
                 best = (rank, reason, rule)
     return granting, None if best is None else (best[1], best[2])
+
+
+def slot_reason(
+    days: frozenset[Weekday] | None, slot: TimeSlot | None, local: datetime
+) -> Reason | None:
+    """None when the site-local time ``local`` is on an allowed day within the daily slot.
+
+    An overnight slot belongs to the day it starts on: Friday 22:00-06:00 allows Saturday
+    05:00 when Friday is allowed, whatever Saturday is.
+    """
+    weekday = local.weekday()
+    if slot is None:
+        return None if days is None or weekday in days else Reason.DAY_NOT_ALLOWED
+    second = local.hour * 3600 + local.minute * 60 + local.second
+    start, end = slot.start * 60, slot.end * 60
+    if not slot.overnight:
+        if days is not None and weekday not in days:
+            return Reason.DAY_NOT_ALLOWED
+        return None if start <= second < end else Reason.OUTSIDE_TIME_SLOT
+    if second >= start:  # the evening part, on its own day
+        return None if days is None or weekday in days else Reason.DAY_NOT_ALLOWED
+    if second < end:  # the morning part belongs to the day before
+        return None if days is None or (weekday - 1) % 7 in days else Reason.DAY_NOT_ALLOWED
+    return Reason.OUTSIDE_TIME_SLOT if days is None or weekday in days else Reason.DAY_NOT_ALLOWED

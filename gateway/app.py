@@ -27,6 +27,8 @@ from gateway.enrolment import Enrolment
 from gateway.entry import EntryService
 from gateway.events import EventLog, new_event
 from gateway.hardware import Hardware, build_hardware
+from gateway.journal import Journal
+from gateway.keypad import KeypadGuard
 from gateway.local_settings import restore_previous
 from gateway.metrics import Metrics
 from gateway.model import EventType
@@ -83,6 +85,14 @@ class Gateway:
         self.events = EventLog(self.outbox)
         self.metrics = Metrics()
         self.events.add_listener(self.metrics.on_event)
+        # The local history (CSV exports): fed after each outbox commit, never waited for.
+        self.journal = Journal(
+            state_dir / "journal.db",
+            retention_days=config.journal.retention_days,
+            max_rows=config.journal.max_rows,
+            clock=clock,
+        )
+        self.events.add_listener(self.journal.on_event)
         self.cache = Cache(state_dir / "cache.db")
         self.door_modes = DoorModeStore(state_dir / "door_modes.json")
         self.challenges = ChallengeBook()  # the NFC readers'
@@ -115,6 +125,7 @@ class Gateway:
             self._verifiers,
             offline_for=self._offline_for,
             on_decided=self.metrics.observe_decision,
+            keypads=KeypadGuard(config.keypad.attempts, config.keypad.lockout_s),
         )
         self.officernd = OfficeRnDService(
             config.officernd, self.cache, self.events, config.gateway.state_dir, clock
@@ -141,7 +152,11 @@ class Gateway:
             ),
         )
         self.cloud = self._cloud_service() if config.cloud.enabled else None
-        self.admin = admin if admin is not None else AdminAccounts(state_dir)
+        self.admin = (
+            admin
+            if admin is not None
+            else AdminAccounts(state_dir, clock=lambda: clock().timestamp())
+        )
         loopback = ipaddress.ip_address(config.web.host).is_loopback
         # Off this machine the web app is HTTPS, with a certificate made here (HTTP stays
         # only on loopback, where nothing crosses a network).
@@ -195,6 +210,9 @@ class Gateway:
         async with AsyncExitStack() as stack:
             await self.outbox.start()
             stack.push_async_callback(self.outbox.stop)
+            # Stopped after gateway.stopped is recorded, before the outbox closes.
+            await self.journal.start()
+            stack.push_async_callback(self.journal.stop)
             stack.push_async_callback(self._record_stopped)
             if self.outbox.reset_reason:
                 await self.events.record(
@@ -202,6 +220,14 @@ class Gateway:
                         EventType.CACHE_RESET,
                         self.clock(),
                         {"store": "outbox", "reason": self.outbox.reset_reason},
+                    )
+                )
+            if self.journal.reset_reason:
+                await self.events.record(
+                    new_event(
+                        EventType.CACHE_RESET,
+                        self.clock(),
+                        {"store": "journal", "reason": self.journal.reset_reason},
                     )
                 )
             await self.cache.start()

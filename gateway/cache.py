@@ -39,7 +39,7 @@ from gateway.cache_rows import (
 )
 from gateway.codec import COLLECTIONS, Delta, FormatError, Snapshot, site_from_json, site_to_json
 from gateway.memory import release_free_memory
-from gateway.model import Credential, CredentialKind, User
+from gateway.model import GUEST_USER_PREFIX, Credential, CredentialKind, User
 from gateway.sqlite import move_aside, open_database, transaction
 from gateway.view import EMPTY_SITE, CacheView
 
@@ -302,8 +302,9 @@ class Cache:
         """Write a delta's rows; returns the credentials whose old key left the cache."""
         gone: list[Credential] = []
         removed_users = sorted(delta.deletes.get("users", ()))
+        removed_users += sorted(GUEST_USER_PREFIX + i for i in delta.deletes.get("invitations", ()))
         for user_id in removed_users:
-            # A user's credentials go with the user.
+            # A user's credentials go with the user, a guest's with the invitation.
             async with db.execute(
                 "SELECT id FROM credentials WHERE user_id = ?", (user_id,)
             ) as cursor:

@@ -25,7 +25,11 @@ BODY_COLLECTIONS = tuple(c for c in COLLECTIONS if c not in ("users", "credentia
 MIGRATIONS: tuple[Migration, ...] = (
     (
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
-        *(_BODY_TABLE.format(c) for c in BODY_COLLECTIONS),
+        # The body tables of format 1 as first released (later ones come in their migration).
+        *(
+            _BODY_TABLE.format(c)
+            for c in ("tags", "holiday_calendars", "schedules", "doors", "rules")
+        ),
         "CREATE TABLE users (id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL, "
         "tags TEXT NOT NULL, valid_from TEXT, valid_until TEXT)",
         "CREATE TABLE credentials (id TEXT PRIMARY KEY, kind TEXT NOT NULL, value TEXT NOT NULL, "
@@ -40,6 +44,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # 3: a phone credential's public key (SEC1 point); NULL for the rest.
     ("ALTER TABLE credentials ADD COLUMN public_key BLOB",),
+    # 4: guest invitations.
+    (_BODY_TABLE.format("invitations"),),
 )
 
 USER_COLUMNS = "id, name, status, tags, valid_from, valid_until"

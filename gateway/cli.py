@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import json
 import os
@@ -14,9 +15,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from drivers.gpio_relays import GpioError
 from firmware_protocol.frame import MAX_ADDRESS, MIN_ADDRESS
@@ -291,6 +293,88 @@ def cmd_diagnostics(args: argparse.Namespace) -> int:
         out.write(body)
     print(f"saved {path} ({len(body)} bytes; no keys or secrets in it)")
     return EXIT_OK
+
+
+def cmd_events_export(args: argparse.Namespace) -> int:
+    """Write the journal's events of a time range as CSV (read-only: the daemon may be running)."""
+    from gateway.journal import ExportError, JournalError, export_csv  # noqa: PLC0415
+
+    config = _config(args)
+    tz, user_name = _site_for_export(config, args.timezone)
+    types = [part for value in args.type or () for part in value.split(",")]
+    try:
+        chunks = export_csv(
+            config.gateway.state_dir / "journal.db",
+            args.start,
+            args.end,
+            types=types,
+            door=args.door,
+            tz=tz,
+            user_name=user_name,
+        )
+    except ExportError as err:
+        raise CliError(f"--{err.parameter}: {err}") from None
+
+    async def write(out: BinaryIO) -> None:
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                out.write(chunk.encode())
+
+    try:
+        if args.output is None:
+            asyncio.run(write(sys.stdout.buffer))
+            sys.stdout.flush()
+            return EXIT_OK
+        # It names members and their credentials: readable by its owner only.
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                asyncio.run(write(out))
+        except BaseException:
+            args.output.unlink(missing_ok=True)  # a partial file would look like a whole one
+            raise
+    except JournalError as err:
+        raise CliError(str(err)) from None
+    except BrokenPipeError:
+        # The reader went away (`| head`): not an error; keep Python from reporting it at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except OSError as err:
+        raise CliError(f"cannot write {args.output}: {err.strerror or err}") from None
+    print(f"saved {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _site_for_export(
+    config: Config, timezone: str | None
+) -> tuple[tzinfo, Callable[[str], str | None] | None]:
+    """The export's timezone (``--timezone``, else the site's) and user names, from the cache."""
+    view: CacheView | None = None
+    path = config.gateway.state_dir / "cache.db"
+    if path.exists():
+        try:
+            view = read_view(path)
+        except (sqlite3.Error, ValueError) as err:
+            print(f"luckey-gateway: no user names or site timezone: {err}", file=sys.stderr)
+    tz: tzinfo = UTC
+    if timezone is not None:
+        try:
+            tz = ZoneInfo(timezone)
+        except (ValueError, ZoneInfoNotFoundError):
+            raise CliError(
+                f"--timezone {timezone!r} is not an IANA timezone such as Europe/Rome"
+            ) from None
+    elif view is not None:
+        tz = view.tz
+    if view is None:
+        return tz, None
+    users = view.users
+
+    def user_name(user_id: str) -> str | None:
+        user = users.get(user_id)
+        return None if user is None else user.name
+
+    return tz, user_name
 
 
 def cmd_sim_board(args: argparse.Namespace) -> int:
@@ -1127,7 +1211,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_officernd_parsers(sub, common)
     _add_provisioning_parsers(sub, common)
+    _add_events_parsers(sub, common)
     return parser
+
+
+def _add_events_parsers(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    events = sub.add_parser("events", help="the local event journal").add_subparsers(
+        dest="events_command", required=True
+    )
+    export = events.add_parser(
+        "export",
+        parents=[common],
+        help="write the journal's events of a time range as CSV (works with or without the daemon)",
+        description="Write the events with FROM <= at < TO from the gateway's local journal "
+        "(state_dir/journal.db, opened read-only) as CSV. Dates and date-times without an "
+        "offset are read in the site's timezone (from the cache; UTC without one).",
+    )
+    export.add_argument(
+        "--from",
+        dest="start",
+        required=True,
+        metavar="DATE",
+        help="start, included: 2026-01-01, 2026-01-01T08:00 or 2026-01-01T08:00:00+01:00",
+    )
+    export.add_argument(
+        "--to", dest="end", required=True, metavar="DATE", help="end, excluded (same forms)"
+    )
+    export.add_argument(
+        "--type",
+        action="append",
+        metavar="TYPE",
+        help="only events of this type, e.g. access.denied (repeat or separate with commas)",
+    )
+    export.add_argument("--door", metavar="DOOR", help="only events at this door")
+    export.add_argument(
+        "--timezone", metavar="IANA", help="local time of the dates and of local_time"
+    )
+    export.add_argument(
+        "--output", type=Path, metavar="FILE", help="CSV file to write, mode 0600 (default: stdout)"
+    )
+    export.set_defaults(func=cmd_events_export)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

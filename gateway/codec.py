@@ -6,6 +6,8 @@ path of the bad value (``users[12].valid_until``), the value, and what is allowe
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import itertools
 import re
@@ -17,20 +19,28 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway import credentials as creds
 from gateway.model import (
+    GUEST_USER_PREFIX,
+    INVITATION_RULE_PREFIX,
     KIND_ASSURANCE,
     MINUTES_PER_DAY,
     PUBLIC_KEY_BYTES,
     REVALIDATION_DAYS_MAX,
+    SINGLE_USER_RULE_TYPES,
     AccessRule,
     AssuranceLevel,
     Credential,
     CredentialKind,
     Door,
     HolidayCalendar,
+    Invitation,
+    PinHashing,
+    RuleType,
     Schedule,
     ScheduleException,
     Site,
     Tag,
+    TagScope,
+    TimeSlot,
     TimeWindow,
     User,
     UserStatus,
@@ -246,6 +256,7 @@ def site_from_json(value: Any, path: str = "site") -> Site:
             "max_offline_days",
             "offline_limited_kinds",
             "require_admin_2fa",
+            "pin_hashing",
         ),
     )
     tz_name = obj["timezone"]
@@ -276,7 +287,55 @@ def site_from_json(value: Any, path: str = "site") -> Site:
         require_admin_2fa=_bool(
             obj.get("require_admin_2fa", False), _join(path, "require_admin_2fa")
         ),
+        pin_hashing=_pin_hashing(obj.get("pin_hashing"), _join(path, "pin_hashing")),
     )
+
+
+#: scrypt cost bounds: below, a stolen cache gives up its PINs at once; above, a Pi cannot
+#: check a PIN in well under a second (n = 2^17 with r = 8 needs 128 MiB).
+PIN_SCRYPT_N = (2**12, 2**17)
+PIN_SCRYPT_R = (1, 16)
+PIN_SCRYPT_P = (1, 4)
+PIN_SALT_BYTES = (16, 64)
+
+
+def _pin_hashing(value: Any, path: str) -> PinHashing | None:
+    """The site's PIN hashing: a base64 salt of 16-64 bytes and scrypt's n, r and p."""
+    if value is None:
+        return None
+    obj = _obj(value, path, ("salt",), ("n", "r", "p"))
+    salt_path = _join(path, "salt")
+    try:
+        if not isinstance(obj["salt"], str):
+            raise ValueError
+        salt = base64.b64decode(obj["salt"], validate=True)
+    except (ValueError, binascii.Error):
+        raise FormatError(salt_path, "expected the salt in base64") from None
+    if not PIN_SALT_BYTES[0] <= len(salt) <= PIN_SALT_BYTES[1]:
+        raise FormatError(
+            salt_path,
+            f"a {len(salt)}-byte salt is not allowed; expected {PIN_SALT_BYTES[0]} to "
+            f"{PIN_SALT_BYTES[1]} random bytes",
+        )
+    n = _int_between(
+        obj.get("n", 2**14), path, "n", minimum=PIN_SCRYPT_N[0], maximum=PIN_SCRYPT_N[1]
+    )
+    if n & (n - 1):
+        raise FormatError(_join(path, "n"), f"{n} is not allowed; expected a power of two")
+    r = _int_between(obj.get("r", 8), path, "r", minimum=PIN_SCRYPT_R[0], maximum=PIN_SCRYPT_R[1])
+    p = _int_between(obj.get("p", 1), path, "p", minimum=PIN_SCRYPT_P[0], maximum=PIN_SCRYPT_P[1])
+    return PinHashing(salt, n, r, p)
+
+
+def _pin_hashing_to_json(hashing: PinHashing | None) -> dict[str, Any] | None:
+    if hashing is None:
+        return None
+    return {
+        "salt": base64.b64encode(hashing.salt).decode(),
+        "n": hashing.n,
+        "r": hashing.r,
+        "p": hashing.p,
+    }
 
 
 #: The longest outage a site's offline policy may allow (as commercial controllers do).
@@ -327,6 +386,7 @@ def site_to_json(site: Site) -> dict[str, Any]:
         "max_offline_days": site.max_offline_days,
         "offline_limited_kinds": sorted(k.value for k in site.offline_limited_kinds),
         "require_admin_2fa": site.require_admin_2fa,
+        "pin_hashing": _pin_hashing_to_json(site.pin_hashing),
     }
 
 
@@ -339,7 +399,14 @@ def door_from_json(value: Any, path: str) -> Door:
         value,
         path,
         ("id", "name"),
-        ("min_assurance", "unlock_seconds", "unlock_schedule", "unlock_after_first_grant"),
+        (
+            "min_assurance",
+            "unlock_seconds",
+            "unlock_schedule",
+            "unlock_after_first_grant",
+            "tags",
+            "keypad",
+        ),
     )
     schedule = obj.get("unlock_schedule")
     return Door(
@@ -360,6 +427,8 @@ def door_from_json(value: Any, path: str) -> Door:
         unlock_after_first_grant=_bool(
             obj.get("unlock_after_first_grant", False), _join(path, "unlock_after_first_grant")
         ),
+        tags=tuple(sorted(_ids(obj.get("tags", []), path, "tags"))),
+        keypad=_bool(obj.get("keypad", False), path, "keypad"),
     )
 
 
@@ -372,6 +441,8 @@ def door_to_json(door: Door) -> dict[str, Any]:
         "unlock_seconds": door.unlock_seconds,
         "unlock_schedule": door.unlock_schedule_id,
         "unlock_after_first_grant": door.unlock_after_first_grant,
+        "tags": list(door.tags),
+        "keypad": door.keypad,
     }
 
 
@@ -386,6 +457,12 @@ def user_from_json(value: Any, path: str, strings: dict[Any, Any] | None = None)
     start, end = _validity(obj, path)
     tags = tuple(sorted(_ids(obj.get("tags", []), path, "tags")))
     user_id = _id(obj["id"], path, "id")
+    if user_id.startswith(GUEST_USER_PREFIX):
+        raise FormatError(
+            _join(path, "id"),
+            f"{user_id!r} is not allowed; ids starting {GUEST_USER_PREFIX!r} are the guests of "
+            "invitations",
+        )
     if strings is not None:
         # Users often share a tag set, and credentials point at user ids: keep one copy of each.
         tags = strings.setdefault(tags, tags)
@@ -573,19 +650,29 @@ def credential_to_json(credential: Credential) -> dict[str, Any]:
 
 def tag_from_json(value: Any, path: str) -> Tag:
     """Parse a tag."""
-    obj = _obj(value, path, ("id", "name"), ("special", "owner"))
+    obj = _obj(value, path, ("id", "name"), ("special", "owner", "scope"))
     owner = obj.get("owner")
     return Tag(
         id=_id(obj["id"], _join(path, "id")),
         name=_str(obj["name"], _join(path, "name")),
         special=_bool(obj.get("special", False), _join(path, "special")),
         owner=None if owner is None else _str(owner, _join(path, "owner"), max_len=64),
+        scope=_choice(obj.get("scope", "users"), path, TagScope, _SCOPE_NAMES, "scope"),
     )
+
+
+_SCOPE_NAMES = tuple(s.value for s in TagScope)
 
 
 def tag_to_json(tag: Tag) -> dict[str, Any]:
     """Serialise a tag."""
-    return {"id": tag.id, "name": tag.name, "special": tag.special, "owner": tag.owner}
+    return {
+        "id": tag.id,
+        "name": tag.name,
+        "special": tag.special,
+        "owner": tag.owner,
+        "scope": tag.scope.value,
+    }
 
 
 def _window(value: Any, path: str, *, weekly: bool) -> TimeWindow:
@@ -746,26 +833,121 @@ def calendar_to_json(calendar: HolidayCalendar) -> dict[str, Any]:
     }
 
 
-def rule_from_json(value: Any, path: str) -> AccessRule:
-    """Parse an access rule; it must name at least one tag and one door."""
-    obj = _obj(
-        value, path, ("id", "name", "tags", "doors"), ("schedule", "valid_from", "valid_until")
+def _days(value: Any, path: str, key: str) -> frozenset[Weekday] | None:
+    """Day names (``mon``..``sun``); None (left out) means every day."""
+    if value is None:
+        return None
+    names = _list(value, path, key)
+    if not names:
+        raise FormatError(
+            _join(path, key), "must name at least one day; leave days out for every day"
+        )
+    return frozenset(
+        _choice(n, f"{_join(path, key)}[{i}]", lambda t: _DAY_NAMES[t.lower()], _DAY_NAMES)
+        for i, n in enumerate(names)
     )
-    tags = _ids(obj["tags"], _join(path, "tags"))
-    doors = _ids(obj["doors"], _join(path, "doors"))
-    for key, items in (("tags", tags), ("doors", doors)):
-        if not items:
-            raise FormatError(_join(path, key), "must name at least one")
+
+
+def _days_to_json(days: frozenset[Weekday] | None) -> list[str] | None:
+    return None if days is None else [d.name.lower() for d in sorted(days)]
+
+
+def _time_slot(value: Any, path: str, key: str) -> TimeSlot | None:
+    """A daily slot ``{"start": "HH:MM", "end": "HH:MM"}``; an end before the start runs overnight."""
+    if value is None:
+        return None
+    where = _join(path, key)
+    obj = _obj(value, where, ("start", "end"), ())
+    start = _minutes(obj["start"], _join(where, "start"))
+    end = _minutes(obj["end"], _join(where, "end"))
+    if start == MINUTES_PER_DAY:
+        raise FormatError(_join(where, "start"), "'24:00' is not allowed as a start; use 00:00")
+    if end == start or (end == MINUTES_PER_DAY and start == 0):
+        raise FormatError(
+            _join(where, "end"),
+            f"a slot {hhmm(start)}-{hhmm(end)} is empty or the whole day; "
+            "leave time_slot out for all day",
+        )
+    return TimeSlot(start, end)
+
+
+def _slot_to_json(slot: TimeSlot | None) -> dict[str, str] | None:
+    return None if slot is None else {"start": hhmm(slot.start), "end": hhmm(slot.end)}
+
+
+def _doors_chosen(obj: Mapping[str, Any], path: str) -> tuple[frozenset[str], frozenset[str]]:
+    """``doors`` and ``door_tags``; at least one door between them."""
+    doors = _ids(obj.get("doors", []), path, "doors")
+    door_tags = _ids(obj.get("door_tags", []), path, "door_tags")
+    if not doors and not door_tags:
+        raise FormatError(
+            _join(path, "doors"), "must name at least one door (doors) or door tag (door_tags)"
+        )
+    return doors, door_tags
+
+
+_RULE_TYPES = {t.value: t for t in RuleType}
+_RULE_TYPE_NAMES = tuple(_RULE_TYPES)
+
+
+def rule_from_json(value: Any, path: str) -> AccessRule:
+    """Parse an access rule; it must name at least one user or tag and one door or door tag."""
+    obj = _obj(
+        value,
+        path,
+        ("id", "name"),
+        (
+            "type",
+            "users",
+            "tags",
+            "doors",
+            "door_tags",
+            "schedule",
+            "valid_from",
+            "valid_until",
+            "days",
+            "time_slot",
+        ),
+    )
+    rule_id = _id(obj["id"], path, "id")
+    if rule_id.startswith(INVITATION_RULE_PREFIX):
+        raise FormatError(
+            _join(path, "id"),
+            f"{rule_id!r} is not allowed; ids starting {INVITATION_RULE_PREFIX!r} are the rules "
+            "of invitations",
+        )
+    rule_type = _choice(
+        obj.get("type", "any"), path, _RULE_TYPES.__getitem__, _RULE_TYPE_NAMES, "type"
+    )
+    users = _ids(obj.get("users", []), path, "users")
+    tags = _ids(obj.get("tags", []), path, "tags")
+    if not users and not tags:
+        raise FormatError(
+            _join(path, "users" if "users" in obj else "tags"),
+            "must name at least one user (users) or user tag (tags)",
+        )
+    if rule_type in SINGLE_USER_RULE_TYPES and (len(users) != 1 or tags):
+        raise FormatError(
+            _join(path, "users"),
+            f"a {rule_type.value} rule is assigned to a single user: name exactly one user in "
+            "users and no tags",
+        )
+    doors, door_tags = _doors_chosen(obj, path)
     start, end = _validity(obj, path)
     schedule = obj.get("schedule")
     return AccessRule(
-        id=_id(obj["id"], _join(path, "id")),
+        id=rule_id,
         name=_str(obj["name"], _join(path, "name")),
         tags=tags,
         doors=doors,
         schedule_id=None if schedule is None else _id(schedule, _join(path, "schedule")),
         valid_from=start,
         valid_until=end,
+        users=users,
+        door_tags=door_tags,
+        type=rule_type,
+        days=_days(obj.get("days"), path, "days"),
+        time_slot=_time_slot(obj.get("time_slot"), path, "time_slot"),
     )
 
 
@@ -774,11 +956,75 @@ def rule_to_json(rule: AccessRule) -> dict[str, Any]:
     return {
         "id": rule.id,
         "name": rule.name,
+        "type": rule.type.value,
+        "users": sorted(rule.users),
         "tags": sorted(rule.tags),
         "doors": sorted(rule.doors),
+        "door_tags": sorted(rule.door_tags),
         "schedule": rule.schedule_id,
         "valid_from": _iso(rule.valid_from),
         "valid_until": _iso(rule.valid_until),
+        "days": _days_to_json(rule.days),
+        "time_slot": _slot_to_json(rule.time_slot),
+    }
+
+
+#: The most phones one invitation may be redeemed on.
+INVITATION_DEVICES_MAX = 100
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def invitation_from_json(value: Any, path: str) -> Invitation:
+    """Parse a guest invitation: an end after its start, 1 to 100 devices, at least one door."""
+    obj = _obj(
+        value,
+        path,
+        ("id", "name", "valid_from", "valid_until", "max_devices", "code_sha256"),
+        ("doors", "door_tags", "days", "time_slot"),
+    )
+    start = _datetime(obj["valid_from"], path, "valid_from")
+    end = _datetime(obj["valid_until"], path, "valid_until")
+    if end <= start:
+        raise FormatError(
+            _join(path, "valid_until"),
+            f"{end.isoformat()} must be after valid_from {start.isoformat()}",
+        )
+    code = obj["code_sha256"]
+    if not isinstance(code, str) or not _SHA256_HEX.fullmatch(code):
+        raise FormatError(
+            _join(path, "code_sha256"),
+            "expected the SHA-256 of the invitation code as 64 lower-case hex digits",
+        )
+    doors, door_tags = _doors_chosen(obj, path)
+    return Invitation(
+        id=_id(obj["id"], path, "id"),
+        name=_str(obj["name"], path, "name"),
+        valid_from=start,
+        valid_until=end,
+        max_devices=_int_between(
+            obj["max_devices"], path, "max_devices", minimum=1, maximum=INVITATION_DEVICES_MAX
+        ),
+        code_sha256=code,
+        doors=doors,
+        door_tags=door_tags,
+        days=_days(obj.get("days"), path, "days"),
+        time_slot=_time_slot(obj.get("time_slot"), path, "time_slot"),
+    )
+
+
+def invitation_to_json(invitation: Invitation) -> dict[str, Any]:
+    """Serialise a guest invitation (its code's hash, never the code)."""
+    return {
+        "id": invitation.id,
+        "name": invitation.name,
+        "valid_from": invitation.valid_from.isoformat(),
+        "valid_until": invitation.valid_until.isoformat(),
+        "max_devices": invitation.max_devices,
+        "code_sha256": invitation.code_sha256,
+        "doors": sorted(invitation.doors),
+        "door_tags": sorted(invitation.door_tags),
+        "days": _days_to_json(invitation.days),
+        "time_slot": _slot_to_json(invitation.time_slot),
     }
 
 
@@ -798,6 +1044,7 @@ CODECS: tuple[EntityCodec, ...] = (
     EntityCodec("holiday_calendars", calendar_from_json, calendar_to_json),
     EntityCodec("schedules", schedule_from_json, schedule_to_json),
     EntityCodec("doors", door_from_json, door_to_json),
+    EntityCodec("invitations", invitation_from_json, invitation_to_json),
     EntityCodec("users", user_from_json, user_to_json, interns=True),
     EntityCodec("credentials", credential_from_json, credential_to_json, interns=True),
     EntityCodec("rules", rule_from_json, rule_to_json),
@@ -1209,7 +1456,9 @@ class References:
         self._lookup = lookup
 
     def exists(self, collection: str, entity_id: str) -> bool:
-        """True if ``collection`` holds ``entity_id``."""
+        """True if ``collection`` holds ``entity_id`` (an invitation's guest counts as a user)."""
+        if collection == "users" and entity_id.startswith(GUEST_USER_PREFIX):
+            return self._lookup("invitations", entity_id[len(GUEST_USER_PREFIX) :])
         return self._lookup(collection, entity_id)
 
 
@@ -1236,8 +1485,13 @@ class Dangling:
 _REFERENCES: tuple[tuple[str, str, Callable[[Any], Iterable[str]], str], ...] = (
     ("credentials", "user", lambda c: (c.user_id,), "users"),
     ("users", "tags", lambda u: u.tags, "tags"),
+    ("rules", "users", lambda r: r.users, "users"),
     ("rules", "tags", lambda r: r.tags, "tags"),
     ("rules", "doors", lambda r: r.doors, "doors"),
+    ("rules", "door_tags", lambda r: r.door_tags, "tags"),
+    ("doors", "tags", lambda d: d.tags, "tags"),
+    ("invitations", "doors", lambda i: i.doors, "doors"),
+    ("invitations", "door_tags", lambda i: i.door_tags, "tags"),
     ("rules", "schedule", lambda r: () if r.schedule_id is None else (r.schedule_id,), "schedules"),
     (
         "doors",
@@ -1271,6 +1525,34 @@ def dangling(
     return None
 
 
+#: Where a tag is named, and the scope it must have there.
+_SCOPED: tuple[tuple[str, str, Callable[[Any], Iterable[str]], TagScope], ...] = (
+    ("users", "tags", lambda u: u.tags, TagScope.USERS),
+    ("rules", "tags", lambda r: r.tags, TagScope.USERS),
+    ("rules", "door_tags", lambda r: r.door_tags, TagScope.DOORS),
+    ("doors", "tags", lambda d: d.tags, TagScope.DOORS),
+    ("invitations", "door_tags", lambda i: i.door_tags, TagScope.DOORS),
+)
+
+
+def misplaced_tag(
+    entities: Mapping[str, Iterable[Any]],
+    scope_of: Callable[[str], TagScope | None],
+    prefix: str = "",
+) -> FormatError | None:
+    """The first user tag used as a door tag (or the other way round) in ``entities``, if any."""
+    for collection, key, targets, scope in _SCOPED:
+        for index, entity in enumerate(entities.get(collection, ())):
+            for target in targets(entity):
+                found = scope_of(target)
+                if found is not None and found is not scope:
+                    return FormatError(
+                        f"{prefix}{collection}[{index}].{key}",
+                        f"{target!r} is a tag of {found.value}, not of {scope.value}",
+                    )
+    return None
+
+
 def site_dangling(site: Site, refs: References) -> str | None:
     """The tag ``site`` names as its lockdown override that ``refs`` does not hold, if any."""
     tag = site.lockdown_override_tag
@@ -1280,6 +1562,12 @@ def site_dangling(site: Site, refs: References) -> str | None:
 def site_dangling_error(tag: str) -> FormatError:
     """The error for a site whose lockdown override tag does not exist."""
     return FormatError("site.lockdown_override_tag", f"{tag!r} is not a known tag")
+
+
+def _has_pins(credentials: Iterable[Any]) -> bool:
+    if isinstance(credentials, CredentialColumns):
+        return CredentialKind.PIN in credentials.kinds
+    return any(c.kind is CredentialKind.PIN for c in credentials)
 
 
 def check_references(entities: Mapping[str, Iterable[Any]], site: Site | None = None) -> None:
@@ -1298,6 +1586,16 @@ def _check_references(
     found = dangling(entities, refs, pause)
     if found is not None:
         raise found.error()
+    scopes = {tag.id: tag.scope for tag in entities.get("tags", ())}
+    misplaced = misplaced_tag(entities, scopes.get)
+    if misplaced is not None:
+        raise misplaced
+    if site is not None and site.pin_hashing is None and _has_pins(entities.get("credentials", ())):
+        raise FormatError(
+            "site.pin_hashing",
+            "missing: the site has pin credentials, and their hashes cannot be checked without "
+            "the site's salt and scrypt parameters",
+        )
     tag = None if site is None else site_dangling(site, refs)
     if tag is not None:
         raise site_dangling_error(tag)

@@ -130,6 +130,9 @@ class WebSection:
     # Take a member's address from the X-Forwarded-For the reverse proxy on this machine adds
     # (its last entry); only when the proxy sets it, or clients could choose their own.
     trust_forwarded_for: bool = False
+    # The admin must sign in with a TOTP code as well as the password (the site's data may
+    # require it too); without one set up, a session can only set it up.
+    require_admin_2fa: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +294,22 @@ class EventsSection:
 
     max_rows: int = field(default=200_000, metadata={"min": 1000, "max": 10_000_000})
     batch_max: int = field(default=256, metadata={"min": 1, "max": 10_000})
+
+
+@dataclass(frozen=True, slots=True)
+class JournalSection:
+    """``[journal]``: retention of the local event history (journal.db, the CSV exports')."""
+
+    retention_days: int = field(default=400, metadata={"min": 1, "max": 36_500})
+    max_rows: int = field(default=2_000_000, metadata={"min": 1000, "max": 100_000_000})
+
+
+@dataclass(frozen=True, slots=True)
+class KeypadSection:
+    """``[keypad]``: the wrong-PIN lockout of each keypad reader."""
+
+    attempts: int = field(default=3, metadata={"min": 1, "max": 20})
+    lockout_s: int = field(default=60, metadata={"min": 5, "max": 3600})
 
 
 _GATEWAY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -507,6 +526,8 @@ class Config:
     )
     doors: Mapping[str, DoorEntry] = field(default_factory=dict)
     events: EventsSection = field(default_factory=EventsSection)
+    journal: JournalSection = field(default_factory=JournalSection)
+    keypad: KeypadSection = field(default_factory=KeypadSection)
     nfc: NfcSection = field(default_factory=NfcSection)
     ble: BleSection = field(default_factory=BleSection)
     cloud: CloudSection = field(default_factory=CloudSection, metadata={"check": _check_cloud})

@@ -30,6 +30,7 @@ VALUE_BYTES: Mapping[CredentialKind, tuple[int, ...]] = {
     CredentialKind.DESFIRE: (4, 7),  # 4 bytes when the card uses random IDs
     CredentialKind.BLE_PHONE_KEY: (16,),  # credential key identifier
     CredentialKind.MECHATRONIC_KEY: (8,),
+    CredentialKind.PIN: (32,),  # scrypt output (site.pin_hashing); never the digits
 }
 
 
@@ -125,6 +126,8 @@ DEFAULT_VERIFIERS: Mapping[CredentialKind, Verifier] = {
     CredentialKind.DESFIRE: _unsupported,
     CredentialKind.BLE_PHONE_KEY: _unsupported,
     CredentialKind.MECHATRONIC_KEY: _unsupported,
+    # The value is the hash of the digits typed: finding it is the proof.
+    CredentialKind.PIN: verify_bare_uid,
 }
 
 

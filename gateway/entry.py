@@ -27,9 +27,18 @@ from gateway.credentials import (
     verify,
 )
 from gateway.doors import DoorController
-from gateway.events import EventLog, decision_event
-from gateway.model import AssuranceLevel, CredentialKind, Decision, Presentation, Reason
+from gateway.events import EventLog, decision_event, new_event
+from gateway.keypad import KeypadGuard
+from gateway.model import (
+    AssuranceLevel,
+    CredentialKind,
+    Decision,
+    EventType,
+    Presentation,
+    Reason,
+)
 from gateway.outbox import OutboxError
+from gateway.pins import PinHasher, pin_problem
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -52,10 +61,14 @@ class EntryService:
         verifiers: Mapping[CredentialKind, Verifier] = DEFAULT_VERIFIERS,
         offline_for: Callable[[datetime], timedelta | None] = lambda now: None,
         on_decided: Callable[[float], None] = lambda seconds: None,
+        keypads: KeypadGuard | None = None,
     ) -> None:
         """``offline_for(now)``: how long the cloud link has been down (None: up, or no cloud).
-        ``on_decided(seconds)``: told how long each presentation took to decide."""
+        ``on_decided(seconds)``: told how long each presentation took to decide.
+        ``keypads``: the wrong-PIN lockout (3 attempts, 60 s unless given)."""
         self._cache = cache
+        self._keypads = keypads or KeypadGuard()
+        self._pins = PinHasher()
         self._offline_for = offline_for
         self._on_decided = on_decided
         self._doors = doors
@@ -84,6 +97,7 @@ class EntryService:
         for handle in self._restores.values():
             handle.cancel()
         self._restores.clear()
+        self._pins.close()
 
     def on_read(self, read: CredentialRead) -> None:
         """Driver callback: handle the read in its own task (ignored once stopping)."""
@@ -139,6 +153,8 @@ class EntryService:
     async def handle(self, read: CredentialRead) -> Decision:
         """Decide a raw read; a malformed one is denied as an unknown credential."""
         door_id = read.reader_id  # one reader per door, named after it
+        if read.kind == CredentialKind.PIN.value:
+            return await self._keypad_entry(read)
         try:
             kind = parse_kind(read.kind)
             value = canonical_value(kind, read.value)
@@ -154,6 +170,61 @@ class EntryService:
         return await self.present(
             Presentation(door_id, kind, value, read.proof), reader_id=read.reader_id
         )
+
+    async def _keypad_entry(self, read: CredentialRead) -> Decision:
+        """A PIN typed at a door's keypad: refused while the keypad is locked out, else hashed
+        with the site's PIN hashing and decided like any credential.
+
+        Only a PIN matching no credential (or not a PIN at all) counts towards the lockout; a
+        right PIN, even one its rules refuse at this door, is not a guess and clears the count.
+        """
+        door_id = read.reader_id
+        started = time.monotonic()
+        if self._keypads.locked(door_id, started):
+            return await self._refuse_entry(read, Reason.KEYPAD_LOCKED)
+        view = self._cache.view
+        hashing = view.site.pin_hashing
+        problem = pin_problem(read.value)
+        if problem is not None:
+            decision = await self._refuse_entry(read, Reason.PIN_MALFORMED)
+        elif hashing is None:  # the site has no PINs: nothing typed can be one
+            decision = await self._refuse_entry(read, Reason.UNKNOWN_CREDENTIAL)
+        else:
+            value = await self._pins.hash(read.value, hashing)
+            decision = await self.present(
+                Presentation(door_id, CredentialKind.PIN, value), reader_id=read.reader_id
+            )
+        if decision.granted or decision.credential_id is not None:
+            self._keypads.succeeded(door_id)
+        elif self._keypads.failed(door_id, time.monotonic()):
+            await self._keypad_locked(door_id)
+        return decision
+
+    async def _refuse_entry(self, read: CredentialRead, reason: Reason) -> Decision:
+        """Deny a keypad entry without looking it up; the digits go nowhere."""
+        door_id = read.reader_id
+        decision = Decision(False, reason, door_id, self._clock(), self._doors.mode(door_id))
+        await self._conclude(decision, None, read.reader_id)
+        return decision
+
+    async def _keypad_locked(self, door_id: str) -> None:
+        """Record that ``door_id``'s keypad is now locked out."""
+        guard = self._keypads
+        _LOGGER.warning(
+            "keypad at %s locked for %d s after %d wrong PINs in a row",
+            door_id,
+            guard.lockout_s,
+            guard.attempts,
+        )
+        event = new_event(
+            EventType.KEYPAD_LOCKED,
+            self._clock(),
+            {"door": door_id, "attempts": guard.attempts, "lockout_s": guard.lockout_s},
+        )
+        try:
+            await asyncio.wait_for(self._events.record(event), EVENT_COMMIT_TIMEOUT_S)
+        except (OutboxError, TimeoutError) as err:
+            _LOGGER.error("event %s could not be committed (%r)", event.id, err)
 
     async def present(
         self, presentation: Presentation, *, reader_id: str | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.codec import hhmm
-from gateway.model import Credential, Decision, Reason, Schedule, TimeWindow, Weekday
+from gateway.model import Credential, Decision, Reason, Schedule, TimeSlot, TimeWindow, Weekday
 from gateway.view import CacheView
 
 _TEXT = {
@@ -38,7 +38,30 @@ _TEXT = {
     Reason.OUTSIDE_SCHEDULE: "rule {rule} allows this door only during {schedule}; it is {local} on site",
     Reason.HOLIDAY: "rule {rule}'s schedule {schedule} is closed on holidays, and {local_date} is one",
     Reason.CLOSED_BY_EXCEPTION: "schedule {schedule} of rule {rule} is closed by a one-off exception now",
+    Reason.CREDENTIAL_TYPE_NOT_ALLOWED: "rule {rule} gives this door to {user} for {rule_type} "
+    "credentials only, and this one is a {kind}",
+    Reason.DAY_NOT_ALLOWED: "rule {rule} allows this door only on {rule_days}; it is {local} on site",
+    Reason.OUTSIDE_TIME_SLOT: "rule {rule} allows this door only from {rule_slot}; it is {local} "
+    "on site",
+    Reason.NO_KEYPAD: "this door's reader has no keypad, so PIN codes are not accepted here",
+    Reason.PIN_MALFORMED: "a PIN code has 4 to 7 digits; what was typed was not one",
+    Reason.KEYPAD_LOCKED: "too many wrong PIN codes in a row at this reader: it accepts none until "
+    "its lockout ends",
 }
+
+
+def describe_days(days: frozenset[Weekday] | None) -> str:
+    """E.g. ``mon,tue,fri``; ``every day`` for None."""
+    if days is None:
+        return "every day"
+    return ",".join(Weekday(d).name.lower() for d in sorted(days))
+
+
+def describe_slot(slot: TimeSlot | None) -> str:
+    """E.g. ``08:00-18:00`` or ``22:00-06:00(+1)``; ``all day`` for None."""
+    if slot is None:
+        return "all day"
+    return f"{hhmm(slot.start)}-{hhmm(slot.end)}{'(+1)' if slot.overnight else ''}"
 
 
 def describe_windows(windows: tuple[TimeWindow, ...]) -> str:
@@ -76,8 +99,8 @@ def facts(
 ) -> dict[str, Any]:
     """The names and values an explanation refers to; ``credential`` is the one presented."""
     door = view.doors.get(decision.door_id)
-    user = view.users.get(decision.user_id or "")
-    rule = view.rules.get(decision.rule_id or "")
+    user = view.user(decision.user_id or "")
+    rule = view.rules.get(decision.rule_id or "") or view.guest_rules.get(decision.rule_id or "")
     if credential is not None and credential.id != decision.credential_id:
         credential = None
     local = decision.at.astimezone(view.tz)
@@ -103,6 +126,10 @@ def facts(
         "rule_from": rule.valid_from if rule else "?",
         "rule_until": rule.valid_until if rule else "?",
         "schedule": _schedule_text(schedule),
+        "rule_type": rule.type.value if rule else "?",
+        "rule_days": describe_days(rule.days) if rule else "?",
+        "rule_slot": describe_slot(rule.time_slot) if rule else "?",
+        "kind": credential.kind.value if credential else "credential of another type",
         "local": f"{local:%a %Y-%m-%d %H:%M} {view.site.timezone}",
         "local_date": f"{local:%Y-%m-%d}",
     }

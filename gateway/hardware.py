@@ -384,7 +384,13 @@ def build_hardware(config: Config) -> Hardware:
     )
     virtual = (
         [
-            BoardConfig(address=a, doors=len(d), physics=True, serial_number=b"VBRD%04d" % a)
+            BoardConfig(
+                address=a,
+                doors=len(d),
+                physics=True,
+                serial_number=b"VBRD%04d" % a,
+                keypad=True,  # the simulated twin's readers all have keypads
+            )
             for a, d in boards.items()
         ]
         if hw.backend == "virtual"

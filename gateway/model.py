@@ -39,6 +39,7 @@ class CredentialKind(enum.StrEnum):
     NTAG424 = "ntag424"
     DESFIRE = "desfire"
     MECHATRONIC_KEY = "mech_key"
+    PIN = "pin"  # a PIN typed on a keypad; the value is its salted slow hash, never the digits
 
 
 #: The strongest assurance each kind can prove (see CREDENTIALS.md).
@@ -48,7 +49,41 @@ KIND_ASSURANCE: Mapping[CredentialKind, AssuranceLevel] = {
     CredentialKind.NTAG424: AssuranceLevel.HIGH,
     CredentialKind.DESFIRE: AssuranceLevel.HIGH,
     CredentialKind.MECHATRONIC_KEY: AssuranceLevel.HIGH,
+    # Anyone who watched it typed can use it: as strong as a copyable card.
+    CredentialKind.PIN: AssuranceLevel.LOW,
 }
+
+
+class RuleType(enum.StrEnum):
+    """Which credentials a rule covers (Luckey keeps one set of rules per credential type)."""
+
+    ANY = "any"  # every kind: the gateway's own rules and integrations
+    SMARTPHONE = "smartphone"
+    CARD = "card"  # cards and key fobs
+    PIN = "pin"
+    KEY = "key"  # mechatronic keys
+
+
+RULE_TYPE_KINDS: Mapping[RuleType, frozenset[CredentialKind]] = {
+    RuleType.ANY: frozenset(CredentialKind),
+    RuleType.SMARTPHONE: frozenset({CredentialKind.BLE_PHONE_KEY}),
+    RuleType.CARD: frozenset(
+        {CredentialKind.NFC_UID, CredentialKind.NTAG424, CredentialKind.DESFIRE}
+    ),
+    RuleType.PIN: frozenset({CredentialKind.PIN}),
+    RuleType.KEY: frozenset({CredentialKind.MECHATRONIC_KEY}),
+}
+
+#: Rule types assigned to exactly one user (Luckey's card and PIN rules).
+SINGLE_USER_RULE_TYPES = frozenset({RuleType.CARD, RuleType.PIN})
+
+#: PIN lengths a keypad entry may have.
+PIN_DIGITS_MIN = 4
+PIN_DIGITS_MAX = 7
+
+#: User ids and rule ids made for guest invitations start with these (reserved).
+GUEST_USER_PREFIX = "guest:"
+INVITATION_RULE_PREFIX = "invitation:"
 
 
 class UserStatus(enum.StrEnum):
@@ -71,6 +106,20 @@ class DoorMode(enum.StrEnum):
     UNLOCKED = "unlocked"  # held unlocked by the door's unlock schedule
     LOCKDOWN = "lockdown"
     EMERGENCY_OPEN = "emergency_open"
+
+
+@dataclass(frozen=True, slots=True)
+class PinHashing:
+    """How the site hashes PINs: scrypt(pin, salt, n, r, p), 32 bytes, as the credential value.
+
+    One salt per site rather than per PIN: the digits typed are all a keypad knows, so the
+    gateway must find the credential from one hash (see docs/site-data.md, "PIN codes").
+    """
+
+    salt: bytes
+    n: int = 2**14
+    r: int = 8
+    p: int = 1
 
 
 class Weekday(enum.IntEnum):
@@ -108,6 +157,7 @@ class Site:
     offline_limited_kinds: frozenset[CredentialKind] = frozenset()
     # Local administrators must sign in with a second factor (TOTP) as well as their password.
     require_admin_2fa: bool = False
+    pin_hashing: PinHashing | None = None  # needed once the site has PIN credentials
 
     @property
     def tz(self) -> ZoneInfo:
@@ -126,6 +176,8 @@ class Door:
     unlock_schedule_id: str | None = None
     # The unlock schedule holds the door unlocked only once someone was granted that day.
     unlock_after_first_grant: bool = False
+    tags: tuple[str, ...] = ()  # lock special tags (door groups); the door's id is its default tag
+    keypad: bool = False  # its reader has a keypad: PINs can be entered here
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,14 +217,22 @@ class Credential:
     public_key: bytes | None = None  # ble_phone_key only: the phone's P-256 key, SEC1 uncompressed
 
 
+class TagScope(enum.StrEnum):
+    """What a tag groups: users (user special tags) or doors (lock special tags)."""
+
+    USERS = "users"
+    DOORS = "doors"
+
+
 @dataclass(frozen=True, slots=True)
 class Tag:
-    """A group of users; ``special`` tags are owned by an integration (``owner``)."""
+    """A group of users or of doors; ``special`` tags are owned by an integration (``owner``)."""
 
     id: str
     name: str
     special: bool = False
     owner: str | None = None
+    scope: TagScope = TagScope.USERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,8 +281,27 @@ class Schedule:
 
 
 @dataclass(frozen=True, slots=True)
+class TimeSlot:
+    """A daily slot from ``start`` to ``end`` (minutes after local midnight, ``end`` exclusive).
+
+    ``end`` before ``start`` is an overnight slot: it ends the next day and belongs to the day
+    it starts on.
+    """
+
+    start: int
+    end: int
+
+    @property
+    def overnight(self) -> bool:
+        """True when the slot runs past midnight."""
+        return self.end < self.start
+
+
+@dataclass(frozen=True, slots=True)
 class AccessRule:
-    """Users carrying any of ``tags`` may open any of ``doors`` while the schedule is open."""
+    """Who (``users`` by id, or carrying any of ``tags``) may open which doors (``doors`` by id,
+    or carrying any of ``door_tags``), with which credentials (``type``), and when: within the
+    date interval, on ``days``, within ``time_slot``, while the schedule is open."""
 
     id: str
     name: str
@@ -231,6 +310,42 @@ class AccessRule:
     schedule_id: str | None = None  # None: at any time
     valid_from: datetime | None = None
     valid_until: datetime | None = None
+    users: frozenset[str] = frozenset()
+    door_tags: frozenset[str] = frozenset()
+    type: RuleType = RuleType.ANY
+    days: frozenset[Weekday] | None = None  # None: every day
+    time_slot: TimeSlot | None = None  # None: all day
+
+
+@dataclass(frozen=True, slots=True)
+class Invitation:
+    """A guest invitation: whoever redeems the code gets a phone key for ``max_devices`` phones.
+
+    ``code_sha256`` is the SHA-256 of the code (as typed, upper-case, without separators); the
+    code itself is shown once, to whoever created the invitation. The guest is a user
+    ``guest:<id>`` and the access a smartphone rule ``invitation:<id>`` (both made by the view).
+    """
+
+    id: str
+    name: str
+    valid_from: datetime
+    valid_until: datetime
+    max_devices: int
+    code_sha256: str
+    doors: frozenset[str] = frozenset()
+    door_tags: frozenset[str] = frozenset()
+    days: frozenset[Weekday] | None = None
+    time_slot: TimeSlot | None = None
+
+    @property
+    def guest_id(self) -> str:
+        """The id of the guest user its phone keys belong to."""
+        return GUEST_USER_PREFIX + self.id
+
+    @property
+    def rule_id(self) -> str:
+        """The id of the smartphone rule it grants."""
+        return INVITATION_RULE_PREFIX + self.id
 
 
 class Reason(enum.StrEnum):
@@ -261,6 +376,12 @@ class Reason(enum.StrEnum):
     OUTSIDE_SCHEDULE = "outside_schedule"
     HOLIDAY = "holiday"
     CLOSED_BY_EXCEPTION = "closed_by_exception"
+    CREDENTIAL_TYPE_NOT_ALLOWED = "credential_type_not_allowed"  # rules here cover other types
+    DAY_NOT_ALLOWED = "day_not_allowed"
+    OUTSIDE_TIME_SLOT = "outside_time_slot"
+    NO_KEYPAD = "no_keypad"  # a PIN at a door whose reader has no keypad
+    PIN_MALFORMED = "pin_malformed"  # not 4 to 7 digits
+    KEYPAD_LOCKED = "keypad_locked"  # too many wrong PINs at this reader: waiting out the lockout
 
     @property
     def granted(self) -> bool:
@@ -322,6 +443,10 @@ class EventType(enum.StrEnum):
     UPLINK_REFUSED = "uplink.refused"
     CLOUD_LINK = "cloud.link"  # the link to the cloud came up or went down
     CREDENTIAL_ENROLLED = "credential.enrolled"  # a phone or card enrolled at this gateway
+    KEYPAD_LOCKED = "keypad.locked"  # too many wrong PINs in a row at one reader
+    INVITATION_CREATED = "invitation.created"
+    INVITATION_DELETED = "invitation.deleted"
+    INVITATION_REDEEMED = "invitation.redeemed"
 
 
 class EventPriority(enum.IntEnum):
@@ -359,6 +484,10 @@ EVENT_PRIORITY: Mapping[EventType, EventPriority] = {
     EventType.UPLINK_REFUSED: EventPriority.SECURITY,
     EventType.CLOUD_LINK: EventPriority.NOTABLE,
     EventType.CREDENTIAL_ENROLLED: EventPriority.SECURITY,
+    EventType.KEYPAD_LOCKED: EventPriority.SECURITY,
+    EventType.INVITATION_CREATED: EventPriority.SECURITY,
+    EventType.INVITATION_DELETED: EventPriority.SECURITY,
+    EventType.INVITATION_REDEEMED: EventPriority.SECURITY,
 }
 
 

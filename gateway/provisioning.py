@@ -47,7 +47,7 @@ ANSWER_MAX_BYTES = 256 * 1024
 #: The most of identity.json or a key file read back.
 FILE_MAX_BYTES = 64 * 1024
 #: Local state files a factory reset removes (beside each database its SQLite sibling files).
-STATE_DATABASES = ("cache.db", "outbox.db", "sun_counters.db")
+STATE_DATABASES = ("cache.db", "outbox.db", "sun_counters.db", "journal.db")
 SQLITE_SIBLINGS = ("-wal", "-shm", "-journal")
 STATE_FILES = (
     "door_modes.json",

@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from firmware_protocol import ProtocolError
 from gateway.challenges import ChallengeBook
 from gateway.enrolment import Enrolment
 from gateway.entry import EntryService
@@ -183,6 +184,20 @@ class Simulator:
 
         await board.present_key(reader, key, challenge, respond(site_key, key, challenge))
         return await _decision(decided, f"the board at {door_id!r} did not report the key")
+
+    async def enter_pin(self, door_id: str, digits: str) -> Decision:
+        """``digits`` typed on the keypad of the door's virtual board reader; its decision."""
+        hardware = self._hardware
+        found = hardware.virtual_door(door_id) if isinstance(hardware, BoardHardware) else None
+        if found is None:
+            raise SimulatorError(f"no virtual board with a keypad at door {door_id!r}")
+        board, reader = found
+        decided = self._entry.next_decision(door_id)
+        try:
+            await board.enter_pin(reader, digits)
+        except (RuntimeError, ProtocolError) as err:  # no keypad; not digits the board sends
+            raise SimulatorError(f"the keypad at {door_id!r} cannot send that: {err}") from None
+        return await _decision(decided, f"the board at {door_id!r} did not report the PIN")
 
     async def present_card(self, door_id: str, kind: CredentialKind, uid: str) -> Decision:
         """A card of ``kind`` held to the door's simulated NFC reader until it is decided."""

@@ -19,6 +19,7 @@ from gateway.codec import (
     FormatError,
     References,
     dangling,
+    misplaced_tag,
     site_dangling,
     site_dangling_error,
 )
@@ -29,6 +30,8 @@ from gateway.model import (
     CredentialKind,
     Door,
     HolidayCalendar,
+    Invitation,
+    RuleType,
     Schedule,
     Site,
     Tag,
@@ -106,13 +109,54 @@ def _tables_from_columns(
     return tables
 
 
-def _index_rules(rules: Iterable[AccessRule]) -> RuleIndex:
+def user_key(user_id: str) -> str:
+    """The rule index's key for a rule naming a user directly (tag ids never start with '@')."""
+    return "@" + user_id
+
+
+def _index_rules(rules: Iterable[AccessRule], doors: Mapping[str, Door]) -> RuleIndex:
+    """Rules by (door id, user tag or ``user_key(user)``), door tags expanded to their doors."""
+    doors_by_tag: dict[str, list[str]] = {}
+    for door in doors.values():
+        for tag in door.tags:
+            doors_by_tag.setdefault(tag, []).append(door.id)
     index: dict[tuple[str, str], list[AccessRule]] = {}
     for rule in sorted(rules, key=lambda r: r.id):  # sorted: the first granting rule is stable
-        for door in rule.doors:
-            for tag in rule.tags:
-                index.setdefault((door, tag), []).append(rule)
+        chosen = set(rule.doors)
+        for tag in rule.door_tags:
+            chosen.update(doors_by_tag.get(tag, ()))
+        principals = [*rule.tags, *map(user_key, rule.users)]
+        for door_id in chosen:
+            for principal in principals:
+                index.setdefault((door_id, principal), []).append(rule)
     return {key: tuple(value) for key, value in index.items()}
+
+
+def guest_user(invitation: Invitation) -> User:
+    """The user an invitation's phone keys belong to, valid while the invitation is."""
+    return User(
+        id=invitation.guest_id,
+        name=invitation.name,
+        valid_from=invitation.valid_from,
+        valid_until=invitation.valid_until,
+    )
+
+
+def guest_rule(invitation: Invitation) -> AccessRule:
+    """The smartphone rule an invitation grants its guest."""
+    return AccessRule(
+        id=invitation.rule_id,
+        name=f"Invitation {invitation.name}",
+        tags=frozenset(),
+        doors=invitation.doors,
+        valid_from=invitation.valid_from,
+        valid_until=invitation.valid_until,
+        users=frozenset({invitation.guest_id}),
+        door_tags=invitation.door_tags,
+        type=RuleType.SMARTPHONE,
+        days=invitation.days,
+        time_slot=invitation.time_slot,
+    )
 
 
 def _compile(
@@ -129,6 +173,9 @@ class CacheView:
         "compiled",
         "credentials",
         "doors",
+        "guest_rules",
+        "guests",
+        "invitations",
         "rule_index",
         "rules",
         "schedules",
@@ -151,6 +198,7 @@ class CacheView:
         schedules: dict[str, Schedule],
         calendars: dict[str, HolidayCalendar],
         rules: dict[str, AccessRule],
+        invitations: dict[str, Invitation] | None = None,
         rule_index: RuleIndex | None = None,
         compiled: dict[str, CompiledSchedule] | None = None,
     ) -> None:
@@ -164,7 +212,15 @@ class CacheView:
         self.schedules = schedules
         self.calendars = calendars
         self.rules = rules
-        self.rule_index = _index_rules(rules.values()) if rule_index is None else rule_index
+        self.invitations = {} if invitations is None else invitations
+        #: Each invitation's guest user and smartphone rule (not stored: made from it).
+        self.guests = {i.guest_id: guest_user(i) for i in self.invitations.values()}
+        self.guest_rules = {i.rule_id: guest_rule(i) for i in self.invitations.values()}
+        self.rule_index = (
+            _index_rules([*rules.values(), *self.guest_rules.values()], doors)
+            if rule_index is None
+            else rule_index
+        )
         self.compiled = _compile(schedules, calendars) if compiled is None else compiled
 
     @classmethod
@@ -212,6 +268,7 @@ class CacheView:
             schedules=_by_id(entities.get("schedules", ())),
             calendars=_by_id(entities.get("holiday_calendars", ())),
             rules=_by_id(entities.get("rules", ())),
+            invitations=_by_id(entities.get("invitations", ())),
         )
 
     def dismantle(self, pause: Callable[[], None]) -> None:
@@ -234,6 +291,11 @@ class CacheView:
                 tables.popitem()  # one kind's table (about 5 ms for 100k credentials)
                 pause()
 
+    def user(self, user_id: str) -> User | None:
+        """The user ``user_id``, or an invitation's guest."""
+        user = self.users.get(user_id)
+        return self.guests.get(user_id) if user is None else user
+
     def credential(self, kind: CredentialKind, value: str) -> Credential | None:
         """The cached credential of ``kind`` with canonical ``value``, if any."""
         return self.credentials[kind].get(value)
@@ -252,6 +314,7 @@ class CacheView:
             "schedules": self.schedules,
             "holiday_calendars": self.calendars,
             "rules": self.rules,
+            "invitations": self.invitations,
         }
         return collections[name]
 
@@ -295,8 +358,17 @@ class CacheView:
                 if s.id not in deleted.get("schedules", ())
                 and s.id not in upserted.get("schedules", ())
             ],
+            "invitations": [
+                i
+                for i in self.invitations.values()
+                if i.id not in deleted.get("invitations", ())
+                and i.id not in upserted.get("invitations", ())
+            ],
         }
-        if any(deleted.get(c) for c in ("tags", "doors", "schedules", "holiday_calendars")):
+        if any(
+            deleted.get(c)
+            for c in ("tags", "doors", "schedules", "holiday_calendars", "users", "invitations")
+        ):
             found = dangling(remaining, References(exists))
             if found is not None:
                 what = found.target_collection[:-1].replace("_", " ")
@@ -304,6 +376,7 @@ class CacheView:
                     f"delete.{found.target_collection}",
                     f"cannot delete {what} {found.target!r}: {found.collection[:-1]} {found.entity_id!r} still uses it",
                 )
+        self._check_scopes(delta, remaining)
         if deleted.get("tags"):
             for user in self.users.values():
                 if (
@@ -317,9 +390,39 @@ class CacheView:
                     )
         self._check_site(delta, refs)
 
+    def _check_scopes(self, delta: Delta, remaining: Mapping[str, Iterable[Any]]) -> None:
+        """Raise FormatError if a user tag would select doors, or a door tag users."""
+        new_tags = {t.id: t for t in delta.upserts.get("tags", ())}
+
+        def scope_of(tag_id: str) -> Any:
+            tag = new_tags.get(tag_id) or self.tags.get(tag_id)
+            return None if tag is None else tag.scope
+
+        found = misplaced_tag(delta.upserts, scope_of, "upsert.")
+        if found is not None:
+            raise found
+        rescoped = any(
+            t.id in self.tags and self.tags[t.id].scope is not t.scope for t in new_tags.values()
+        )
+        if rescoped:  # what already names the tag must still name it in its scope
+            found = misplaced_tag({**remaining, "users": self.users.values()}, scope_of)
+            if found is not None:
+                raise FormatError(
+                    "upsert.tags", f"cannot change the scope of a tag in use: {found}"
+                )
+
     def _check_site(self, delta: Delta, refs: References) -> None:
         """Raise FormatError if the site after ``delta`` names a tag that would not exist."""
         site = delta.site or self.site
+        if site.pin_hashing is None and (
+            any(c.kind is CredentialKind.PIN for c in delta.upserts.get("credentials", ()))
+            or (delta.site is not None and len(self.credentials[CredentialKind.PIN]))
+        ):
+            raise FormatError(
+                "site.pin_hashing",
+                "missing: the site has pin credentials, and their hashes cannot be checked "
+                "without the site's salt and scrypt parameters",
+            )
         tag = site_dangling(site, refs)
         if tag is None:
             return
@@ -356,20 +459,29 @@ class CacheView:
                 )
 
         rules = merged("rules", self.rules)
+        doors = merged("doors", self.doors)
+        invitations = merged("invitations", self.invitations)
         schedules = merged("schedules", self.schedules)
         calendars = merged("holiday_calendars", self.calendars)
         calendars_changed = calendars is not self.calendars
         return CacheView(
             version=delta.version,
             site=delta.site or self.site,
-            doors=merged("doors", self.doors),
+            doors=doors,
             users=merged("users", self.users),
             credentials=credentials,
             tags=merged("tags", self.tags),
             schedules=schedules,
             calendars=calendars,
             rules=rules,
-            rule_index=None if rules is not self.rules else self.rule_index,
+            invitations=invitations,
+            rule_index=None
+            if (
+                rules is not self.rules
+                or doors is not self.doors
+                or invitations is not self.invitations
+            )
+            else self.rule_index,
             compiled=None
             if (schedules is not self.schedules or calendars_changed)
             else self.compiled,

@@ -274,6 +274,8 @@ async def _present(gw: Gateway, door: str, kind: str, value: str) -> Decision:
     try:
         if parsed_kind is CredentialKind.MECHATRONIC_KEY and simulator.simulates_keys(door):
             return await simulator.present_key(door, parsed_value)
+        if kind == CredentialKind.PIN.value and gw.config.hardware.backend == "virtual":
+            return await simulator.enter_pin(door, value)
         if gw.config.hardware.backend == "virtual":
             if parsed_kind in SECURE_CARDS:
                 return await simulator.present_card(door, parsed_kind, parsed_value)
@@ -387,6 +389,9 @@ def make_app(gw: Gateway, *, simulated: bool, local: bool = False) -> web.Applic
         gw.admin,
         is_local=is_local_request if local else (lambda _: False),
         secure_cookies=gw.web_tls is not None,
+        two_factor_required=lambda: (
+            gw.config.web.require_admin_2fa or gw.cache.view.site.require_admin_2fa
+        ),
     )
     admin = guard.require
     guard.add_routes(app)
@@ -409,9 +414,10 @@ def make_app(gw: Gateway, *, simulated: bool, local: bool = False) -> web.Applic
 
     add_public_routes(app, gw)
     add_admin_routes(app, gw, local_only=admin)
-    from gateway import web_doors, web_live, web_setup  # noqa: PLC0415
+    from gateway import web_doors, web_journal, web_live, web_setup  # noqa: PLC0415
 
     web_live.add_routes(app, gw, admin)
+    web_journal.add_routes(app, gw, admin)
     web_doors.add_routes(app, gw, admin)
     web_setup.add_routes(app, gw, admin)
     return app

@@ -5,6 +5,11 @@ Every admin route is wrapped by ``AdminGuard.require``: it passes a live admin s
 the cookie that changes anything must send the session's ``X-CSRF-Token``. On a loopback
 listener, requests from this machine (no forwarding headers, a loopback Host) pass as well: the
 command line and whoever is logged in on the gateway itself.
+
+Where the site (or ``[web] require_admin_2fa``) requires two-factor authentication, a session
+that has not proved a TOTP code is restricted, checked at each request: it reaches only
+``/account`` and the routes that set TOTP up (``restricted_ok``); every other admin route
+answers 403 (a page: a redirect to ``/account``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from gateway.admin import AdminAccounts, AdminError
+from gateway import totp as totp_codes
+from gateway.admin import TOTP_ENROL_TTL_S, TWO_FACTOR_REQUIRED, AdminAccounts, AdminError
 from gateway.sessions import Session
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -36,11 +42,18 @@ _PAGE_HEADERS = {
 
 
 def _error(
-    status: int, message: str, *, field: str | None = None, **headers: str
+    status: int,
+    message: str,
+    *,
+    field: str | None = None,
+    need: str | None = None,
+    **headers: str,
 ) -> web.HTTPException:
     body: dict[str, str] = {"error": message}
     if field is not None:
         body["field"] = field
+    if need is not None:
+        body["need"] = need
     cls = web.HTTPException
     for candidate in (
         web.HTTPBadRequest,
@@ -58,7 +71,7 @@ def _refused(err: AdminError) -> web.HTTPException:
     headers = {}
     if err.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(err.retry_after_s)))
-    return _error(err.status, str(err), field=err.field, **headers)
+    return _error(err.status, str(err), field=err.field, need=err.need, **headers)
 
 
 def static_page(name: str) -> web.Response:
@@ -77,13 +90,24 @@ class AdminGuard:
         *,
         is_local: Callable[[web.Request], bool],
         secure_cookies: bool,
+        two_factor_required: Callable[[], bool] = lambda: False,
     ) -> None:
+        """``two_factor_required``: asked at each request (the site's data may change)."""
         self.accounts = accounts
         self._is_local = is_local
         self._secure = secure_cookies
+        self._two_factor_required = two_factor_required
 
-    def require(self, handler: Handler) -> Handler:
-        """``handler`` for the admin (or this machine, on a loopback listener) only."""
+    def restricted(self, token: str) -> bool:
+        """True if the session of ``token`` may only set up two-factor authentication."""
+        return self._two_factor_required() and not self.accounts.second_factor_ok(token)
+
+    def require(self, handler: Handler, *, restricted_ok: bool = False) -> Handler:
+        """``handler`` for the admin (or this machine, on a loopback listener) only.
+
+        ``restricted_ok``: also for a session restricted to setting up two-factor
+        authentication (the account page and its routes).
+        """
 
         async def checked(request: web.Request) -> web.StreamResponse:
             token, by_cookie = self._presented(request)
@@ -94,6 +118,10 @@ class AdminGuard:
                     and not self.accounts.csrf_ok(token, request.headers.get(CSRF_HEADER))
                 ):
                     raise _error(403, f"this request must carry the session's {CSRF_HEADER}")
+                if not restricted_ok and self.restricted(token):
+                    if request.method == "GET" and "text/html" in request.headers.get("Accept", ""):
+                        raise web.HTTPFound("/account")
+                    raise _error(403, TWO_FACTOR_REQUIRED, need="totp_setup")
                 return await handler(request)
             if self._is_local(request):
                 if request.method not in _SAFE_METHODS and not _same_origin(request):
@@ -113,15 +141,22 @@ class AdminGuard:
         return checked
 
     def add_routes(self, app: web.Application) -> None:
-        """``/login`` and ``/api/admin/{state,setup,login,logout,session}``."""
+        """``/login``, ``/account`` and ``/api/admin/{state,setup,login,logout,session,totp}``."""
         app.router.add_get("/login", self.page)
         app.router.add_get("/admin.js", self.script)
         app.router.add_get("/login.js", self.login_script)
+        app.router.add_get("/account.js", self.account_script)
+        app.router.add_get("/account", self.require(self.account_page, restricted_ok=True))
         app.router.add_get("/api/admin/state", self.state)
         app.router.add_post("/api/admin/setup", self.setup)
         app.router.add_post("/api/admin/login", self.login)
         app.router.add_post("/api/admin/logout", self.logout)
-        app.router.add_get("/api/admin/session", self.require(self.session))
+        app.router.add_get("/api/admin/session", self.require(self.session, restricted_ok=True))
+        totp = "/api/admin/totp"
+        app.router.add_get(totp, self.require(self.totp_state, restricted_ok=True))
+        app.router.add_post(totp, self.require(self.totp_start, restricted_ok=True))
+        app.router.add_delete(totp, self.require(self.totp_disable, restricted_ok=True))
+        app.router.add_post(f"{totp}/confirm", self.require(self.totp_confirm, restricted_ok=True))
 
     async def page(self, request: web.Request) -> web.StreamResponse:
         """The login page (and, until the admin exists, the form that creates it)."""
@@ -134,6 +169,14 @@ class AdminGuard:
     async def login_script(self, request: web.Request) -> web.StreamResponse:
         """The login page's script (served as a file: the page's policy allows no inline one)."""
         return static_page("login.js")
+
+    async def account_page(self, request: web.Request) -> web.StreamResponse:
+        """The admin's account page: two-factor authentication on or off."""
+        return static_page("account.html")
+
+    async def account_script(self, request: web.Request) -> web.StreamResponse:
+        """The account page's script."""
+        return static_page("account.js")
 
     async def state(self, request: web.Request) -> web.StreamResponse:
         """``{"setup_required": bool}``: which form the login page shows."""
@@ -156,11 +199,17 @@ class AdminGuard:
         return self._logged_in(session, status=201)
 
     async def login(self, request: web.Request) -> web.StreamResponse:
-        """``{username, password}`` → a session cookie and token, and its CSRF token."""
+        """``{username, password[, code]}`` → a session cookie and token, and its CSRF token.
+
+        With TOTP on, a right password without a code answers 401 ``{"need": "totp"}``.
+        """
         body = await _json_body(request)
         try:
             session = await self.accounts.login(
-                body.get("username"), body.get("password"), request.remote or "unknown"
+                body.get("username"),
+                body.get("password"),
+                request.remote or "unknown",
+                body.get("code"),
             )
         except AdminError as err:
             raise _refused(err) from None
@@ -170,7 +219,7 @@ class AdminGuard:
         """End the session presented (204 even if it had already ended)."""
         token, _ = self._presented(request)
         if token is not None:
-            self.accounts.sessions.revoke(token)
+            self.accounts.logout(token)
         response = web.Response(status=204, headers=_NO_STORE)
         response.del_cookie(COOKIE, path="/", secure=self._secure, httponly=True, samesite="Strict")
         return response
@@ -192,6 +241,76 @@ class AdminGuard:
             },
             headers=_NO_STORE,
         )
+
+    async def totp_state(self, request: web.Request) -> web.StreamResponse:
+        """Whether TOTP is on, the site requires it, and this session is restricted for it."""
+        return web.json_response(self._totp_json(request), headers=_NO_STORE)
+
+    async def totp_start(self, request: web.Request) -> web.StreamResponse:
+        """Start setting up TOTP: a new secret (base32) and its ``otpauth://`` URI."""
+        session = self._session_for_totp(request)
+        try:
+            enrolment = self.accounts.start_totp(session)
+        except AdminError as err:
+            raise _refused(err) from None
+        secret = totp_codes.to_base32(enrolment.secret)
+        return web.json_response(
+            {
+                "secret": secret,
+                "secret_grouped": totp_codes.grouped(secret),
+                "uri": enrolment.uri,
+                "digits": totp_codes.DIGITS,
+                "period_s": totp_codes.STEP_S,
+                "expires_in_s": math.ceil(TOTP_ENROL_TTL_S),
+            },
+            headers=_NO_STORE,
+        )
+
+    async def totp_confirm(self, request: web.Request) -> web.StreamResponse:
+        """``{code}``: turn TOTP on with the secret being set up, if the code is its current one."""
+        session = self._session_for_totp(request)
+        body = await _json_body(request)
+        try:
+            await self.accounts.confirm_totp(session, body.get("code"), request.remote or "unknown")
+        except AdminError as err:
+            raise _refused(err) from None
+        return web.json_response(self._totp_json(request), headers=_NO_STORE)
+
+    async def totp_disable(self, request: web.Request) -> web.StreamResponse:
+        """``{code}``: turn TOTP off (409 while the site requires it)."""
+        self._session_for_totp(request)
+        body = await _json_body(request)
+        try:
+            await self.accounts.disable_totp(
+                body.get("code"),
+                request.remote or "unknown",
+                required=self._two_factor_required(),
+            )
+        except AdminError as err:
+            raise _refused(err) from None
+        return web.json_response(self._totp_json(request), headers=_NO_STORE)
+
+    def _totp_json(self, request: web.Request) -> dict[str, object]:
+        token, _ = self._presented(request)
+        session = self.accounts.sessions.get(token) if token is not None else None
+        return {
+            "enabled": self.accounts.totp_enabled,
+            "required": self._two_factor_required(),
+            "restricted": session is not None and self.restricted(session.token),
+            "username": None if session is None else session.name,
+        }
+
+    def _session_for_totp(self, request: web.Request) -> Session:
+        """The admin session of ``request``: TOTP is the admin's, not this machine's."""
+        token, _ = self._presented(request)
+        session = self.accounts.sessions.get(token) if token is not None else None
+        if session is None:
+            raise _error(
+                401,
+                "log in as the admin (/login) to change two-factor authentication",
+                **{"WWW-Authenticate": 'Bearer realm="luckey-gateway"'},
+            )
+        return session
 
     def _logged_in(self, session: Session, *, status: int = 200) -> web.Response:
         response = web.json_response(

@@ -1,4 +1,5 @@
-// Shared by the admin pages: fetch with the session's CSRF token; to the login page on 401.
+// Shared by the admin pages: fetch with the session's CSRF token; to the login page on 401, to
+// the account page when the site requires two-factor authentication this session has not set up.
 (function () {
   "use strict";
   let csrf = sessionStorage.getItem("luckey_csrf");
@@ -11,6 +12,14 @@
     if (response.status === 401) {
       location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search);
       throw new Error("log in first");
+    }
+    if (response.status === 403 && location.pathname !== "/account") {
+      // The site requires two-factor authentication and this session has not set it up.
+      const body = await response.clone().json().catch(() => ({}));
+      if (body.need === "totp_setup") {
+        location.href = "/account";
+        throw new Error("set up two-factor authentication first");
+      }
     }
     return response;
   }

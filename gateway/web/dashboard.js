@@ -89,6 +89,16 @@
     $("result").innerHTML = body.error ? `<span class="denied">${text(body.error)}</span>`
       : `<span class="${body.decision.granted ? "granted" : "denied"}">${text(body.explanation)}</span>`;
   });
+  // The CSV export is a plain form (a download): this only proposes a range and checks it.
+  const day = (d) => `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, "0")}-${String(d.getDate()).padStart(2, "0")}`;
+  const today = new Date();
+  if (!$("export-from").value) $("export-from").value = day(new Date(today.getFullYear(), today.getMonth(), 1));
+  if (!$("export-to").value) $("export-to").value = day(new Date(today.getFullYear(), today.getMonth(), today.getDate() + 1));
+  const checkRange = () => $("export-to").setCustomValidity(
+    $("export-from").value && $("export-to").value && $("export-to").value <= $("export-from").value
+      ? "'To' must be after 'From' (the 'To' day is not included)" : "");
+  $("export-from").addEventListener("input", checkRange);
+  $("export-to").addEventListener("input", checkRange);
   $("logout").addEventListener("click", (ev) => { ev.preventDefault(); adminLogout(); });
   connect();
 })();

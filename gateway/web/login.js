@@ -10,11 +10,18 @@
   async function submit(form, url, fields) {
     const body = {};
     for (const [key, id] of Object.entries(fields)) body[key] = $(id).value;
+    if (form === "login" && !$("login_code_label").hidden) body.code = $("login_code").value.replace(/\s/g, "");
     const response = await fetch(url, {method: "POST", credentials: "same-origin",
       headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
     const answer = await response.json().catch(() => ({error: `HTTP ${response.status}`}));
     if (!response.ok) {
       $(`${form}_error`).textContent = answer.error;
+      if (answer.need === "totp") {
+        // The password was right; the account also takes the authenticator's code.
+        $("login_code_label").hidden = false;
+        $("login_code").required = true;
+      }
+      if (form === "login") $("login_code").value = "";
       const field = answer.field && ($(`${form}_${answer.field}`) || $(answer.field));
       if (field) field.focus();
       return;

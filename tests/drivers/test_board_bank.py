@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -45,6 +46,7 @@ from drivers.virtual_bus import BusHub
 from firmware_protocol import (
     UNACKNOWLEDGED_TYPES,
     BeepPattern,
+    Capability,
     FaultCode,
     Flags,
     Frame,
@@ -210,6 +212,7 @@ async def pty_rig(
     ack_timeout_s: float = 0.03,
     poll_interval_s: float = 0.02,
     hub_type: type[BusHub] = BusHub,
+    keypad: bool = False,
 ) -> AsyncIterator[Rig]:
     """Boards started, the bank started (unless ``start`` is False); all torn down in reverse."""
     with PtyPair() as pty:
@@ -222,7 +225,7 @@ async def pty_rig(
         rig = Rig(pty, bank, rec, {}, hub)
         try:
             for address in addresses:
-                await rig.power_up(board_type(BoardConfig(address=address, doors=2)))
+                await rig.power_up(board_type(BoardConfig(address=address, doors=2, keypad=keypad)))
             if start:
                 await rig.bank.start()
             yield rig
@@ -343,6 +346,63 @@ async def test_a_presented_key_arrives_as_a_credential_read_with_its_proof(rig: 
     (read,) = rig.rec.reads
     assert read == CredentialRead("back", "mech_key", "000102AB4B455921", challenge + response)
     assert len(read.proof) == 32
+
+
+#: A PIN no log line may show, and its bytes as a hex dump would show them.
+SECRET_PIN = "739184"
+SECRET_PIN_HEX = SECRET_PIN.encode().hex(" ")
+
+
+def assert_pin_never_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """No captured record shows ``SECRET_PIN``, as text or as hex (SPEC.md, "PIN_ENTERED")."""
+    assert caplog.records  # DEBUG and up were captured: the check is not vacuous
+    for record in caplog.records:
+        text = record.getMessage()
+        assert SECRET_PIN not in text, record
+        assert SECRET_PIN_HEX not in text, record
+    assert SECRET_PIN not in caplog.text
+
+
+async def test_a_typed_pin_arrives_as_a_pin_credential_read_and_is_never_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with pty_rig(keypad=True) as rig:
+        (status,) = rig.rec.statuses(5)
+        assert status.info is not None
+        assert Capability.KEYPAD in status.info.capabilities
+        board = rig.boards[5]
+        await board.enter_pin(1, SECRET_PIN)
+        await rig.rec.wait_for(lambda: bool(rig.rec.reads))
+        # A second entry at the other door, with leading zeros, arrives as typed.
+        await board.enter_pin(0, "0042")
+        await rig.rec.wait_for(lambda: len(rig.rec.reads) == 2)
+    assert rig.rec.reads == [
+        CredentialRead(reader_id="back", kind="pin", value=SECRET_PIN, proof=b""),
+        CredentialRead(reader_id="front", kind="pin", value="0042", proof=b""),
+    ]
+    assert board.pins_expired == 0
+    assert_pin_never_logged(caplog)
+
+
+async def test_a_pin_at_a_reader_not_configured_is_dropped_and_logged_without_its_digits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    def front_only(url: str) -> BoardBankConfig:
+        spec = BoardSpec({1: SafeState.FAIL_SAFE}, supervision_timeout_ms=3000)
+        return BoardBankConfig.per_door(url, {5: ("front",)}, spec=spec)
+
+    async with pty_rig(keypad=True, config=front_only) as rig:
+        board = rig.boards[5]
+        await board.enter_pin(1, SECRET_PIN)  # reader 1: wired to no door
+        await board.enter_pin(0, "1234")
+        await rig.rec.wait_for(lambda: bool(rig.rec.reads))
+    assert rig.rec.reads == [CredentialRead("front", "pin", "1234")]
+    dropped = [r.getMessage() for r in caplog.records if "dropped a PIN" in r.getMessage()]
+    assert dropped == ["Board 5 reader 1 is not configured: dropped a PIN of 6 digits"]
+    assert_pin_never_logged(caplog)
 
 
 async def test_inputs_arrive_as_typed_events(rig: Rig) -> None:

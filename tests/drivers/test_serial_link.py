@@ -33,6 +33,7 @@ from firmware_protocol import (
     Message,
     MessageType,
     NakCode,
+    PinEntered,
     ReaderFeedback,
     RelayPulse,
     RelaySet,
@@ -239,6 +240,15 @@ async def test_key_presentation_arrives_intact(rig: Rig) -> None:
     await rig.board.present_key(1, key_id, challenge, response)
     got = await rig.gw.expect(KeyPresented)
     assert got == KeyPresented(1, key_id, challenge, response)
+
+
+async def test_pin_entry_arrives_intact() -> None:
+    async with pty_rig(BoardConfig(address=ADDRESS, doors=2, keypad=True)) as rig:
+        rig.gw.start_polling()
+        await rig.gw.handshake((SafeState.FAIL_SECURE, SafeState.FAIL_SAFE))
+        typed = await rig.board.enter_pin(1, "000123456789")
+        got = await rig.gw.expect(PinEntered)
+        assert got == typed == PinEntered(1, "000123456789")
 
 
 async def test_noise_on_the_line_does_not_break_the_link(rig: Rig) -> None:

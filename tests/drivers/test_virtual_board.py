@@ -16,6 +16,8 @@ from firmware_protocol import (
     BROADCAST_ADDRESS,
     SEQ_MODULO,
     BoardFault,
+    BoardInfo,
+    Capability,
     Configure,
     FaultCode,
     Flags,
@@ -24,8 +26,10 @@ from firmware_protocol import (
     Hello,
     InputChanged,
     Message,
+    MessageError,
     MessageType,
     NakCode,
+    PinEntered,
     RelayPulse,
     RelaySet,
     SafeState,
@@ -186,12 +190,14 @@ class RawGateway:
 
 
 @contextlib.asynccontextmanager
-async def raw_rig() -> AsyncIterator[tuple[VirtualBoard, RawGateway, RecordingHub]]:
+async def raw_rig(
+    *, keypad: bool = False
+) -> AsyncIterator[tuple[VirtualBoard, RawGateway, RecordingHub]]:
     """A one-door board on a recorded bus, and a raw gateway on the pty's other end."""
     loop = asyncio.get_running_loop()
     with PtyPair() as pty:
         hub = RecordingHub(pty.master_fd)
-        board = VirtualBoard(BoardConfig(address=ADDRESS, doors=1))
+        board = VirtualBoard(BoardConfig(address=ADDRESS, doors=1, keypad=keypad))
         loop.add_reader(pty.slave_fd, drain, pty.slave_fd)  # the trace is read from the hub
         try:
             await board.start(hub.endpoint())
@@ -411,3 +417,83 @@ async def test_a_full_queue_discards_events_and_queues_one_overflow_fault_once_t
         assert [i.level for i in state.inputs] == [0, 0, 1]
         assert unslotted_frames(hub.heard, ADDRESS) == []
         assert slot_violations(hub.heard, ADDRESS) == []
+
+
+# -- keypad (SPEC.md, "PIN_ENTERED") -------------------------------------------------------
+
+PIN = (MessageType.PIN_ENTERED, False)
+
+
+def board_info(hub: RecordingHub) -> BoardInfo:
+    """The BOARD_INFO the board put on the bus."""
+    (frame,) = [h.frame for h in hub.heard if h.frame.msg_type == MessageType.BOARD_INFO]
+    info = decode_message(frame)
+    assert isinstance(info, BoardInfo)
+    return info
+
+
+def pins_heard(hub: RecordingHub) -> list[Frame]:
+    """Every PIN_ENTERED the board put on the bus, retransmissions included."""
+    return [h.frame for h in hub.heard if h.frame.msg_type == MessageType.PIN_ENTERED]
+
+
+async def test_a_keypad_board_says_so_and_sends_a_typed_pin_in_its_slot_like_a_key() -> None:
+    async with raw_rig(keypad=True) as (board, gw, hub):
+        await gw.handshake()
+        assert board_info(hub).capabilities == Capability.KEY_READER | Capability.KEYPAD
+        typed = await board.enter_pin(0, "2580")
+        assert typed == PinEntered(0, "2580")
+        await board.open_door(0)  # queued behind the PIN, in order
+        slot = await gw.exchange(Heartbeat(1))
+        assert shape(slot) == [ANNOUNCING_ACK, (MessageType.PIN_ENTERED, True), LAST_EVENT]
+        assert decode_message(slot[1]) == typed
+        assert slot[1].payload == bytes.fromhex("00 04 32 35 38 30") + bytes(8)
+        assert changes(slot) == [(0, 1)]
+        assert shape(await gw.exchange(Heartbeat(2))) == [ACK]  # sent once
+        assert pins_heard(hub) == [slot[1]]
+        assert unslotted_frames(hub.heard, ADDRESS) == []
+        assert slot_violations(hub.heard, ADDRESS) == []
+
+
+async def test_a_board_without_a_keypad_never_sends_a_pin_and_says_so() -> None:
+    async with raw_rig() as (board, gw, hub):
+        await gw.handshake()
+        assert board_info(hub).capabilities == Capability.KEY_READER  # as before keypads
+        with pytest.raises(RuntimeError, match="no keypad"):
+            await board.enter_pin(0, "1234")
+        assert shape(await gw.exchange(Heartbeat(1))) == [ACK]
+        assert pins_heard(hub) == []
+
+
+async def test_a_pin_the_board_could_not_send_is_refused_before_it_is_queued() -> None:
+    async with raw_rig(keypad=True) as (board, gw, hub):
+        await gw.handshake()
+        with pytest.raises(IndexError):
+            await board.enter_pin(1, "1234")  # a one-door board has reader 0 only
+        for digits in ("", "1" * 13, "12*4", "12#4"):
+            with pytest.raises(MessageError):
+                await board.enter_pin(0, digits)
+        assert board.session.queued == 0
+        assert shape(await gw.exchange(Heartbeat(1))) == [ACK]
+        assert pins_heard(hub) == []
+
+
+async def test_a_pin_not_collected_in_time_is_withdrawn_like_a_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with raw_rig(keypad=True) as (board, gw, hub):
+        await gw.handshake()
+        monkeypatch.setattr(virtual_board, "KEY_EVENT_MAX_AGE_S", SHORT_KEY_AGE_S)
+        await board.enter_pin(0, "1111")  # and nobody gives the board a slot
+        async with asyncio.timeout(WAIT_S + SHORT_KEY_AGE_S):
+            await board.wait_for(lambda: board.pins_expired == 1)
+        assert shape(await gw.exchange(Heartbeat(1))) == [ACK]  # nothing left to send
+        assert pins_heard(hub) == []
+
+        monkeypatch.setattr(virtual_board, "KEY_EVENT_MAX_AGE_S", LONG_KEY_AGE_S)
+        collected = await board.enter_pin(0, "2222")
+        slot = await gw.exchange(Heartbeat(2))
+        assert shape(slot) == [ANNOUNCING_ACK, PIN]
+        assert decode_message(slot[1]) == collected
+        assert (board.pins_expired, board.keys_expired) == (1, 0)
+        assert unslotted_frames(hub.heard, ADDRESS) == []

@@ -29,6 +29,7 @@ from firmware_protocol.messages import (
     LedPattern,
     Message,
     Nak,
+    PinEntered,
     ReaderFeedback,
     RelayPulse,
     RelaySet,
@@ -45,6 +46,7 @@ u16 = st.integers(0, 0xFFFF)
 u32 = st.integers(0, 0xFFFF_FFFF)
 level = st.integers(0, 1)
 input_kinds = u8.map(InputKind.tolerant)
+pins = st.text(alphabet="0123456789", min_size=1, max_size=messages.MAX_PIN_DIGITS)
 
 message_strategies: dict[type[Any], st.SearchStrategy[Any]] = {
     Hello: st.builds(Hello, u8, st.integers(1, 0xFFFF)),
@@ -88,6 +90,7 @@ message_strategies: dict[type[Any], st.SearchStrategy[Any]] = {
         st.binary(min_size=16, max_size=16),
         st.binary(min_size=16, max_size=16),
     ),
+    PinEntered: st.builds(PinEntered, u8, pins),
     BoardFault: st.builds(
         BoardFault,
         u8.map(FaultCode.tolerant),
@@ -171,6 +174,8 @@ def test_known_type_given_as_a_bare_int_decodes() -> None:
             KeyPresented(1, b"K" * 8, b"C" * 16, b"R" * 16),
             "01" + "4b" * 8 + "43" * 16 + "52" * 16,
         ),
+        (PinEntered(2, "1234"), "02 04 31 32 33 34" + " 00" * 8),
+        (PinEntered(0, "000000000000"), "00 0c" + " 30" * 12),
         (BoardFault(FaultCode.BROWNOUT, "5V"), "01 35 56"),
         (Ack(), ""),
         (Nak(NakCode.BAD_INDEX), "03"),
@@ -207,6 +212,12 @@ def test_payload_layouts(msg: Message, payload: str) -> None:
         (lambda: InputState(1, 2), "input level"),
         (lambda: InputChanged(0, 0, 256, 0), "kind"),
         (lambda: KeyPresented(0, bytes(8), bytes(15), bytes(16)), "challenge"),
+        (lambda: PinEntered(256, "1234"), "reader_index"),
+        (lambda: PinEntered(0, ""), "length"),
+        (lambda: PinEntered(0, "1" * 13), "length"),
+        (lambda: PinEntered(0, "12#4"), "digits"),
+        (lambda: PinEntered(0, "١٢٣"), "digits"),  # Arabic-Indic digits: digits, not ASCII
+        (lambda: PinEntered(0, b"1234"), "digits"),  # type: ignore[arg-type]
         (lambda: BoardFault(1, "é" * 33), "detail length"),
         (lambda: BoardFault(1, "\udc80"), "detail"),
         (lambda: Nak(-1), "code"),
@@ -231,6 +242,7 @@ WRONG_LENGTHS: dict[type[Any], list[str]] = {
     StateReport: ["00 00 00 00 00 00", "00 00 00 00 00 00 00 00", "00 00 00 00 00 00 01 01"],
     InputChanged: ["00 00 00 00 00 01", "00 00 00 00 00 01 00 00"],
     KeyPresented: ["00" * 40, "00" * 42],
+    PinEntered: ["00 04 31 32 33 34" + " 00" * 7, "00 04 31 32 33 34" + " 00" * 9],
     BoardFault: ["", "01" + " 41" * 65],
     Ack: ["00"],
     Nak: ["", "01 02"],
@@ -247,6 +259,61 @@ def test_wrong_payload_length_is_refused(cls: type[Any], payload: str) -> None:
         cls.from_payload(bytes.fromhex(payload))
     assert caught.value.msg_type is cls.TYPE
     assert caught.value.nak_code is NakCode.BAD_PAYLOAD
+
+
+@pytest.mark.parametrize(
+    ("payload", "detail"),
+    [
+        ("00 00" + " 00" * 12, "length 0"),
+        ("00 0d" + " 31" * 12, "length 13"),
+        ("00 ff" + " 31" * 12, "length 255"),
+        ("00 04 31 32 23 34" + " 00" * 8, "digits"),  # '#': the enter key, never sent
+        ("00 04 31 2a 33 34" + " 00" * 8, "digits"),  # '*': the clear key, never sent
+        ("00 04 31 32 00 34" + " 00" * 8, "digits"),  # a NUL inside the digits
+        ("00 01 41" + " 00" * 11, "digits"),
+        ("00 04 31 32 33 b4" + " 00" * 8, "digits"),  # '4' | 0x80: not ASCII
+        ("00 04 31 32 33 34 35" + " 00" * 7, "padding"),  # a digit beyond the length
+        ("00 04 31 32 33 34" + " 00" * 7 + " 01", "padding"),
+        ("00 0b" + " 31" * 11 + " ff", "padding"),
+    ],
+)
+def test_pin_entered_bad_payloads_are_refused_without_quoting_the_digits(
+    payload: str, detail: str
+) -> None:
+    """SPEC.md, "PIN_ENTERED": each of these is NAK BAD_PAYLOAD; no error text shows the digits."""
+    data = bytes.fromhex(payload)
+    with pytest.raises(MessageError) as caught:
+        decode_message(Frame(5, 1, MessageType.PIN_ENTERED, data, Flags.FROM_BOARD))
+    assert caught.value.msg_type is MessageType.PIN_ENTERED
+    assert caught.value.nak_code is NakCode.BAD_PAYLOAD
+    assert detail in caught.value.detail
+    typed = data[2:].rstrip(b"\x00").decode("latin-1")
+    if len(typed) >= 3:
+        assert typed not in str(caught.value)
+
+
+def test_pin_entered_round_trips_every_length_and_keeps_leading_zeros() -> None:
+    for length in range(1, messages.MAX_PIN_DIGITS + 1):
+        pin = ("0" + "9876543210" * 2)[:length]
+        payload = PinEntered(3, pin).to_payload()
+        assert len(payload) == 2 + messages.MAX_PIN_DIGITS
+        assert payload[1] == length
+        assert payload[2 + length :] == bytes(messages.MAX_PIN_DIGITS - length)
+        assert PinEntered.from_payload(payload) == PinEntered(3, pin)
+
+
+def test_pin_entered_never_shows_its_digits() -> None:
+    """A PIN is never logged (SPEC.md): neither the message nor its frame shows it in a repr."""
+    msg = PinEntered(1, "97531")
+    frame = Frame(5, 7, *encode_message(msg), Flags.FROM_BOARD)
+    for text in (repr(msg), str(msg), repr(frame), str(frame), f"{msg!r} {frame}"):
+        assert "97531" not in text
+        assert "7531" not in text
+    assert repr(msg) == "PinEntered(reader_index=1, digits=<5 withheld>)"
+    assert "payload=<14 bytes withheld>" in repr(frame)
+    assert "msg_type=<MessageType.PIN_ENTERED: 49>" in repr(frame)
+    # Every other frame shows its payload as before.
+    assert "payload=b'\\x01\\x02'" in repr(Frame(5, 7, MessageType.RELAY_SET, b"\x01\x02"))
 
 
 def test_board_fault_detail_limit_counts_utf8_bytes() -> None:

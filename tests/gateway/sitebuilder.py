@@ -98,6 +98,8 @@ def door_json(
     unlock_seconds: float | None = None,
     unlock_schedule: str | None = None,
     unlock_after_first_grant: bool | None = None,
+    tags: Iterable[str] | None = None,
+    keypad: bool | None = None,
 ) -> JSON:
     """A door as snapshot JSON."""
     return _put(
@@ -106,14 +108,23 @@ def door_json(
         unlock_seconds=unlock_seconds,
         unlock_schedule=unlock_schedule,
         unlock_after_first_grant=unlock_after_first_grant,
+        tags=None if tags is None else list(tags),
+        keypad=keypad,
     )
 
 
 def tag_json(
-    tag_id: str, *, name: str | None = None, special: bool | None = None, owner: str | None = None
+    tag_id: str,
+    *,
+    name: str | None = None,
+    special: bool | None = None,
+    owner: str | None = None,
+    scope: str | None = None,
 ) -> JSON:
     """A tag as snapshot JSON."""
-    return _put({"id": tag_id, "name": name or f"Tag {tag_id}"}, special=special, owner=owner)
+    return _put(
+        {"id": tag_id, "name": name or f"Tag {tag_id}"}, special=special, owner=owner, scope=scope
+    )
 
 
 def user_json(
@@ -197,28 +208,80 @@ def calendar_json(
     }
 
 
+def slot(start: str, end: str) -> JSON:
+    """A daily time slot of a rule or an invitation."""
+    return {"start": start, "end": end}
+
+
+def _opt_list(items: Iterable[str] | None) -> list[str] | None:
+    return None if items is None else list(items)
+
+
 def rule_json(
     rule_id: str,
     *,
-    tags: Iterable[str],
-    doors: Iterable[str],
+    tags: Iterable[str] | None = None,
+    doors: Iterable[str] | None = None,
     name: str | None = None,
     schedule: str | None = None,
     valid_from: When = None,
     valid_until: When = None,
+    type: str | None = None,
+    users: Iterable[str] | None = None,
+    door_tags: Iterable[str] | None = None,
+    days: Iterable[str] | None = None,
+    time_slot: JSON | None = None,
 ) -> JSON:
-    """An access rule as snapshot JSON."""
+    """An access rule as snapshot JSON (lists left out when not given)."""
     return _put(
-        {
-            "id": rule_id,
-            "name": name or f"Rule {rule_id}",
-            "tags": list(tags),
-            "doors": list(doors),
-        },
+        {"id": rule_id, "name": name or f"Rule {rule_id}"},
+        type=type,
+        users=_opt_list(users),
+        tags=_opt_list(tags),
+        doors=_opt_list(doors),
+        door_tags=_opt_list(door_tags),
         schedule=schedule,
         valid_from=iso(valid_from),
         valid_until=iso(valid_until),
+        days=_opt_list(days),
+        time_slot=time_slot,
     )
+
+
+def invitation_json(
+    invitation_id: str,
+    *,
+    valid_from: When,
+    valid_until: When,
+    max_devices: Any = 1,
+    code_sha256: str = "0" * 64,
+    name: str | None = None,
+    doors: Iterable[str] | None = None,
+    door_tags: Iterable[str] | None = None,
+    days: Iterable[str] | None = None,
+    time_slot: JSON | None = None,
+) -> JSON:
+    """A guest invitation as snapshot JSON."""
+    return _put(
+        {
+            "id": invitation_id,
+            "name": name or f"Guest {invitation_id}",
+            "valid_from": iso(valid_from),
+            "valid_until": iso(valid_until),
+            "max_devices": max_devices,
+            "code_sha256": code_sha256,
+        },
+        doors=_opt_list(doors),
+        door_tags=_opt_list(door_tags),
+        days=_opt_list(days),
+        time_slot=time_slot,
+    )
+
+
+#: A fixed PIN salt for tests (site data carries a random one).
+PIN_SALT = "c2FsdHNhbHRzYWx0c2FsdA=="  # b"saltsaltsaltsalt"
+#: The cheapest PIN hashing the codec allows: tests hash many PINs.
+PIN_HASHING = {"salt": PIN_SALT, "n": 4096, "r": 1, "p": 1}
 
 
 # --- the builder ----------------------------------------------------------------------------
@@ -251,6 +314,16 @@ class SiteBuilder:
         self.site["lockdown_override_tag"] = tag_id
         return self
 
+    def pin_hashing(self, hashing: JSON | None = None) -> Self:
+        """Give the site a PIN hashing (the cheap test one unless told)."""
+        self.site["pin_hashing"] = dict(hashing or PIN_HASHING)
+        return self
+
+    def invitation(self, invitation_id: str, **fields: Any) -> Self:
+        """Add a guest invitation (see ``invitation_json``)."""
+        self.entities["invitations"].append(invitation_json(invitation_id, **fields))
+        return self
+
     def door(self, door_id: str, **fields: Any) -> Self:
         """Add a door (see ``door_json``)."""
         self.entities["doors"].append(door_json(door_id, **fields))
@@ -270,6 +343,8 @@ class SiteBuilder:
         self, credential_id: str, user: str, *, value: str | None = None, **fields: Any
     ) -> Self:
         """Add a credential; without ``value``, a fresh valid one for its kind is made up."""
+        if fields.get("kind") == "pin" and "pin_hashing" not in self.site:
+            self.pin_hashing()
         if value is None:
             self._values += 1
             value = value_for(fields.get("kind", "nfc_uid"), self._values)
@@ -305,6 +380,17 @@ class SiteBuilder:
             for tag_id in dict.fromkeys(named):
                 if isinstance(tag_id, str) and tag_id not in declared:
                     entities["tags"].append(tag_json(tag_id))
+                    declared.add(tag_id)
+            door_tags = [t for e in entities["doors"] for t in e.get("tags", ())]
+            door_tags += [
+                t
+                for key in ("rules", "invitations")
+                for e in entities[key]
+                for t in e.get("door_tags", ())
+            ]
+            for tag_id in dict.fromkeys(door_tags):
+                if isinstance(tag_id, str) and tag_id not in declared:
+                    entities["tags"].append(tag_json(tag_id, scope="doors"))
                     declared.add(tag_id)
         return {
             "format": codec.FORMAT,

@@ -279,6 +279,7 @@ async def test_a_snapshot_is_applied_and_read_back_after_a_restart(
         "holiday_calendars": 1,
         "schedules": 2,
         "doors": 3,
+        "invitations": 0,
         "users": 5,
         "credentials": 7,
         "rules": 3,

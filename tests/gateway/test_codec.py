@@ -18,6 +18,7 @@ from gateway.model import AssuranceLevel, CredentialKind, UserStatus
 from tests.gateway.sitebuilder import (
     JSON,
     PHONE_KEY,
+    PIN_HASHING,
     SiteBuilder,
     credential_json,
     door_json,
@@ -25,6 +26,7 @@ from tests.gateway.sitebuilder import (
     holiday_window,
     rule_json,
     site,
+    slot,
     user_json,
     utc,
     value_for,
@@ -32,7 +34,7 @@ from tests.gateway.sitebuilder import (
 )
 
 WEEKDAYS = ["mon", "tue", "wed", "thu", "fri"]
-COLLECTIONS = "credentials, doors, holiday_calendars, rules, schedules, tags, users"
+COLLECTIONS = "credentials, doors, holiday_calendars, invitations, rules, schedules, tags, users"
 
 
 def full_site() -> SiteBuilder:
@@ -107,6 +109,27 @@ def full_site() -> SiteBuilder:
             valid_from=utc(2026, 1, 1),
         )
         .rule("r2", tags=["cleaners"], doors=["back"], valid_until=utc(2030, 1, 1))
+        .door("side", tags=["ground-floor"], keypad=True)
+        .credential("c7", "u1", kind="pin")
+        .rule(
+            "r3",
+            type="pin",
+            users=["u1"],
+            door_tags=["ground-floor"],
+            days=["mon", "fri"],
+            time_slot=slot("22:00", "06:00"),
+        )
+        .invitation(
+            "inv1",
+            valid_from=utc(2026, 7, 1, 9),
+            valid_until=utc(2026, 7, 1, 18),
+            max_devices=2,
+            doors=["front"],
+            door_tags=["ground-floor"],
+            days=["wed"],
+            time_slot=slot("09:00", "17:30"),
+        )
+        .credential("c8", "guest:inv1", kind="ble_phone_key")
     )
     return builder
 
@@ -167,6 +190,7 @@ def test_site_serialises_its_blacklist_sorted_and_canonical() -> None:
         "max_offline_days": None,
         "offline_limited_kinds": [],
         "require_admin_2fa": False,
+        "pin_hashing": None,
     }
     parsed = codec.site_from_json(site_json)
     assert codec.site_to_json(parsed) == {
@@ -323,14 +347,14 @@ BAD_SNAPSHOTS: list[tuple[str, Mutation, str, Message]] = [
         "unknown-top-field",
         setter("extra", value=1),
         "extra",
-        "unknown field; allowed: credentials, doors, format, holiday_calendars, rules, schedules, "
-        "site, tags, users, version",
+        "unknown field; allowed: credentials, doors, format, holiday_calendars, invitations, rules, "
+        "schedules, site, tags, users, version",
     ),
     (
         "unknown-door-field",
         setter("doors", 0, "colour", value="red"),
         "doors[0].colour",
-        "unknown field; allowed: id, min_assurance, name, unlock_after_first_grant, "
+        "unknown field; allowed: id, keypad, min_assurance, name, tags, unlock_after_first_grant, "
         "unlock_schedule, unlock_seconds",
     ),
     (
@@ -338,7 +362,7 @@ BAD_SNAPSHOTS: list[tuple[str, Mutation, str, Message]] = [
         setter("site", "colour", value="red"),
         "site.colour",
         "unknown field; allowed: id, key_blacklist, lockdown_override_tag, max_offline_days, "
-        "name, offline_limited_kinds, require_admin_2fa, timezone",
+        "name, offline_limited_kinds, pin_hashing, require_admin_2fa, timezone",
     ),
     (
         "unlock-after-first-grant-not-bool",
@@ -605,7 +629,7 @@ BAD_SNAPSHOTS: list[tuple[str, Mutation, str, Message]] = [
         setter("credentials", 0, "kind", value="magstripe"),
         "credentials[0].kind",
         "'magstripe' is not allowed; "
-        "expected one of: ble_phone_key, nfc_uid, ntag424, desfire, mech_key",
+        "expected one of: ble_phone_key, nfc_uid, ntag424, desfire, mech_key, pin",
     ),
     (
         "value-not-a-string",
@@ -765,13 +789,16 @@ def test_format_true_is_refused() -> None:
 
 KINDS = list(CredentialKind)
 STRONGEST = dict.fromkeys(CredentialKind, AssuranceLevel.HIGH) | {
-    CredentialKind.NFC_UID: AssuranceLevel.LOW
+    CredentialKind.NFC_UID: AssuranceLevel.LOW,
+    CredentialKind.PIN: AssuranceLevel.LOW,
 }
 
 
 def with_credential(kind: CredentialKind, value: Any, **fields: Any) -> JSON:
     obj = small()
     obj["credentials"] = [credential_json("c1", "u1", kind=kind.value, value=value, **fields)]
+    if kind is CredentialKind.PIN:
+        obj["site"]["pin_hashing"] = PIN_HASHING
     return obj
 
 
@@ -1089,6 +1116,7 @@ def test_an_offline_policy_round_trips() -> None:
         "max_offline_days": 7,
         "offline_limited_kinds": ["nfc_uid", "ble_phone_key"],
         "require_admin_2fa": True,
+        "pin_hashing": None,
     }
     parsed = codec.site_from_json(site_json)
     assert parsed.max_offline_days == 7
@@ -1121,7 +1149,7 @@ def test_an_offline_policy_round_trips() -> None:
         (
             "offline_limited_kinds",
             ["magic"],
-            "site.offline_limited_kinds[0]: 'magic' is not allowed; expected one of: ble_phone_key, nfc_uid, ntag424, desfire, mech_key",
+            "site.offline_limited_kinds[0]: 'magic' is not allowed; expected one of: ble_phone_key, nfc_uid, ntag424, desfire, mech_key, pin",
         ),
         (
             "offline_limited_kinds",

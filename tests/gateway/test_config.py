@@ -33,9 +33,13 @@ from gateway.proximity import proximity_threshold
 EXAMPLE = Path(gateway.config.__file__).parent / "data" / "example.toml"
 DOCS = Path(__file__).parents[2] / "docs" / "configuration.md"
 SECTIONS = (
-    "allowed sections: gateway, web, hardware, doors, events, nfc, ble, cloud, officernd, demo"
+    "allowed sections: gateway, web, hardware, doors, events, journal, keypad, nfc, ble, "
+    "cloud, officernd, demo"
 )
-WEB_KEYS = "allowed keys: host, port, allow_remote, public_port, public_host, trust_forwarded_for"
+WEB_KEYS = (
+    "allowed keys: host, port, allow_remote, public_port, public_host, trust_forwarded_for, "
+    "require_admin_2fa"
+)
 LEVELS = 'one of "debug", "info", "warning", "error"'
 
 
@@ -545,6 +549,13 @@ def test_non_utf8_file_names_the_file(tmp_path: Path) -> None:
     assert str(info.value).startswith(f"{path}: not UTF-8 text")
 
 
+def test_require_admin_2fa_is_a_boolean(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[web]\nrequire_admin_2fa = true\n"))
+    assert config.web.require_admin_2fa is True
+    error = single_error(tmp_path, '[web]\nrequire_admin_2fa = "yes"\n')
+    assert error.key_path == "web.require_admin_2fa"
+
+
 def test_config_to_dict_is_json_ready_and_parses_back(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "[web]\nport = 9000\n[demo]\nseed = false\n"))
     plain = config_to_dict(config)
@@ -556,6 +567,7 @@ def test_config_to_dict_is_json_ready_and_parses_back(tmp_path: Path) -> None:
         "public_port": 0,
         "public_host": "127.0.0.1",
         "trust_forwarded_for": False,
+        "require_admin_2fa": False,
     }
     assert "source" not in plain
     assert json.loads(json.dumps(plain)) == plain

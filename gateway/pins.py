@@ -1,0 +1,66 @@
+"""PIN codes: what a keypad entry must look like, and the site's salted slow hash of one.
+
+A PIN credential's value is ``scrypt(digits, site salt, n, r, p)`` (32 bytes, upper-case hex);
+the digits are never stored, sent or logged. The salt is the site's, not the credential's: a
+keypad gives the gateway nothing but the digits, so one hash must find the credential (a salt
+per PIN would cost one slow hash per enrolled PIN at every entry). The cost of that hash is
+what an attacker holding a copy of the cache pays per guess; the keypad lockout bounds the
+guesses at the door.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+
+from gateway.model import PIN_DIGITS_MAX, PIN_DIGITS_MIN, PinHashing
+
+PIN_BYTES = 32
+
+
+def pin_problem(digits: str) -> str | None:
+    """Why ``digits`` is not a PIN (4 to 7 digits 0-9), or None; never repeats the digits."""
+    if not digits.isascii() or not digits.isdigit():
+        return "a PIN has digits 0-9 only"
+    if not PIN_DIGITS_MIN <= len(digits) <= PIN_DIGITS_MAX:
+        return f"a PIN has {PIN_DIGITS_MIN} to {PIN_DIGITS_MAX} digits, not {len(digits)}"
+    return None
+
+
+def hash_pin(digits: str, hashing: PinHashing) -> str:
+    """The credential value of ``digits`` on a site hashing PINs with ``hashing`` (slow)."""
+    problem = pin_problem(digits)
+    if problem is not None:
+        raise ValueError(problem)
+    key = hashlib.scrypt(
+        digits.encode(),
+        salt=hashing.salt,
+        n=hashing.n,
+        r=hashing.r,
+        p=hashing.p,
+        maxmem=256 * hashing.n * hashing.r * hashing.p + (1 << 20),
+        dklen=PIN_BYTES,
+    )
+    return key.hex().upper()
+
+
+class PinHasher:
+    """Hashes keypad entries one at a time in a worker thread, off the event loop.
+
+    One thread: scrypt's memory (16 MiB at the default cost) is paid once at a time however
+    many keypads are typed on together, and a flood of entries queues rather than exhausting
+    memory (each keypad's lockout bounds its own flood).
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pin-hash")
+
+    async def hash(self, digits: str, hashing: PinHashing) -> str:
+        """``hash_pin`` in the worker thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, hash_pin, digits, hashing)
+
+    def close(self) -> None:
+        """Stop the worker once the entries in hand are hashed."""
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,253 @@
+"""PIN codes typed on a keypad: hashing, the wrong-PIN lockout, and the whole path through the
+virtual board's keypad, the board protocol, the entry service and the decision."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from datetime import timedelta
+
+import pytest
+
+from gateway import codec
+from gateway.app import Gateway
+from gateway.keypad import KeypadGuard
+from gateway.model import CredentialKind, EventType, PinHashing, Reason
+from gateway.pins import hash_pin, pin_problem
+from tests.conftest import Clock, ConfigFactory, EventWaiter, GatewayFactory, demo_json
+
+SALT = b"0123456789abcdef"
+CHEAP = PinHashing(SALT, n=4096, r=1, p=1)
+ADA_PIN, BOB_PIN = "4827", "7391055"
+
+
+@pytest.mark.parametrize(
+    ("digits", "problem"),
+    [
+        ("123", "a PIN has 4 to 7 digits, not 3"),
+        ("12345678", "a PIN has 4 to 7 digits, not 8"),
+        ("12a4", "a PIN has digits 0-9 only"),
+        ("", "a PIN has digits 0-9 only"),
+        ("١٢٣٤", "a PIN has digits 0-9 only"),  # Arabic-Indic digits are digits to Python
+        ("1234", None),
+        ("1234567", None),
+    ],
+)
+def test_a_pin_is_four_to_seven_ascii_digits(digits: str, problem: str | None) -> None:
+    assert pin_problem(digits) == problem
+
+
+def test_the_hash_depends_on_the_digits_the_salt_and_the_cost() -> None:
+    value = hash_pin("4827", CHEAP)
+    assert len(value) == 64
+    assert value == value.upper()
+    assert hash_pin("4827", CHEAP) == value
+    assert hash_pin("4828", CHEAP) != value
+    assert hash_pin("4827", PinHashing(b"another salt 16b", n=4096, r=1, p=1)) != value
+    assert hash_pin("4827", PinHashing(SALT, n=8192, r=1, p=1)) != value
+    with pytest.raises(ValueError, match="4 to 7 digits"):
+        hash_pin("12", CHEAP)
+
+
+def test_the_site_default_cost_hashes() -> None:
+    # scrypt n=2^14, r=8: 16 MiB, within the memory bound hash_pin gives hashlib.
+    assert len(hash_pin("4827", PinHashing(SALT))) == 64
+
+
+def test_the_lockout_counts_wrong_pins_in_a_row_per_reader() -> None:
+    guard = KeypadGuard(attempts=3, lockout_s=60)
+    assert not guard.failed("front", 0.0)
+    assert not guard.failed("front", 1.0)
+    assert not guard.failed("lobby", 1.5)  # another keypad counts apart
+    assert guard.failed("front", 2.0)  # the third wrong PIN in a row locks it
+    assert guard.locked("front", 2.0)
+    assert guard.locked("front", 61.9)
+    assert guard.remaining_s("front", 32.0) == pytest.approx(30.0)
+    assert not guard.locked("lobby", 2.0)
+    assert not guard.locked("front", 62.0)  # served: a fresh count
+    assert not guard.failed("front", 63.0)
+    guard.succeeded("front")  # a right PIN clears the count
+    assert not guard.failed("front", 64.0)
+    assert not guard.failed("front", 65.0)
+    assert guard.failed("front", 66.0)
+
+
+def test_a_lockout_needs_sensible_bounds() -> None:
+    with pytest.raises(ValueError, match="attempts"):
+        KeypadGuard(attempts=0)
+
+
+# --- end to end, on the virtual board's keypad -------------------------------------------------
+
+
+def pin_site() -> codec.Snapshot:
+    """The demo site with keypads at front, lobby and office-3 and three PIN rules; the plans' rules
+    cover smartphones only (in Luckey's terms: every rule is for one credential type)."""
+    data = demo_json()
+    for rule in data["rules"]:
+        if rule["id"] != "staff-everywhere":
+            rule["type"] = "smartphone"
+    data["version"] = 2
+    data["site"]["pin_hashing"] = {
+        "salt": base64.b64encode(SALT).decode(),
+        "n": CHEAP.n,
+        "r": CHEAP.r,
+        "p": CHEAP.p,
+    }
+    for door in data["doors"]:
+        if door["id"] in ("front", "lobby", "office-3"):
+            door["keypad"] = True
+            door["min_assurance"] = "low"  # a PIN proves what a bare card does
+    data["credentials"] += [
+        {"id": f"pin-{user}", "user": user, "kind": "pin", "value": hash_pin(pin, CHEAP)}
+        for user, pin in (("ada", ADA_PIN), ("bob", BOB_PIN))
+    ]
+    data["rules"] += [
+        {"id": "pin-ada", "name": "Ada's PIN", "type": "pin", "users": ["ada"],
+         "doors": ["front", "server-room"]},
+        {"id": "pin-bob", "name": "Bob's PIN", "type": "pin", "users": ["bob"],
+         "doors": ["office-3"]},
+        {"id": "pin-bob-mornings", "name": "Bob's PIN mornings", "type": "pin", "users": ["bob"],
+         "doors": ["front"], "days": ["mon", "tue", "wed", "thu", "fri"],
+         "time_slot": {"start": "08:00", "end": "12:00"}},
+    ]  # fmt: skip
+    return codec.snapshot_from_json(data)
+
+
+@pytest.fixture
+async def gw(start_gateway: GatewayFactory, gateway_config: ConfigFactory) -> Gateway:
+    """A gateway on virtual boards (their readers have keypads) with the PIN site."""
+    gw = await start_gateway(gateway_config(hardware={"backend": "virtual"}))
+    await gw.cache.apply_snapshot(pin_site())
+    return gw
+
+
+async def test_a_right_pin_opens_its_door_and_nothing_logs_the_digits(
+    gw: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    waiter = EventWaiter(gw)
+    decision = await gw.simulator.enter_pin("front", ADA_PIN)
+    assert (decision.granted, decision.rule_id, decision.credential_id) == (
+        True,
+        "pin-ada",
+        "pin-ada",
+    )
+    await waiter.wait_for(EventType.DOOR_UNLOCKED, door="front")  # the board's relay, for real
+    (granted,) = await waiter.wait_for(EventType.ACCESS_GRANTED)
+    assert granted.event.data["kind"] == "pin"
+    assert ADA_PIN not in hash_pin(ADA_PIN, CHEAP)  # so that the checks below mean something
+    assert ADA_PIN not in caplog.text
+    assert ADA_PIN not in str(granted.event.data)
+
+
+async def test_each_rule_edge_is_named(gw: Gateway, clock: Clock) -> None:
+    # Lobby: Bob's plan reaches it for smartphones only, and no PIN rule of his does.
+    at_lobby = await gw.simulator.enter_pin("lobby", BOB_PIN)
+    assert (at_lobby.reason, at_lobby.rule_id) == (
+        Reason.CREDENTIAL_TYPE_NOT_ALLOWED,
+        "hotdesk-business-hours",
+    )
+    assert (await gw.simulator.enter_pin("office-3", BOB_PIN)).granted
+    # Front: weekdays 08:00-12:00. DEFAULT_NOW is Tuesday 15:00 in Rome.
+    assert (await gw.simulator.enter_pin("front", BOB_PIN)).reason is Reason.OUTSIDE_TIME_SLOT
+    clock.now = clock.now.replace(hour=9)
+    assert (await gw.simulator.enter_pin("front", BOB_PIN)).rule_id == "pin-bob-mornings"
+    clock.now = clock.now + timedelta(days=4)  # Saturday 09:00
+    assert (await gw.simulator.enter_pin("front", BOB_PIN)).reason is Reason.DAY_NOT_ALLOWED
+    # Server-room's reader has no keypad in the site data, whatever the board says.
+    assert (await gw.simulator.enter_pin("server-room", ADA_PIN)).reason is Reason.NO_KEYPAD
+
+
+async def test_three_wrong_pins_lock_the_keypad_with_an_event(
+    gw: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    waiter = EventWaiter(gw)
+    caplog.set_level(logging.DEBUG)
+    assert (await gw.simulator.enter_pin("front", "5173")).reason is Reason.UNKNOWN_CREDENTIAL
+    # A right PIN, even one its rules refuse here, is not a guess: the count starts again.
+    refused_by_rule = await gw.simulator.enter_pin("front", BOB_PIN)
+    assert refused_by_rule.reason is Reason.OUTSIDE_TIME_SLOT
+    assert (await gw.simulator.enter_pin("front", "12")).reason is Reason.PIN_MALFORMED
+    assert (await gw.simulator.enter_pin("front", "5173")).reason is Reason.UNKNOWN_CREDENTIAL
+    assert not waiter.matching(EventType.KEYPAD_LOCKED)
+    third = await gw.simulator.enter_pin("front", "86429")
+    assert third.reason is Reason.UNKNOWN_CREDENTIAL
+    (locked,) = await waiter.wait_for(EventType.KEYPAD_LOCKED)
+    assert locked.event.data == {"door": "front", "attempts": 3, "lockout_s": 60}
+    # Now even the right PIN is refused at this keypad, and the other keypads still work.
+    refused = await gw.simulator.enter_pin("front", ADA_PIN)
+    assert (refused.granted, refused.reason) == (False, Reason.KEYPAD_LOCKED)
+    assert refused.credential_id is None
+    assert (await gw.simulator.enter_pin("office-3", BOB_PIN)).granted
+    assert "keypad at front locked for 60 s after 3 wrong PINs" in caplog.text
+    for pin in ("5173", "86429", ADA_PIN):
+        assert pin not in caplog.text
+
+
+async def test_a_right_pin_clears_the_count(gw: Gateway) -> None:
+    for _ in range(2):
+        assert (await gw.simulator.enter_pin("front", "5173")).reason is Reason.UNKNOWN_CREDENTIAL
+    assert (await gw.simulator.enter_pin("front", ADA_PIN)).granted
+    for _ in range(2):
+        assert (await gw.simulator.enter_pin("front", "5173")).reason is Reason.UNKNOWN_CREDENTIAL
+    assert (await gw.simulator.enter_pin("front", ADA_PIN)).granted  # not locked
+
+
+async def test_the_lockout_is_configurable(
+    start_gateway: GatewayFactory, gateway_config: ConfigFactory
+) -> None:
+    gw = await start_gateway(
+        gateway_config(hardware={"backend": "virtual"}, keypad={"attempts": 1, "lockout_s": 300})
+    )
+    await gw.cache.apply_snapshot(pin_site())
+    assert (await gw.simulator.enter_pin("front", "5173")).reason is Reason.UNKNOWN_CREDENTIAL
+    assert (await gw.simulator.enter_pin("front", ADA_PIN)).reason is Reason.KEYPAD_LOCKED
+
+
+async def test_a_site_without_pins_refuses_every_entry_without_hashing(
+    start_gateway: GatewayFactory, gateway_config: ConfigFactory
+) -> None:
+    gw = await start_gateway(gateway_config(hardware={"backend": "virtual"}))
+    assert gw.cache.view.site.pin_hashing is None  # the demo site
+    decision = await gw.simulator.enter_pin("front", ADA_PIN)
+    assert decision.reason is Reason.UNKNOWN_CREDENTIAL
+
+
+def test_pin_credentials_need_the_sites_hashing_and_never_take_digits() -> None:
+    data = pin_site()
+    raw = codec.snapshot_to_json(data)
+    raw["site"]["pin_hashing"] = None
+    with pytest.raises(codec.FormatError) as caught:
+        codec.snapshot_from_json(raw)
+    assert caught.value.path == "site.pin_hashing"
+    raw = codec.snapshot_to_json(data)
+    raw["credentials"][-1]["value"] = BOB_PIN  # the digits, not their hash
+    with pytest.raises(codec.FormatError) as caught:
+        codec.snapshot_from_json(raw)
+    assert caught.value.path.endswith(".value")
+    assert BOB_PIN not in str(caught.value)
+    assert data.site.pin_hashing == CHEAP
+    assert sum(c.kind is CredentialKind.PIN for c in data.entities["credentials"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("hashing", "path", "message"),
+    [
+        ({"salt": "c2hvcnQ="}, "site.pin_hashing.salt", "a 5-byte salt is not allowed"),
+        ({"salt": "!!"}, "site.pin_hashing.salt", "expected the salt in base64"),
+        ({"salt": base64.b64encode(SALT).decode(), "n": 1000}, "site.pin_hashing.n",
+         "expected an integer from 4096 to 131072"),
+        ({"salt": base64.b64encode(SALT).decode(), "n": 5000}, "site.pin_hashing.n",
+         "expected a power of two"),
+        ({"salt": base64.b64encode(SALT).decode(), "r": 0}, "site.pin_hashing.r",
+         "expected an integer from 1 to 16"),
+    ],
+)  # fmt: skip
+def test_a_bad_pin_hashing_is_named(hashing: dict[str, object], path: str, message: str) -> None:
+    raw = demo_json()
+    raw["site"]["pin_hashing"] = hashing
+    with pytest.raises(codec.FormatError) as caught:
+        codec.snapshot_from_json(raw)
+    assert caught.value.path == path
+    assert message in str(caught.value)
