@@ -445,6 +445,15 @@ class OfficeRnDRuleEntry:
     )
     doors: tuple[str, ...] = field(metadata={"min_items": 1, "allowed": "door ids"})
     schedule: str = ""  # a schedule id of the site data; "": at any time
+    # The credentials it covers (Luckey keeps rules per credential type); card and PIN rules
+    # belong to one user each, so a plan's rule covers every kind, phones or keys.
+    type: str = field(
+        default="any",
+        metadata={
+            "validator": lambda text: text in ("any", "smartphone", "key"),
+            "allowed": '"any", "smartphone" or "key" (card and PIN rules are one user\'s each)',
+        },
+    )
 
 
 @dataclass(frozen=True, slots=True)

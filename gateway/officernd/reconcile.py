@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from gateway.credentials import redact
-from gateway.model import AccessRule, Credential, CredentialKind, Tag, User
+from gateway.model import AccessRule, Credential, CredentialKind, RuleType, Tag, User
 from gateway.officernd.mapping import OWNER, MappedSite, MappingSettings
 from gateway.view import CacheView
 
@@ -33,6 +33,7 @@ class RuleSpec:
     plans: tuple[str, ...]
     doors: tuple[str, ...]
     schedule: str = ""
+    type: RuleType = RuleType.ANY
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +173,7 @@ def resolve_rules(
             tags=frozenset(rule_tags),
             doors=frozenset(doors),
             schedule_id=schedule,
+            type=spec.type,
         )
     return rules, problems
 

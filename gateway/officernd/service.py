@@ -23,6 +23,7 @@ from gateway.backoff import Backoff
 from gateway.cache import Cache
 from gateway.config import OfficeRnDSection
 from gateway.events import EventLog
+from gateway.model import RuleType
 from gateway.officernd.activation import (
     Activation,
     ActivationError,
@@ -62,7 +63,7 @@ def sync_options(section: OfficeRnDSection) -> SyncOptions:
     return SyncOptions(
         mapping=section.mapping_settings(),
         rules={
-            name: RuleSpec(tuple(rule.plans), tuple(rule.doors), rule.schedule)
+            name: RuleSpec(tuple(rule.plans), tuple(rule.doors), rule.schedule, RuleType(rule.type))
             for name, rule in section.rules.items()
         },
         poll_interval_s=float(section.poll_interval_s),

@@ -89,6 +89,7 @@ def test_every_value_set(tmp_path: Path) -> None:
             [officernd.rules.night_owls]
             plans = ["Night"]
             doors = ["front"]
+            type = "smartphone"
             """
         )
     )
@@ -109,7 +110,7 @@ def test_every_value_set(tmp_path: Path) -> None:
                 doors=("front", "lobby"),
                 schedule="business-hours",
             ),
-            "night_owls": OfficeRnDRuleEntry(plans=("Night",), doors=("front",)),
+            "night_owls": OfficeRnDRuleEntry(plans=("Night",), doors=("front",), type="smartphone"),
         },
     )
 
@@ -119,6 +120,16 @@ def test_the_section_parses_back_from_plain_values() -> None:
         {"officernd": {"rules": {"r": {"plans": ["P"], "doors": ["d"], "schedule": "s"}}}}
     )
     assert parse_config(config_to_dict(config)).officernd == config.officernd
+
+
+@pytest.mark.parametrize("rule_type", ["card", "pin", "phone"])
+def test_a_plan_rule_is_for_phones_keys_or_any_credential(rule_type: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            {"officernd": {"rules": {"r": {"plans": ["P"], "doors": ["d"], "type": rule_type}}}}
+        )
+    assert str(caught.value).startswith(f"officernd.rules.r.type: \"{rule_type}\" is not allowed")
+    assert "card and PIN rules are one user's each" in str(caught.value)
 
 
 @pytest.mark.parametrize("seconds", [0, 10, 11, 86_400])
@@ -249,13 +260,13 @@ def test_poll_interval_allowed(seconds: int) -> None:
         ),
         (
             {"rules": {"r": {"plan": ["P"], "plans": ["P"], "doors": ["d"]}}},
-            "officernd.rules.r.plan: unknown key; allowed keys: plans, doors, schedule "
+            "officernd.rules.r.plan: unknown key; allowed keys: plans, doors, schedule, type "
             "(did you mean 'plans'?)",
         ),
         (
             {"rules": {"r": 5}},
             "officernd.rules.r: 5 is not allowed; expected a table [officernd.rules.r] with keys "
-            "plans, doors, schedule",
+            "plans, doors, schedule, type",
         ),
         (
             {"rules": ["r"]},

@@ -21,7 +21,7 @@ from gateway.cache import Cache
 from gateway.codec import FormatError
 from gateway.credentials import Verified
 from gateway.events import EventLog
-from gateway.model import CredentialKind, Reason, UserStatus
+from gateway.model import CredentialKind, Reason, RuleType, UserStatus
 from gateway.officernd.client import ALL_SCOPES, OfficeRnDClient, OfficeRnDSettings, Unreachable
 from gateway.officernd.mapping import MappingSettings
 from gateway.officernd.reconcile import RuleSpec
@@ -500,6 +500,17 @@ async def test_config_rules_name_plans_and_doors_that_must_exist(rig_factory: Ma
     assert "'nowhere'" in text
     assert "'Moon base'" in text
     assert "'weekends'" in text
+
+
+async def test_a_plan_rule_for_smartphones_does_not_open_for_a_card(rig_factory: Make) -> None:
+    rules = {"phones": RuleSpec(("Hot desk",), ("front",), type=RuleType.SMARTPHONE)}
+    rig: Rig = await rig_factory(rules=rules)
+    hot = rig.fake.add_plan("Hot desk")["_id"]
+    ada = add_member_with_card(rig.fake, "Ada")
+    rig.fake.add_membership(hot, member=ada, start="2026-01-01")
+    await rig.sync.full_sync()
+    assert rig.cache.view.rules["ornd-rule-phones"].type is RuleType.SMARTPHONE
+    assert rig.decide(ada) is Reason.CREDENTIAL_TYPE_NOT_ALLOWED
 
 
 async def test_deactivation_removes_everything_officernd_made(rig_factory: Make) -> None:
