@@ -60,13 +60,17 @@ def site_json(
         "format": codec.FORMAT,
         "version": 1,
         "site": {"id": "bench", "name": "Benchmark site", "timezone": "Europe/Rome"},
-        "tags": [
-            {"id": f"tag-{i}", "name": f"Tag {i}", "special": i % 4 == 0} for i in range(tags)
-        ],
+        "tags": [{"id": f"tag-{i}", "name": f"Tag {i}", "special": i % 4 == 0} for i in range(tags)]
+        + [{"id": f"group-{g}", "name": f"Door group {g}", "scope": "doors"} for g in range(5)],
         "holiday_calendars": [{"id": "holidays", "name": "Holidays", "dates": holidays}],
         "schedules": schedules,
         "doors": [
-            {"id": f"door-{i}", "name": f"Door {i}", "min_assurance": "low" if i % 3 else "medium"}
+            {
+                "id": f"door-{i}",
+                "name": f"Door {i}",
+                "min_assurance": "low" if i % 3 else "medium",
+                "tags": [f"group-{i % 5}"],
+            }
             for i in range(doors)
         ],
         "users": [],
@@ -104,7 +108,31 @@ def site_json(
         }
         if rng.random() < 0.7:
             rule["schedule"] = f"sched-{rng.randrange(len(schedules))}"
+        # Luckey-shaped rules too: per credential type, door groups, days and daily slots.
+        if r % 4 == 1:
+            rule["type"] = "smartphone"
+            rule["days"] = [DAYS[d] for d in sorted(rng.sample(range(7), rng.randint(2, 6)))]
+        elif r % 4 == 2:
+            rule["door_tags"] = [f"group-{rng.randrange(5)}"]
+            start = rng.randrange(0, 20 * 60, 30)
+            rule["time_slot"] = {
+                "start": codec.hhmm(start),
+                "end": codec.hhmm((start + 8 * 60) % 1440),
+            }
         out["rules"].append(rule)
+    for r in range(rules // 4):  # single-user card rules (Luckey's card rules)
+        start = rng.randrange(5 * 60, 12 * 60, 30)
+        out["rules"].append(
+            {
+                "id": f"card-rule-{r}",
+                "name": f"Card rule {r}",
+                "type": "card",
+                "users": [f"user-{rng.randrange(users)}"],
+                "doors": [f"door-{rng.randrange(doors)}"],
+                "days": [DAYS[d] for d in sorted(rng.sample(range(7), 5))],
+                "time_slot": {"start": codec.hhmm(start), "end": codec.hhmm(start + 9 * 60)},
+            }
+        )
     return out
 
 
