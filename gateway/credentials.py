@@ -66,6 +66,11 @@ def canonical_value(kind: CredentialKind, text: str) -> str:
         or len(value) // 2 not in sizes
     ):
         want = " or ".join(f"{n}" for n in sizes)
+        if kind is CredentialKind.PIN:  # what was given may be the digits: show none of it
+            raise ValueError(
+                f"a pin value is the PIN's hash under the site's pin_hashing: expected {sizes[0]} bytes of hex "
+                f"({2 * sizes[0]} hex digits), never the PIN itself"
+            )
         raise ValueError(
             f"{kind.value} value {redact(text)!r} is not valid; expected {want} bytes of hex "
             f"({' or '.join(str(2 * n) for n in sizes)} hex digits, ':' separators allowed)"
