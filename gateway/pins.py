@@ -14,7 +14,8 @@ import asyncio
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
-from gateway.model import PIN_DIGITS_MAX, PIN_DIGITS_MIN, PinHashing
+from gateway import credentials
+from gateway.model import PIN_DIGITS_MAX, PIN_DIGITS_MIN, CredentialKind, PinHashing
 
 PIN_BYTES = 32
 
@@ -43,6 +44,22 @@ def hash_pin(digits: str, hashing: PinHashing) -> str:
         dklen=PIN_BYTES,
     )
     return key.hex().upper()
+
+
+def parse_typed_credential(text: str, hashing: PinHashing | None) -> tuple[CredentialKind, str]:
+    """``KIND:VALUE`` as an installer types it; ``pin:DIGITS`` is the PIN's hash on this site.
+
+    For what-if decisions ("why was my PIN refused?"): slow for a PIN (one scrypt).
+    """
+    kind_text, sep, rest = text.partition(":")
+    if sep and kind_text.strip().lower() == CredentialKind.PIN.value and rest.isdigit():
+        problem = pin_problem(rest)
+        if problem is not None:
+            raise ValueError(problem)
+        if hashing is None:
+            raise ValueError("this site has no PIN codes (its site data has no pin_hashing)")
+        return CredentialKind.PIN, hash_pin(rest, hashing)
+    return credentials.parse_credential(text)
 
 
 class PinHasher:

@@ -7,13 +7,14 @@ import base64
 import logging
 from datetime import timedelta
 
+import aiohttp
 import pytest
 
 from gateway import codec
 from gateway.app import Gateway
 from gateway.keypad import KeypadGuard
 from gateway.model import CredentialKind, EventType, PinHashing, Reason
-from gateway.pins import hash_pin, pin_problem
+from gateway.pins import hash_pin, parse_typed_credential, pin_problem
 from tests.conftest import Clock, ConfigFactory, EventWaiter, GatewayFactory, demo_json
 
 SALT = b"0123456789abcdef"
@@ -252,3 +253,26 @@ def test_a_bad_pin_hashing_is_named(hashing: dict[str, object], path: str, messa
         codec.snapshot_from_json(raw)
     assert caught.value.path == path
     assert message in str(caught.value)
+
+
+def test_a_typed_pin_is_hashed_for_a_what_if() -> None:
+    kind, value = parse_typed_credential(f"pin:{ADA_PIN}", CHEAP)
+    assert (kind, value) == (CredentialKind.PIN, hash_pin(ADA_PIN, CHEAP))
+    assert parse_typed_credential("nfc_uid:04a1b2c3", CHEAP) == (CredentialKind.NFC_UID, "04A1B2C3")
+    with pytest.raises(ValueError, match="4 to 7 digits"):
+        parse_typed_credential("pin:12", CHEAP)
+    with pytest.raises(ValueError, match="no PIN codes"):
+        parse_typed_credential(f"pin:{ADA_PIN}", None)
+
+
+async def test_the_what_if_api_explains_a_pin(gw: Gateway) -> None:
+    url = f"http://127.0.0.1:{gw.config.web.port}/api/decide"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json={"door": "lobby", "credential": f"pin:{BOB_PIN}"}) as response,
+    ):
+        assert response.status == 200
+        body = await response.json()
+    assert body["decision"]["reason"] == "credential_type_not_allowed"
+    assert body["decision"]["credential"] == "pin-bob"
+    assert "for smartphone credentials only, and this one is a pin" in body["explanation"]
