@@ -27,6 +27,7 @@ from gateway.enrolment import Enrolment
 from gateway.entry import EntryService
 from gateway.events import EventLog, new_event
 from gateway.hardware import Hardware, build_hardware
+from gateway.invitations import InvitationService
 from gateway.journal import Journal
 from gateway.keypad import KeypadGuard
 from gateway.local_settings import restore_previous
@@ -137,6 +138,7 @@ class Gateway:
             clock,
             phone_allowed=self.officernd.phone_allowed,
         )
+        self.invitations = InvitationService(self.cache, self.events, clock)
         self.simulator = Simulator(
             self.hardware,
             self.secrets,

@@ -14,7 +14,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -32,6 +32,16 @@ from gateway.explain import decision_to_json, explain
 from gateway.files import UnsafeFile, read_regular_file
 from gateway.logs import setup_logging
 from gateway.nfc_cards import MAX_SYSTEM_IDENTIFIER, NTAG424_AID, NfcKeys
+from gateway.operator_views import (
+    DoorAccess,
+    Holder,
+    can_open,
+    can_open_to_json,
+    local_text,
+    who_can,
+    who_can_to_json,
+)
+from gateway.pins import parse_typed_credential
 from gateway.signing import KeyFileError
 from gateway.sqlite import DatabaseError
 from gateway.view import CacheView
@@ -122,14 +132,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_decide(args: argparse.Namespace) -> int:
     """Explain what the gateway would decide for a credential at a door."""
     config = _config(args)
+    view, path = _view(config)
     try:
-        kind, value = credentials.parse_credential(args.credential)
+        kind, value = parse_typed_credential(args.credential, view.site.pin_hashing)
         at = datetime.now(UTC) if args.at is None else datetime.fromisoformat(args.at)
     except ValueError as err:
         raise CliError(str(err)) from None
     if at.tzinfo is None:
         raise CliError(f"--at {args.at!r} needs a UTC offset, e.g. 2026-12-01T09:00:00+01:00")
-    view, path = _view(config)
     if args.door not in view.doors:
         known = ", ".join(sorted(view.doors)) or "none"
         raise CliError(f"unknown door {args.door!r}; doors in the cache: {known}")
@@ -162,6 +172,123 @@ def cmd_users_list(args: argparse.Namespace) -> int:
     else:
         for u in users:
             print(f"{u['id']:<24} {u['status']:<10} {u['name']:<32} {','.join(u['tags'])}")
+    return EXIT_OK
+
+
+#: At most this many ids are listed when an id is unknown.
+KNOWN_IDS_SHOWN = 10
+
+
+def _some_ids(ids: Iterable[str]) -> str:
+    """A few of ``ids``, sorted, for a message naming what exists ("none" when empty)."""
+    known = sorted(ids)
+    shown = ", ".join(known[:KNOWN_IDS_SHOWN]) or "none"
+    more = len(known) - KNOWN_IDS_SHOWN
+    return f"{shown}, … ({len(known)} in all)" if more > 0 else shown
+
+
+def _at_option(text: str | None) -> datetime:
+    """``--at`` as an aware instant (default: now)."""
+    try:
+        at = datetime.now(UTC) if text is None else datetime.fromisoformat(text)
+    except ValueError as err:
+        raise CliError(f"--at {text!r} is not an ISO 8601 instant: {err}") from None
+    if at.tzinfo is None:
+        raise CliError(f"--at {text!r} needs a UTC offset, e.g. 2026-12-01T09:00:00+01:00")
+    return at
+
+
+def _holder_line(holder: Holder, *, with_user: bool = True) -> str:
+    user = f"{holder.user_id:<16} {holder.user_name or '?':<24} " if with_user else ""
+    credential = f"{holder.credential.id:<20} {holder.credential.kind.value:<14}"
+    if holder.granted:
+        rule = f" (rule {holder.rule_id})" if holder.rule_id else ""
+        return f"  {user}{credential} {holder.reason.value}{rule}"
+    return f"  {user}{credential} {holder.reason.value}\n      {holder.explanation}"
+
+
+def cmd_who_can(args: argparse.Namespace) -> int:
+    """List who can open a door at an instant (and, asked, who is denied and why)."""
+    config = _config(args)
+    at = _at_option(args.at)
+    view, path = _view(config)
+    if args.door not in view.doors:
+        raise CliError(f"unknown door {args.door!r}; doors in the cache: {_some_ids(view.doors)}")
+    overrides = DoorModeStore(path.with_name("door_modes.json")).load(repair=False)
+    try:
+        mode = desired_mode(view, args.door, overrides.get(args.door), at)
+        holders = who_can(view, args.door, at, mode=mode, include_denied=args.denied)
+        when = local_text(at, view)
+    except OverflowError:
+        raise CliError(f"--at {args.at!r} is out of range") from None
+    if args.json:
+        body = who_can_to_json(view, args.door, at, mode, holders, denied=args.denied)
+        print(json.dumps(body, indent=2))
+        return EXIT_OK
+    door = view.doors[args.door]
+    granted = [h for h in holders if h.granted]
+    users = len({h.user_id for h in granted})
+    print(
+        f'Who can open "{door.name}" ({door.id}) at {when}, mode {mode.value}: '
+        f"{len(granted)} credential(s) of {users} user(s)"
+    )
+    for holder in granted:
+        print(_holder_line(holder))
+    if args.denied:
+        near = [h for h in holders if not h.granted]
+        print(f"Denied ({len(near)}):" if near else "Denied: none")
+        for holder in near:
+            print(_holder_line(holder))
+    print("(a what-if: each credential is assumed to prove itself as strongly as it can)")
+    return EXIT_OK
+
+
+def _door_lines(item: DoorAccess) -> list[str]:
+    door = item.door
+    verdict = "opens" if item.granted else "does not open"
+    lines = [f'{door.id} "{door.name}" (mode {item.mode.value}): {verdict}']
+    lines += [_holder_line(h, with_user=False) for h in item.holders]
+    for rule in item.rules:
+        via = [f"tag {tag}" for tag in rule.via_tags] + (["named"] if rule.names_user else [])
+        lines.append(f'  rule {rule.rule.id} "{rule.rule.name}" ({", ".join(via)}): {rule.when}')
+    if not item.rules:
+        lines.append("  no rule gives this door to the user")
+    return lines
+
+
+def cmd_can_open(args: argparse.Namespace) -> int:
+    """List what a user can open at an instant, door by door, and when their rules apply."""
+    config = _config(args)
+    at = _at_option(args.at)
+    view, path = _view(config)
+    user = view.user(args.user)
+    if user is None:
+        raise CliError(f"unknown user {args.user!r}; users in the cache: {_some_ids(view.users)}")
+    overrides = DoorModeStore(path.with_name("door_modes.json")).load(repair=False)
+    try:
+        doors = can_open(
+            view,
+            args.user,
+            at,
+            mode=lambda door: desired_mode(view, door, overrides.get(door), at),
+        )
+        when = local_text(at, view)
+    except OverflowError:
+        raise CliError(f"--at {args.at!r} is out of range") from None
+    if args.json:
+        print(json.dumps(can_open_to_json(view, args.user, at, doors), indent=2))
+        return EXIT_OK
+    opened = sum(d.granted for d in doors)
+    print(
+        f'What "{user.name}" ({user.id}, {user.status.value}) can open at {when}: '
+        f"{opened} of {len(doors)} door(s)"
+    )
+    if doors and not doors[0].holders:
+        print("  (the user holds no credential)")
+    for item in doors:
+        for line in _door_lines(item):
+            print(line)
+    print("(a what-if: each credential is assumed to prove itself as strongly as it can)")
     return EXIT_OK
 
 
@@ -1133,6 +1260,33 @@ def build_parser() -> argparse.ArgumentParser:
     users_list = users.add_parser("list", parents=[common], help="list cached users and their tags")
     users_list.add_argument("--json", action="store_true")
     users_list.set_defaults(func=cmd_users_list)
+
+    who = sub.add_parser(
+        "who-can",
+        parents=[common],
+        help="list every credential that opens a door at an instant (decided as `decide` does)",
+    )
+    who.add_argument("--door", required=True)
+    who.add_argument(
+        "--at", metavar="ISO-8601", help="instant to ask about, with UTC offset (default: now)"
+    )
+    who.add_argument(
+        "--denied", action="store_true", help="also list the near misses, and why each is denied"
+    )
+    who.add_argument("--json", action="store_true")
+    who.set_defaults(func=cmd_who_can)
+
+    opens = sub.add_parser(
+        "can-open",
+        parents=[common],
+        help="list what a user's credentials open at an instant, door by door, and their rules",
+    )
+    opens.add_argument("--user", required=True)
+    opens.add_argument(
+        "--at", metavar="ISO-8601", help="instant to ask about, with UTC offset (default: now)"
+    )
+    opens.add_argument("--json", action="store_true")
+    opens.set_defaults(func=cmd_can_open)
 
     present = sub.add_parser(
         "present",

@@ -1539,10 +1539,12 @@ def misplaced_tag(
     entities: Mapping[str, Iterable[Any]],
     scope_of: Callable[[str], TagScope | None],
     prefix: str = "",
+    pause: Callable[[], None] = _no_pause,
 ) -> FormatError | None:
     """The first user tag used as a door tag (or the other way round) in ``entities``, if any."""
     for collection, key, targets, scope in _SCOPED:
         for index, entity in enumerate(entities.get(collection, ())):
+            pause()
             for target in targets(entity):
                 found = scope_of(target)
                 if found is not None and found is not scope:
@@ -1564,10 +1566,16 @@ def site_dangling_error(tag: str) -> FormatError:
     return FormatError("site.lockdown_override_tag", f"{tag!r} is not a known tag")
 
 
-def _has_pins(credentials: Iterable[Any]) -> bool:
-    if isinstance(credentials, CredentialColumns):
-        return CredentialKind.PIN in credentials.kinds
-    return any(c.kind is CredentialKind.PIN for c in credentials)
+def _has_pins(credentials: Iterable[Any], pause: Callable[[], None] = _no_pause) -> bool:
+    """True if any of ``credentials`` is a PIN (in slices, ``pause`` between them)."""
+    if not isinstance(credentials, CredentialColumns):
+        return any(c.kind is CredentialKind.PIN for c in credentials)
+    kinds = credentials.kinds
+    for start in range(0, len(kinds), 4096):
+        if CredentialKind.PIN in kinds[start : start + 4096]:
+            return True
+        pause()
+    return False
 
 
 def check_references(entities: Mapping[str, Iterable[Any]], site: Site | None = None) -> None:
@@ -1587,10 +1595,14 @@ def _check_references(
     if found is not None:
         raise found.error()
     scopes = {tag.id: tag.scope for tag in entities.get("tags", ())}
-    misplaced = misplaced_tag(entities, scopes.get)
+    misplaced = misplaced_tag(entities, scopes.get, pause=pause)
     if misplaced is not None:
         raise misplaced
-    if site is not None and site.pin_hashing is None and _has_pins(entities.get("credentials", ())):
+    if (
+        site is not None
+        and site.pin_hashing is None
+        and _has_pins(entities.get("credentials", ()), pause)
+    ):
         raise FormatError(
             "site.pin_hashing",
             "missing: the site has pin credentials, and their hashes cannot be checked without "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import ssl
@@ -19,6 +20,7 @@ from gateway.explain import decision_to_json, explain
 from gateway.model import CredentialKind, Decision, Door
 from gateway.openapi import add_routes as add_openapi_routes
 from gateway.outbox import event_to_json
+from gateway.pins import parse_typed_credential
 from gateway.simulator import SimulatorError
 from gateway.web_admin import AdminGuard, static_page
 
@@ -221,8 +223,12 @@ async def decide(request: web.Request) -> web.Response:
     gw = _gateway(request)
     body = await _body(request)
     door = _field(body, "door")
+    hashing = gw.cache.view.site.pin_hashing
     try:
-        kind, value = credentials.parse_credential(_field(body, "credential"))
+        # A typed PIN is hashed (slow): off the loop.
+        kind, value = await asyncio.to_thread(
+            parse_typed_credential, _field(body, "credential"), hashing
+        )
         at = gw.clock() if body.get("at") is None else datetime.fromisoformat(_field(body, "at"))
     except ValueError as err:
         raise BadRequest(str(err)) from None
@@ -414,22 +420,33 @@ def make_app(gw: Gateway, *, simulated: bool, local: bool = False) -> web.Applic
 
     add_public_routes(app, gw)
     add_admin_routes(app, gw, local_only=admin)
-    from gateway import web_doors, web_journal, web_live, web_setup  # noqa: PLC0415
+    from gateway import (  # noqa: PLC0415
+        web_access,
+        web_doors,
+        web_invitations,
+        web_journal,
+        web_live,
+        web_setup,
+    )
 
     web_live.add_routes(app, gw, admin)
+    web_invitations.add_routes(app, gw, admin)
     web_journal.add_routes(app, gw, admin)
     web_doors.add_routes(app, gw, admin)
     web_setup.add_routes(app, gw, admin)
+    web_access.add_routes(app, gw, admin)
     return app
 
 
 def make_public_app(gw: Gateway) -> web.Application:
     """The application of ``[web] public_port``: only what outsiders may reach."""
+    from gateway import web_invitations  # noqa: PLC0415
     from gateway.officernd.routes import add_public_routes  # noqa: PLC0415
 
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[GATEWAY_KEY] = gw
     add_public_routes(app, gw)
+    web_invitations.add_public_routes(app, gw)
     return app
 
 

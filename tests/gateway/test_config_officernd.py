@@ -128,7 +128,7 @@ def test_a_plan_rule_is_for_phones_keys_or_any_credential(rule_type: str) -> Non
         parse_config(
             {"officernd": {"rules": {"r": {"plans": ["P"], "doors": ["d"], "type": rule_type}}}}
         )
-    assert str(caught.value).startswith(f"officernd.rules.r.type: \"{rule_type}\" is not allowed")
+    assert str(caught.value).startswith(f'officernd.rules.r.type: "{rule_type}" is not allowed')
     assert "card and PIN rules are one user's each" in str(caught.value)
 
 
