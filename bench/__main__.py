@@ -15,6 +15,7 @@ BENCHMARKS = {
     "credentials": "bench.credentials",
     "officernd": "bench.officernd",
     "export": "bench.export",
+    "pin": "bench.pin",
 }
 
 
