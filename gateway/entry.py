@@ -44,6 +44,8 @@ _LOGGER = logging.getLogger(__name__)
 
 #: Longest a reader waits for its event's commit before showing the result anyway.
 EVENT_COMMIT_TIMEOUT_S = 5.0
+#: Keypad entries waiting for their turn at one keypad beyond which new ones are refused.
+KEYPAD_QUEUE_MAX = 8
 #: Longest a grant waits for the lock relay's confirmation before showing a fault.
 RELAY_CONFIRM_TIMEOUT_S = 2.0
 
@@ -69,6 +71,10 @@ class EntryService:
         self._cache = cache
         self._keypads = keypads or KeypadGuard()
         self._pins = PinHasher()
+        #: Per keypad: entries are decided one at a time (the lockout must see each wrong PIN
+        #: before the next is tried), and how many wait for their turn.
+        self._keypad_turns: dict[str, asyncio.Lock] = {}
+        self._keypad_waiting: dict[str, int] = {}
         self._offline_for = offline_for
         self._on_decided = on_decided
         self._doors = doors
@@ -172,8 +178,24 @@ class EntryService:
         )
 
     async def _keypad_entry(self, read: CredentialRead) -> Decision:
-        """A PIN typed at a door's keypad: refused while the keypad is locked out, else hashed
-        with the site's PIN hashing and decided like any credential.
+        """A PIN typed at a door's keypad, in its turn (one at a time per keypad; more than
+        ``KEYPAD_QUEUE_MAX`` waiting are refused unhashed, as a keypad flooded by a rogue board
+        would be locked out anyway)."""
+        door_id = read.reader_id
+        waiting = self._keypad_waiting.get(door_id, 0)
+        if waiting >= KEYPAD_QUEUE_MAX:
+            return await self._refuse_entry(read, Reason.KEYPAD_LOCKED)
+        turn = self._keypad_turns.setdefault(door_id, asyncio.Lock())
+        self._keypad_waiting[door_id] = waiting + 1
+        try:
+            async with turn:
+                return await self._keypad_turn(read)
+        finally:
+            self._keypad_waiting[door_id] -= 1
+
+    async def _keypad_turn(self, read: CredentialRead) -> Decision:
+        """Refused while the keypad is locked out, else hashed with the site's PIN hashing and
+        decided like any credential.
 
         Only a PIN matching no credential (or not a PIN at all) counts towards the lockout; a
         right PIN, even one its rules refuse at this door, is not a guess and clears the count.

@@ -3,6 +3,7 @@ virtual board's keypad, the board protocol, the entry service and the decision."
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from datetime import timedelta
@@ -10,6 +11,7 @@ from datetime import timedelta
 import aiohttp
 import pytest
 
+from drivers.base import CredentialRead
 from gateway import codec
 from gateway.app import Gateway
 from gateway.keypad import KeypadGuard
@@ -276,3 +278,16 @@ async def test_the_what_if_api_explains_a_pin(gw: Gateway) -> None:
     assert body["decision"]["reason"] == "credential_type_not_allowed"
     assert body["decision"]["credential"] == "pin-bob"
     assert "for smartphone credentials only, and this one is a pin" in body["explanation"]
+
+
+async def test_entries_typed_at_once_cannot_slip_past_the_lockout(gw: Gateway) -> None:
+    # A rogue board (or a flood on the bus) sends many entries at once: each waits for the one
+    # before it to be counted, so only three are ever hashed, and a flood beyond the queue is
+    # refused at once.
+    waiter = EventWaiter(gw)
+    reads = [CredentialRead("front", "pin", f"{5170 + i}") for i in range(20)]
+    decisions = await asyncio.gather(*(gw.entry.handle(read) for read in reads))
+    reasons = [d.reason for d in decisions]
+    assert reasons.count(Reason.UNKNOWN_CREDENTIAL) == 3
+    assert reasons.count(Reason.KEYPAD_LOCKED) == 17
+    assert len(waiter.matching(EventType.KEYPAD_LOCKED)) == 1
