@@ -9,8 +9,6 @@ since the code crosses that link; failed codes are counted per client address.
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import json
 import logging
 import math
@@ -30,6 +28,7 @@ from gateway.invitations import (
 )
 from gateway.sessions import TooManyAttempts
 from gateway.web_admin import static_page
+from gateway.web_clients import client_address, private_link
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -102,13 +101,13 @@ def _redeem_route(gw: Gateway) -> Handler:
         """``{code, public_key: hex}`` → the phone's credential for the invitation (200)."""
         from gateway.web import _body  # noqa: PLC0415 - gateway.web imports this module
 
-        if not _private_link(request):
+        if not private_link(request):
             raise _error(
                 403,
                 "invitations are redeemed over HTTPS only: publish the gateway through a TLS "
                 "reverse proxy",
             )
-        address = _client_address(request, gw.config.web.trust_forwarded_for)
+        address = client_address(request, gw.config.web.trust_forwarded_for)
         attempts = gw.invitations.attempts
         try:
             # Before the lookup: a spent budget gets no answer about any code.
@@ -160,27 +159,6 @@ def _redeem_route(gw: Gateway) -> Handler:
         return web.json_response(redeemed_json(result, gw), headers=_NO_STORE)
 
     return redeem
-
-
-def _private_link(request: web.Request) -> bool:
-    """HTTPS, or from this machine (a TLS reverse proxy in front of it)."""
-    if request.secure:
-        return True
-    try:
-        return ipaddress.ip_address(request.remote or "").is_loopback
-    except ValueError:
-        return False
-
-
-def _client_address(request: web.Request, trust_forwarded_for: bool) -> str:
-    """The address failures are counted against: the proxy's last hop when it is trusted."""
-    remote = request.remote or "unknown"
-    forwarded = request.headers.get("X-Forwarded-For", "")
-    if trust_forwarded_for and forwarded and not request.secure:
-        # What the client wrote before the proxy's own hop is the client's to forge.
-        with contextlib.suppress(ValueError):
-            return str(ipaddress.ip_address(forwarded.rsplit(",", 1)[-1].strip()))
-    return remote
 
 
 def add_routes(app: web.Application, gw: Gateway, admin: Callable[[Handler], Handler]) -> None:

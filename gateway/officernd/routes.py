@@ -15,8 +15,6 @@ requests): ``GET /officernd`` (the page), ``GET /api/officernd/status``, ``POST|
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -39,6 +37,7 @@ from gateway.officernd.login import MemberLogin
 from gateway.officernd.service import OfficeRnDService
 from gateway.officernd.sync import RefusedByCache
 from gateway.sessions import LoginLimiter, Sessions
+from gateway.web_clients import client_address, private_link
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -159,31 +158,19 @@ def member_over_tls(trust_forwarded_for: bool) -> Middleware:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith(("/api/member/", "/member")):
             return await handler(request)
-        if not _private_link(request):
+        if not private_link(request):
             raise _json_error(
                 web.HTTPForbidden,
                 "members log in over HTTPS only: publish the gateway through a TLS reverse proxy",
             )
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        if trust_forwarded_for and forwarded and not request.secure:
-            # From the reverse proxy on this machine: the member's address is the last hop it
-            # added (what the client wrote before it is the client's to forge), so the login
-            # limits count per member, not per proxy.
-            client = forwarded.rsplit(",", 1)[-1].strip()
-            with contextlib.suppress(ValueError):
-                request = request.clone(remote=str(ipaddress.ip_address(client)))
+        # Behind the reverse proxy on this machine, the login limits count per member, not
+        # per proxy.
+        client = client_address(request, trust_forwarded_for)
+        if client != (request.remote or "unknown"):
+            request = request.clone(remote=client)
         return await handler(request)
 
     return middleware
-
-
-def _private_link(request: web.Request) -> bool:
-    if request.secure:
-        return True
-    try:
-        return ipaddress.ip_address(request.remote or "").is_loopback
-    except ValueError:
-        return False
 
 
 def add_public_routes(app: web.Application, gw: Gateway) -> None:

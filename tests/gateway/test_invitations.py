@@ -34,7 +34,7 @@ from gateway.invitations import (
     normalise_code,
 )
 from gateway.model import AssuranceLevel, CredentialKind, Reason
-from gateway.web_invitations import _private_link
+from gateway.web_clients import private_link
 from tests.conftest import (
     DEFAULT_NOW,
     ROME,
@@ -500,10 +500,10 @@ def test_redeeming_needs_https_or_this_machine() -> None:
     def request(peer: str) -> Any:
         return make_mocked_request("POST", "/api/invitations/redeem", transport=Transport(peer))
 
-    assert _private_link(request("127.0.0.1"))
-    assert _private_link(request("::1"))
-    assert not _private_link(request("203.0.113.5"))
-    assert not _private_link(request("192.168.1.20"))
+    assert private_link(request("127.0.0.1"))
+    assert private_link(request("::1"))
+    assert not private_link(request("203.0.113.5"))
+    assert not private_link(request("192.168.1.20"))
 
 
 async def test_behind_a_trusted_proxy_failures_count_per_client(
