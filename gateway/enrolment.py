@@ -28,6 +28,7 @@ from gateway.model import (
     Presentation,
     UserStatus,
 )
+from gateway.pins import hash_pin, pin_problem
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -99,6 +100,35 @@ class Enrolment:
             public_key=public_key,
         )
         return await self._store(credential, by="phone")
+
+    async def enrol_pin(self, user_id: str, digits: str) -> Credential:
+        """Set ``user_id``'s PIN (4 to 7 digits), hashed with the site's PIN hashing; a PIN the
+        user had before is replaced. The digits are neither stored nor logged."""
+        self._check_user(user_id)
+        problem = pin_problem(digits)
+        if problem is not None:
+            raise EnrolmentError(f"pin: {problem}")
+        hashing = self._cache.view.site.pin_hashing
+        if hashing is None:
+            raise EnrolmentError(
+                "pin: this site cannot take PINs yet: its site data has no pin_hashing (the "
+                "salt every PIN of the site is hashed with, set by the cloud)"
+            )
+        value = await asyncio.to_thread(hash_pin, digits, hashing)  # slow: off the loop
+        view = self._cache.view
+        held = view.credential(CredentialKind.PIN, value)
+        if held is not None:
+            whose = "this user's PIN already" if held.user_id == user_id else "taken on this site"
+            raise EnrolmentError(f"pin: this PIN is {whose}; choose another")
+        previous = [c for c in view.credentials[CredentialKind.PIN] if c.user_id == user_id]
+        credential = Credential(
+            id=previous[0].id if previous else _new_id(CredentialKind.PIN),
+            user_id=user_id,
+            kind=CredentialKind.PIN,
+            value=value,
+            assurance=KIND_ASSURANCE[CredentialKind.PIN],
+        )
+        return await self._store(credential, by="pin")
 
     async def enrol_card(self, door_id: str, user_id: str, timeout_s: float) -> Credential:
         """Put ``door_id``'s reader in enrol mode; the next card that proves itself is enrolled."""

@@ -312,6 +312,19 @@ async def enrol_phone(request: web.Request) -> web.Response:
     return web.json_response({"credential": credential_to_json(credential)}, status=201)
 
 
+async def enrol_pin(request: web.Request) -> web.Response:
+    """Set a user's PIN (``{"pin": "4827"}``, 4 to 7 digits): 201 with the new credential."""
+    body = await _body(request)
+    digits = body.get("pin")
+    if not isinstance(digits, str):
+        raise BadRequest("pin: expected the PIN as a string of 4 to 7 digits")
+    try:
+        credential = await _gateway(request).enrolment.enrol_pin(request.match_info["user"], digits)
+    except EnrolmentError as err:
+        raise BadRequest(str(err)) from None
+    return web.json_response({"credential": credential_to_json(credential)}, status=201)
+
+
 async def enrol_card(request: web.Request) -> web.Response:
     """Enrol mode at a door's reader: the next card presented there becomes the user's."""
     body = await _body(request)
@@ -411,6 +424,7 @@ def make_app(gw: Gateway, *, simulated: bool, local: bool = False) -> web.Applic
     app.router.add_post("/api/decide", admin(decide))
     app.router.add_get("/api/diagnostics", admin(diagnostics))
     app.router.add_post("/api/users/{user}/phones", admin(enrol_phone))
+    app.router.add_post("/api/users/{user}/pin", admin(enrol_pin))
     app.router.add_post("/api/doors/{door}/enrol", admin(enrol_card))
     if simulated:
         app.router.add_post("/api/simulator/doors/{door}/present", admin(present))

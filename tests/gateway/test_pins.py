@@ -291,3 +291,60 @@ async def test_entries_typed_at_once_cannot_slip_past_the_lockout(gw: Gateway) -
     assert reasons.count(Reason.UNKNOWN_CREDENTIAL) == 3
     assert reasons.count(Reason.KEYPAD_LOCKED) == 17
     assert len(waiter.matching(EventType.KEYPAD_LOCKED)) == 1
+
+
+async def post_pin(gw: Gateway, user: str, body: object) -> tuple[int, dict[str, object]]:
+    url = f"http://127.0.0.1:{gw.config.web.port}/api/users/{user}/pin"
+    async with aiohttp.ClientSession() as session, session.post(url, json=body) as response:
+        return response.status, await response.json()
+
+
+async def test_an_operator_sets_a_pin_which_replaces_the_old_one(
+    gw: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    waiter = EventWaiter(gw)
+    status, body = await post_pin(gw, "ada", {"pin": "9164"})
+    assert status == 201
+    credential = body["credential"]
+    assert isinstance(credential, dict)
+    assert credential["id"] == "pin-ada"  # her PIN, replaced
+    assert credential["value"] == hash_pin("9164", CHEAP)
+    (enrolled,) = await waiter.wait_for(EventType.CREDENTIAL_ENROLLED)
+    assert enrolled.event.data["by"] == "pin"
+    assert (await gw.simulator.enter_pin("front", "9164")).granted
+    assert (await gw.simulator.enter_pin("front", ADA_PIN)).reason is Reason.UNKNOWN_CREDENTIAL
+    assert "9164" not in caplog.text
+    assert "9164" not in str(enrolled.event.data)
+
+
+@pytest.mark.parametrize(
+    ("user", "body", "message"),
+    [
+        ("ada", {"pin": "12"}, "pin: a PIN has 4 to 7 digits, not 2"),
+        ("ada", {"pin": "12345678"}, "pin: a PIN has 4 to 7 digits, not 8"),
+        ("ada", {"pin": "12a4"}, "pin: a PIN has digits 0-9 only"),
+        ("ada", {"pin": 4827}, "pin: expected the PIN as a string"),
+        ("ada", {}, "pin: expected the PIN as a string"),
+        ("ada", {"pin": BOB_PIN}, "pin: this PIN is taken on this site; choose another"),
+        ("ada", {"pin": ADA_PIN}, "pin: this PIN is this user's PIN already"),
+        ("nobody", {"pin": "9164"}, "unknown user 'nobody'"),
+        ("carla", {"pin": "9164"}, "user 'carla' is suspended, not active"),
+    ],
+)
+async def test_a_bad_pin_is_refused_naming_the_field(
+    gw: Gateway, user: str, body: object, message: str
+) -> None:
+    status, answer = await post_pin(gw, user, body)
+    assert status == 400
+    assert message in str(answer["error"])
+    assert (await gw.simulator.enter_pin("front", ADA_PIN)).granted  # nothing lost
+
+
+async def test_a_site_without_pin_hashing_cannot_take_pins(
+    start_gateway: GatewayFactory, gateway_config: ConfigFactory
+) -> None:
+    gw = await start_gateway(gateway_config(hardware={"backend": "virtual"}))
+    status, answer = await post_pin(gw, "ada", {"pin": "9164"})
+    assert status == 400
+    assert "its site data has no pin_hashing" in str(answer["error"])
