@@ -294,8 +294,8 @@ def site_from_json(value: Any, path: str = "site") -> Site:
 #: scrypt cost bounds: below, a stolen cache gives up its PINs at once; above, a Pi cannot
 #: check a PIN in well under a second (n = 2^17 with r = 8 needs 128 MiB).
 PIN_SCRYPT_N = (2**12, 2**17)
-PIN_SCRYPT_R = (1, 16)
-PIN_SCRYPT_P = (1, 4)
+PIN_SCRYPT_R = (1, 8)
+PIN_SCRYPT_P = (1, 2)
 PIN_SALT_BYTES = (16, 64)
 
 

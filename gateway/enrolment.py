@@ -28,7 +28,7 @@ from gateway.model import (
     Presentation,
     UserStatus,
 )
-from gateway.pins import hash_pin, pin_problem
+from gateway.pins import hash_off_loop, pin_problem
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class Enrolment:
                 "pin: this site cannot take PINs yet: its site data has no pin_hashing (the "
                 "salt every PIN of the site is hashed with, set by the cloud)"
             )
-        value = await asyncio.to_thread(hash_pin, digits, hashing)  # slow: off the loop
+        value = await hash_off_loop(digits, hashing)  # slow: on the PIN hashing thread
         view = self._cache.view
         held = view.credential(CredentialKind.PIN, value)
         if held is not None:

@@ -38,7 +38,7 @@ from gateway.model import (
     Reason,
 )
 from gateway.outbox import OutboxError
-from gateway.pins import PinHasher, pin_problem
+from gateway.pins import hash_off_loop, pin_problem
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -70,7 +70,6 @@ class EntryService:
         ``keypads``: the wrong-PIN lockout (3 attempts, 60 s unless given)."""
         self._cache = cache
         self._keypads = keypads or KeypadGuard()
-        self._pins = PinHasher()
         #: Per keypad: entries are decided one at a time (the lockout must see each wrong PIN
         #: before the next is tried), and how many wait for their turn.
         self._keypad_turns: dict[str, asyncio.Lock] = {}
@@ -103,7 +102,6 @@ class EntryService:
         for handle in self._restores.values():
             handle.cancel()
         self._restores.clear()
-        self._pins.close()
 
     def on_read(self, read: CredentialRead) -> None:
         """Driver callback: handle the read in its own task (ignored once stopping)."""
@@ -182,6 +180,8 @@ class EntryService:
         ``KEYPAD_QUEUE_MAX`` waiting are refused unhashed, as a keypad flooded by a rogue board
         would be locked out anyway)."""
         door_id = read.reader_id
+        if door_id not in self._cache.view.doors:  # no state kept for doors that do not exist
+            return await self._refuse_entry(read, Reason.UNKNOWN_DOOR)
         waiting = self._keypad_waiting.get(door_id, 0)
         if waiting >= KEYPAD_QUEUE_MAX:
             return await self._refuse_entry(read, Reason.KEYPAD_LOCKED)
@@ -197,8 +197,8 @@ class EntryService:
         """Refused while the keypad is locked out, else hashed with the site's PIN hashing and
         decided like any credential.
 
-        Only a PIN matching no credential (or not a PIN at all) counts towards the lockout; a
-        right PIN, even one its rules refuse at this door, is not a guess and clears the count.
+        Every entry that opens nothing counts towards the lockout (see gateway/keypad.py); a
+        granted one clears it.
         """
         door_id = read.reader_id
         started = time.monotonic()
@@ -212,14 +212,16 @@ class EntryService:
         elif hashing is None:  # the site has no PINs: nothing typed can be one
             decision = await self._refuse_entry(read, Reason.UNKNOWN_CREDENTIAL)
         else:
-            value = await self._pins.hash(read.value, hashing)
+            value = await hash_off_loop(read.value, hashing)
             decision = await self.present(
                 Presentation(door_id, CredentialKind.PIN, value), reader_id=read.reader_id
             )
-        if decision.granted or decision.credential_id is not None:
-            self._keypads.succeeded(door_id)
-        elif self._keypads.failed(door_id, time.monotonic()):
-            await self._keypad_locked(door_id)
+        if decision.granted:
+            self._keypads.granted(door_id)
+        else:
+            lockout_s = self._keypads.failed(door_id, time.monotonic())
+            if lockout_s is not None:
+                await self._keypad_locked(door_id, lockout_s)
         return decision
 
     async def _refuse_entry(self, read: CredentialRead, reason: Reason) -> Decision:
@@ -229,19 +231,19 @@ class EntryService:
         await self._conclude(decision, None, read.reader_id)
         return decision
 
-    async def _keypad_locked(self, door_id: str) -> None:
-        """Record that ``door_id``'s keypad is now locked out."""
-        guard = self._keypads
+    async def _keypad_locked(self, door_id: str, lockout_s: float) -> None:
+        """Record that ``door_id``'s keypad is now locked out for ``lockout_s``."""
+        attempts = self._keypads.attempts
         _LOGGER.warning(
-            "keypad at %s locked for %d s after %d wrong PINs in a row",
+            "keypad at %s locked for %d s after %d refused PINs in a row",
             door_id,
-            guard.lockout_s,
-            guard.attempts,
+            lockout_s,
+            attempts,
         )
         event = new_event(
             EventType.KEYPAD_LOCKED,
             self._clock(),
-            {"door": door_id, "attempts": guard.attempts, "lockout_s": guard.lockout_s},
+            {"door": door_id, "attempts": attempts, "lockout_s": lockout_s},
         )
         try:
             await asyncio.wait_for(self._events.record(event), EVENT_COMMIT_TIMEOUT_S)
@@ -302,11 +304,12 @@ class EntryService:
             _LOGGER.debug("reader %s cannot show %s: %s", reader_id, feedback, err)
         else:
             self._restore_later(decision.door_id)
-        shown = (
-            "malformed read"
-            if presentation is None
-            else f"{presentation.kind.value} {redact(presentation.value)}"
-        )
+        if presentation is None:
+            shown = "malformed read"
+        elif presentation.kind is CredentialKind.PIN:
+            shown = "pin"  # not even part of its hash: see events.decision_event
+        else:
+            shown = f"{presentation.kind.value} {redact(presentation.value)}"
         _LOGGER.info(
             "%s %s at %s: %s",
             "granted" if decision.granted else "denied",

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from gateway.credentials import redact
-from gateway.model import Decision, Event, EventType, Presentation
+from gateway.model import CredentialKind, Decision, Event, EventType, Presentation
 
 
 def new_event(event_type: EventType, at: datetime, data: Mapping[str, Any] | None = None) -> Event:
@@ -31,7 +31,10 @@ def decision_event(decision: Decision, presentation: Presentation | None) -> Eve
     }
     if presentation is not None:
         data["kind"] = presentation.kind.value
-        data["value_hint"] = redact(presentation.value)
+        # A PIN's hash is short of the digits by one scrypt: even four of its hex digits would
+        # give a four-digit PIN back to whoever holds the site's salt.
+        hidden = presentation.kind is CredentialKind.PIN
+        data["value_hint"] = "…" if hidden else redact(presentation.value)
     event_type = EventType.ACCESS_GRANTED if decision.granted else EventType.ACCESS_DENIED
     return new_event(event_type, decision.at, data)
 

@@ -29,6 +29,11 @@ def pin_problem(digits: str) -> str | None:
     return None
 
 
+def scrypt_memory(hashing: PinHashing) -> int:
+    """The bytes scrypt works in for ``hashing`` (its V array, and B for each of p)."""
+    return 128 * hashing.r * (hashing.n + hashing.p + 2)
+
+
 def hash_pin(digits: str, hashing: PinHashing) -> str:
     """The credential value of ``digits`` on a site hashing PINs with ``hashing`` (slow)."""
     problem = pin_problem(digits)
@@ -40,7 +45,7 @@ def hash_pin(digits: str, hashing: PinHashing) -> str:
         n=hashing.n,
         r=hashing.r,
         p=hashing.p,
-        maxmem=256 * hashing.n * hashing.r * hashing.p + (1 << 20),
+        maxmem=scrypt_memory(hashing) + (1 << 20),
         dklen=PIN_BYTES,
     )
     return key.hex().upper()
@@ -62,22 +67,21 @@ def parse_typed_credential(text: str, hashing: PinHashing | None) -> tuple[Crede
     return credentials.parse_credential(text)
 
 
-class PinHasher:
-    """Hashes keypad entries one at a time in a worker thread, off the event loop.
+#: Every PIN hash of the process runs on this one thread: scrypt's memory (16 MiB at the default
+#: cost, 128 MiB at the most the site data allows) is paid once at a time however many keypads,
+#: what-if decisions and PIN settings come together, and a flood queues instead of exhausting
+#: memory.
+_HASHING = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pin-hash")
 
-    One thread: scrypt's memory (16 MiB at the default cost) is paid once at a time however
-    many keypads are typed on together, and a flood of entries queues rather than exhausting
-    memory (each keypad's lockout bounds its own flood).
-    """
 
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pin-hash")
+async def hash_off_loop(digits: str, hashing: PinHashing) -> str:
+    """``hash_pin`` on the PIN hashing thread."""
+    return await asyncio.get_running_loop().run_in_executor(_HASHING, hash_pin, digits, hashing)
 
-    async def hash(self, digits: str, hashing: PinHashing) -> str:
-        """``hash_pin`` in the worker thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, hash_pin, digits, hashing)
 
-    def close(self) -> None:
-        """Stop the worker once the entries in hand are hashed."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+async def parse_typed_credential_off_loop(
+    text: str, hashing: PinHashing | None
+) -> tuple[CredentialKind, str]:
+    """``parse_typed_credential`` on the PIN hashing thread."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_HASHING, parse_typed_credential, text, hashing)

@@ -5,18 +5,22 @@ input each of them can bring."""
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway import codec
 from gateway.access import decide
+from gateway.cache import Cache
 from gateway.codec import FormatError
-from gateway.model import Reason
+from gateway.credentials import Verified
+from gateway.model import AssuranceLevel, CredentialKind, Reason
 from gateway.view import CacheView
 from tests.gateway.sitebuilder import (
     SiteBuilder,
     at,
+    credential_by_id,
     delta,
     identity,
     invitation_json,
@@ -180,10 +184,49 @@ def test_an_invitations_guest_opens_its_doors_within_its_window() -> None:
     assert verdict(view, "visit-phone", "lab", "2026-12-03 18:00")[1] is Reason.USER_EXPIRED
     decision = decide(identity(view, "visit-phone"), "lab", rome("2026-12-02 10:00"), view)
     assert decision.rule_id == "invitation:visit"
-    # Deleting the invitation takes the guest, the rule and the phone key with it.
-    gone = view.apply(delta(2, 1, delete={"invitations": ["visit"]}))
-    assert gone.user("guest:visit") is None
-    assert not decide(identity(view, "visit-phone"), "lab", rome("2026-12-02 10:00"), gone).granted
+    assert view.user("guest:visit") is not None
+
+
+async def test_deleting_an_invitation_takes_its_guest_rule_and_phone_keys(tmp_path: Path) -> None:
+    builder = (
+        luckey_site()
+        .invitation(
+            "visit",
+            valid_from=rome("2026-12-02 09:00"),
+            valid_until=rome("2026-12-03 18:00"),
+            doors=["lab"],
+        )
+        .credential("visit-phone", "guest:visit", kind="ble_phone_key")
+    )
+    cache = Cache(tmp_path / "cache.db")
+    await cache.start()
+    try:
+        await cache.apply_snapshot(builder.snapshot())
+        phone = credential_by_id(cache.view, "visit-phone")
+        assert decide(
+            Verified(phone, phone.assurance), "lab", rome("2026-12-02 10:00"), cache.view
+        ).granted
+        await cache.apply_delta(delta(2, 1, delete={"invitations": ["visit"]}))
+        view = cache.view
+        assert view.user("guest:visit") is None
+        assert "invitation:visit" not in view.guest_rules
+        assert view.credential(CredentialKind.BLE_PHONE_KEY, phone.value) is None
+        decision = decide(
+            Verified(view.credential(phone.kind, phone.value), AssuranceLevel.HIGH),
+            "lab",
+            rome("2026-12-02 10:00"),
+            view,
+        )
+        assert decision.reason is Reason.UNKNOWN_CREDENTIAL
+    finally:
+        await cache.stop()
+    reopened = Cache(tmp_path / "cache.db")  # and so it stays after a restart
+    await reopened.start()
+    try:
+        assert reopened.view.credential(CredentialKind.BLE_PHONE_KEY, phone.value) is None
+        assert not reopened.view.invitations
+    finally:
+        await reopened.stop()
 
 
 # --- bad input: a message naming the field, and nothing stored is lost ----------------------

@@ -52,27 +52,42 @@ def test_the_hash_depends_on_the_digits_the_salt_and_the_cost() -> None:
         hash_pin("12", CHEAP)
 
 
-def test_the_site_default_cost_hashes() -> None:
-    # scrypt n=2^14, r=8: 16 MiB, within the memory bound hash_pin gives hashlib.
+def test_the_site_default_and_the_dearest_cost_hash() -> None:
+    # scrypt n=2^14, r=8: 16 MiB; the most the site data allows, n=2^17, r=8, p=2: 128 MiB.
     assert len(hash_pin("4827", PinHashing(SALT))) == 64
+    assert len(hash_pin("4827", PinHashing(SALT, n=2**17, r=8, p=2))) == 64
 
 
-def test_the_lockout_counts_wrong_pins_in_a_row_per_reader() -> None:
+def test_the_lockout_counts_refused_entries_in_a_row_per_reader() -> None:
     guard = KeypadGuard(attempts=3, lockout_s=60)
-    assert not guard.failed("front", 0.0)
-    assert not guard.failed("front", 1.0)
-    assert not guard.failed("lobby", 1.5)  # another keypad counts apart
-    assert guard.failed("front", 2.0)  # the third wrong PIN in a row locks it
+    assert guard.failed("front", 0.0) is None
+    assert guard.failed("front", 1.0) is None
+    assert guard.failed("lobby", 1.5) is None  # another keypad counts apart
+    assert guard.failed("front", 2.0) == 60  # the third in a row locks it
     assert guard.locked("front", 2.0)
     assert guard.locked("front", 61.9)
     assert guard.remaining_s("front", 32.0) == pytest.approx(30.0)
     assert not guard.locked("lobby", 2.0)
     assert not guard.locked("front", 62.0)  # served: a fresh count
-    assert not guard.failed("front", 63.0)
-    guard.succeeded("front")  # a right PIN clears the count
-    assert not guard.failed("front", 64.0)
-    assert not guard.failed("front", 65.0)
-    assert guard.failed("front", 66.0)
+    assert guard.failed("front", 63.0) is None
+    guard.granted("front")  # an entry that opened the door clears the count
+    assert guard.failed("front", 64.0) is None
+    assert guard.failed("front", 65.0) is None
+    assert guard.failed("front", 66.0) == 60
+
+
+def test_each_lockout_in_a_row_lasts_twice_the_one_before_until_a_grant() -> None:
+    guard = KeypadGuard(attempts=1, lockout_s=60)
+    now, lengths = 0.0, []
+    for _ in range(8):
+        assert not guard.locked("front", now)
+        length = guard.failed("front", now)
+        assert length is not None
+        lengths.append(length)
+        now += length
+    assert lengths == [60, 120, 240, 480, 960, 1920, 3600, 3600]  # capped at an hour
+    guard.granted("front")
+    assert guard.failed("front", now) == 60
 
 
 def test_a_lockout_needs_sensible_bounds() -> None:
@@ -162,20 +177,17 @@ async def test_each_rule_edge_is_named(gw: Gateway, clock: Clock) -> None:
     assert (await gw.simulator.enter_pin("server-room", ADA_PIN)).reason is Reason.NO_KEYPAD
 
 
-async def test_three_wrong_pins_lock_the_keypad_with_an_event(
+async def test_three_refused_pins_lock_the_keypad_with_an_event(
     gw: Gateway, caplog: pytest.LogCaptureFixture
 ) -> None:
     waiter = EventWaiter(gw)
     caplog.set_level(logging.DEBUG)
     assert (await gw.simulator.enter_pin("front", "5173")).reason is Reason.UNKNOWN_CREDENTIAL
-    # A right PIN, even one its rules refuse here, is not a guess: the count starts again.
+    assert (await gw.simulator.enter_pin("front", "12")).reason is Reason.PIN_MALFORMED
+    assert not waiter.matching(EventType.KEYPAD_LOCKED)
+    # A right PIN refused here counts too: knowing one PIN must not buy endless guesses.
     refused_by_rule = await gw.simulator.enter_pin("front", BOB_PIN)
     assert refused_by_rule.reason is Reason.OUTSIDE_TIME_SLOT
-    assert (await gw.simulator.enter_pin("front", "12")).reason is Reason.PIN_MALFORMED
-    assert (await gw.simulator.enter_pin("front", "5173")).reason is Reason.UNKNOWN_CREDENTIAL
-    assert not waiter.matching(EventType.KEYPAD_LOCKED)
-    third = await gw.simulator.enter_pin("front", "86429")
-    assert third.reason is Reason.UNKNOWN_CREDENTIAL
     (locked,) = await waiter.wait_for(EventType.KEYPAD_LOCKED)
     assert locked.event.data == {"door": "front", "attempts": 3, "lockout_s": 60}
     # Now even the right PIN is refused at this keypad, and the other keypads still work.
@@ -183,12 +195,16 @@ async def test_three_wrong_pins_lock_the_keypad_with_an_event(
     assert (refused.granted, refused.reason) == (False, Reason.KEYPAD_LOCKED)
     assert refused.credential_id is None
     assert (await gw.simulator.enter_pin("office-3", BOB_PIN)).granted
-    assert "keypad at front locked for 60 s after 3 wrong PINs" in caplog.text
-    for pin in ("5173", "86429", ADA_PIN):
+    assert "keypad at front locked for 60 s after 3 refused PINs" in caplog.text
+    for pin in ("5173", ADA_PIN, BOB_PIN):
         assert pin not in caplog.text
+    # Events never carry any of a PIN's hash either: four hex digits of it would give a
+    # four-digit PIN back to whoever holds the site's salt.
+    hints = {e.event.data.get("value_hint") for e in waiter.events if e.event.data.get("kind")}
+    assert hints == {"…"}
 
 
-async def test_a_right_pin_clears_the_count(gw: Gateway) -> None:
+async def test_a_granted_pin_clears_the_count(gw: Gateway) -> None:
     for _ in range(2):
         assert (await gw.simulator.enter_pin("front", "5173")).reason is Reason.UNKNOWN_CREDENTIAL
     assert (await gw.simulator.enter_pin("front", ADA_PIN)).granted
@@ -245,7 +261,9 @@ def test_pin_credentials_need_the_sites_hashing_and_never_take_digits() -> None:
         ({"salt": base64.b64encode(SALT).decode(), "n": 5000}, "site.pin_hashing.n",
          "expected a power of two"),
         ({"salt": base64.b64encode(SALT).decode(), "r": 0}, "site.pin_hashing.r",
-         "expected an integer from 1 to 16"),
+         "expected an integer from 1 to 8"),
+        ({"salt": base64.b64encode(SALT).decode(), "p": 3}, "site.pin_hashing.p",
+         "expected an integer from 1 to 2"),
     ],
 )  # fmt: skip
 def test_a_bad_pin_hashing_is_named(hashing: dict[str, object], path: str, message: str) -> None:
