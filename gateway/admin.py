@@ -437,7 +437,14 @@ class AdminAccounts:
             del self._pending[key]
             self._limiter.succeeded(_totp_key(account.username))
             self._proved_second_factor(session.token)
-            _LOGGER.info("two-factor authentication turned on for admin %r", account.username)
+            # Sessions signed in with the password alone would keep what the second factor
+            # now guards: they end, and sign in again with a code.
+            ended = self.sessions.revoke_others(account.username, session.token)
+            _LOGGER.info(
+                "two-factor authentication turned on for admin %r; %d other session(s) ended",
+                account.username,
+                ended,
+            )
 
     async def disable_totp(self, code: object, address: str, *, required: bool) -> None:
         """Turn TOTP off with a current code; 409 while the site requires it."""

@@ -246,6 +246,14 @@ class Sessions:
             del self._held[key]
         return len(keys)
 
+    def revoke_others(self, user_id: str, keep: str) -> int:
+        """End every session of ``user_id`` but the one of token ``keep``; how many ended."""
+        kept = _digest(keep)
+        keys = [k for k, held in self._held.items() if held.user_id == user_id and k != kept]
+        for key in keys:
+            del self._held[key]
+        return len(keys)
+
     def _purge(self) -> None:
         """Drop expired sessions from the front (oldest first, so the first live one stops it)."""
         now = self._clock()
