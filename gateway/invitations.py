@@ -290,8 +290,8 @@ class InvitationService:
                 kind=_PHONE,
                 value=value,
                 assurance=KIND_ASSURANCE[_PHONE],
-                valid_from=invitation.valid_from,
-                valid_until=invitation.valid_until,
+                # No dates of its own: the guest is valid while the invitation is, so an
+                # invitation extended later extends its phones too.
                 public_key=public_key,
             )
             try:

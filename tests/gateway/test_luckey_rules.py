@@ -345,3 +345,17 @@ def test_a_tag_cannot_change_scope_while_in_use() -> None:
 def test_the_whole_model_round_trips_through_the_codec() -> None:
     snapshot = luckey_site().snapshot()
     assert codec.snapshot_from_json(codec.snapshot_to_json(snapshot)) == snapshot
+
+
+def test_extending_an_invitation_extends_its_guests_phones() -> None:
+    window = {"valid_from": rome("2026-12-02 09:00"), "doors": ["lab"]}
+    view = (
+        luckey_site()
+        .invitation("visit", valid_until=rome("2026-12-03 18:00"), **window)
+        .credential("visit-phone", "guest:visit", kind="ble_phone_key")
+        .view()
+    )
+    assert verdict(view, "visit-phone", "lab", "2026-12-04 10:00")[1] is Reason.USER_EXPIRED
+    longer = invitation_json("visit", valid_until=rome("2026-12-10 18:00"), **window)
+    extended = view.apply(delta(2, 1, upsert={"invitations": [longer]}))
+    assert verdict(extended, "visit-phone", "lab", "2026-12-04 10:00") == (True, Reason.GRANTED)
