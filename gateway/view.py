@@ -25,6 +25,8 @@ from gateway.codec import (
 )
 from gateway.credtable import CredentialTable
 from gateway.model import (
+    GUEST_USER_PREFIX,
+    INVITATION_RULE_PREFIX,
     AccessRule,
     Credential,
     CredentialKind,
@@ -336,6 +338,13 @@ class CacheView:
                 return False
             return entity_id in self.collection(collection)
 
+        for collection, prefix in (("users", GUEST_USER_PREFIX), ("rules", INVITATION_RULE_PREFIX)):
+            for entity in delta.upserts.get(collection, ()):
+                if entity.id.startswith(prefix):  # the codec refuses these too; code may not
+                    raise FormatError(
+                        f"upsert.{collection}",
+                        f"{entity.id!r}: ids starting {prefix!r} belong to invitations",
+                    )
         refs = References(exists)
         found = dangling(delta.upserts, refs)
         if found is not None:

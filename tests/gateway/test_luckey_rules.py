@@ -13,9 +13,9 @@ import pytest
 from gateway import codec
 from gateway.access import decide
 from gateway.cache import Cache
-from gateway.codec import FormatError
+from gateway.codec import Delta, FormatError
 from gateway.credentials import Verified
-from gateway.model import AssuranceLevel, CredentialKind, Reason
+from gateway.model import AssuranceLevel, CredentialKind, Reason, User
 from gateway.view import CacheView
 from tests.gateway.sitebuilder import (
     SiteBuilder,
@@ -359,3 +359,12 @@ def test_extending_an_invitation_extends_its_guests_phones() -> None:
     longer = invitation_json("visit", valid_until=rome("2026-12-10 18:00"), **window)
     extended = view.apply(delta(2, 1, upsert={"invitations": [longer]}))
     assert verdict(extended, "visit-phone", "lab", "2026-12-04 10:00") == (True, Reason.GRANTED)
+
+
+def test_local_changes_cannot_take_the_ids_of_invitations() -> None:
+    view = luckey_site().view()
+    guest = User(id="guest:visit", name="Impostor")
+    with pytest.raises(FormatError) as caught:
+        view.check_delta(Delta(1, 1, upserts={"users": (guest,)}))
+    assert caught.value.path == "upsert.users"
+    assert "belong to invitations" in str(caught.value)
