@@ -348,7 +348,7 @@ def test_the_whole_model_round_trips_through_the_codec() -> None:
 
 
 def test_extending_an_invitation_extends_its_guests_phones() -> None:
-    window = {"valid_from": rome("2026-12-02 09:00"), "doors": ["lab"]}
+    window: dict[str, Any] = {"valid_from": rome("2026-12-02 09:00"), "doors": ["lab"]}
     view = (
         luckey_site()
         .invitation("visit", valid_until=rome("2026-12-03 18:00"), **window)
